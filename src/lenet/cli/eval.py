@@ -1,0 +1,58 @@
+"""``lenet eval``: test-set metrics, confusion matrix and a gallery of mistakes for a checkpoint."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from lenet.cli import add_data_dir, add_device, add_json
+
+
+def register(sub) -> None:
+    """Add the ``eval`` verb."""
+    p = sub.add_parser(
+        "eval", help="evaluate a checkpoint on MNIST",
+        description="Loss, accuracy, per-class precision/recall and a confusion matrix on the MNIST "
+        "test set; writes confusion.png and errors.png next to the checkpoint (or into --out).",
+    )  # fmt: skip
+    p.add_argument("checkpoint", help="best.pt / last.pt, or a bare state_dict .pth from the note")
+    p.add_argument("--split", default="test", choices=["test", "train"])
+    p.add_argument("--out", help="folder for confusion.png and errors.png")
+    p.add_argument("--no-plots", action="store_true", help="skip the pictures")
+    add_data_dir(p)
+    add_device(p)
+    add_json(p)
+    p.set_defaults(func=run)
+
+
+def format_report(r) -> str:
+    """Human-readable text for an :class:`~lenet.evaluation.EvalReport`."""
+    lines = [
+        f"{r.model} on MNIST {r.split} ({r.n:,} images): loss {r.loss:.4f}  "
+        f"accuracy {100 * r.accuracy:.2f}%  ({r.errors} wrong)",
+        "",
+        "class  precision  recall  support",
+    ]
+    for c in r.per_class:
+        lines.append(
+            f"{c['class']:>5}  {100 * c['precision']:8.2f}%  {100 * c['recall']:5.2f}%  {c['support']:>7}"
+        )
+    lines += ["", "confusion matrix (rows actual, columns predicted):"]
+    lines.append("      " + "".join(f"{j:>6}" for j in range(len(r.confusion))))
+    for i, row in enumerate(r.confusion):
+        lines.append(f"{i:>6}" + "".join(f"{v:>6}" for v in row))
+    for k, v in r.files.items():
+        lines.append(f"{k}: {v}")
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Evaluate and print text or JSON."""
+    from lenet.evaluation import evaluate
+
+    r = evaluate(
+        args.checkpoint, data_dir=args.data_dir, split=args.split, device=args.device,
+        out_dir=args.out, plots=not args.no_plots,
+    )  # fmt: skip
+    print(json.dumps(r.to_dict()) if args.json else format_report(r))
+    return 0

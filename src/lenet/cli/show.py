@@ -1,0 +1,44 @@
+"""``lenet show``: the note's test.py done right: predictions for test digits, drawn as one grid."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from lenet.cli import add_data_dir, add_device, add_json
+
+
+def register(sub) -> None:
+    """Add the ``show`` verb."""
+    p = sub.add_parser(
+        "show", help="predict the first N test digits and draw them as one grid",
+        description="Prints predicted/actual for the first N MNIST test images (as the study "
+        "note's test.py does) and writes them as ONE grid picture, wrong ones framed in red.",
+    )  # fmt: skip
+    p.add_argument("checkpoint")
+    p.add_argument("--n", type=int, default=20, help="how many test images (default 20)")
+    p.add_argument("--start", type=int, default=0, help="first test index (default 0)")
+    p.add_argument("--out", help="grid PNG path (default: show.png next to the checkpoint)")
+    add_data_dir(p)
+    add_device(p)
+    add_json(p)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Predict, print one line per image, write the grid."""
+    from lenet.errors import LenetError
+    from lenet.evaluation import show
+
+    if args.n < 1 or args.start < 0:
+        raise LenetError("--n must be at least 1 and --start not negative")
+    res = show(args.checkpoint, n=args.n, start=args.start, data_dir=args.data_dir,
+               device=args.device, out=args.out)  # fmt: skip
+    if args.json:
+        print(json.dumps({"predictions": res.rows, "grid": str(res.grid) if res.grid else None}))
+        return 0
+    for r in res.rows:
+        print(f'predicted: "{r["predicted"]}", actual: "{r["actual"]}"')
+    if res.grid:
+        print(f"grid: {res.grid}")
+    return 0

@@ -1,0 +1,363 @@
+"""The training engine: in-memory MNIST, one epoch loop for every model, checkpoints and resume."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lenet.checkpoint import make_payload, read_checkpoint, save_checkpoint
+from lenet.config import TrainConfig, make_config, validate
+from lenet.data import load_split
+from lenet.errors import LenetError
+from lenet.fileio import atomic_write_text
+from lenet.models import create_model, get_spec, model_config
+from lenet.normalization import MNIST_STATS, TOTENSOR, Normalization, normalize
+
+log = logging.getLogger(__name__)
+
+
+# ---------------------------------------------------------------------------- setup helpers
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """``auto`` -> cuda, then mps, then cpu; an explicit device that is absent is a clear error."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise LenetError("--device cuda asked for, but PyTorch sees no CUDA GPU")
+    if name == "mps" and not (
+        getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()
+    ):
+        raise LenetError("--device mps asked for, but this PyTorch has no MPS device")
+    return torch.device(name)
+
+
+def resolve_normalization(cfg: TrainConfig) -> Normalization:
+    """The input scaling a run trains with (saved into its checkpoints)."""
+    if cfg.normalize == "totensor":
+        return TOTENSOR
+    if cfg.normalize == "mnist":
+        return MNIST_STATS
+    return get_spec(cfg.model).normalization
+
+
+def epoch_permutation(n: int, seed: int, epoch: int) -> torch.Tensor:
+    """The shuffled order of epoch ``epoch``: a pure function of (seed, epoch), so resume and
+    every distributed rank agree on it without sharing RNG state."""
+    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    return torch.randperm(n, generator=g)
+
+
+def build_optimizer(cfg: TrainConfig, params) -> torch.optim.Optimizer:
+    """SGD (with momentum), Adam or AdamW from the config."""
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(
+            params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
+        )
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def build_scheduler(
+    cfg: TrainConfig, opt: torch.optim.Optimizer, steps_per_epoch: int
+) -> tuple[torch.optim.lr_scheduler.LRScheduler | None, bool]:
+    """The LR schedule and whether it steps per batch (True) or per epoch (False)."""
+    if cfg.scheduler == "step":
+        return torch.optim.lr_scheduler.StepLR(opt, step_size=cfg.step_size, gamma=cfg.gamma), False
+    if cfg.scheduler == "onecycle":
+        sched = torch.optim.lr_scheduler.OneCycleLR(
+            opt, max_lr=cfg.lr, epochs=cfg.epochs, steps_per_epoch=steps_per_epoch,
+            pct_start=0.25,
+        )  # fmt: skip
+        return sched, True
+    if cfg.scheduler == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(
+            opt, T_max=cfg.epochs * steps_per_epoch
+        ), True
+    return None, False
+
+
+# ---------------------------------------------------------------------------- evaluation
+
+
+@torch.no_grad()
+def predict_logits(model: nn.Module, x: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
+    """Logits (N, classes) for already-normalized inputs (N, 1, H, W), in eval mode."""
+    was_training = model.training
+    model.eval()
+    out = torch.cat([model(x[i : i + batch_size]) for i in range(0, x.shape[0], batch_size)])
+    model.train(was_training)
+    return out
+
+
+def loss_and_accuracy(logits: torch.Tensor, labels: torch.Tensor) -> tuple[float, float]:
+    """Mean cross-entropy and accuracy (exact counts, not a mean of batch means)."""
+    loss = F.cross_entropy(logits, labels, reduction="sum").item() / max(len(labels), 1)
+    acc = (logits.argmax(1) == labels).sum().item() / max(len(labels), 1)
+    return loss, acc
+
+
+# ---------------------------------------------------------------------------- the run
+
+
+@dataclass
+class EpochResult:
+    """One line of ``metrics.csv``."""
+
+    epoch: int
+    train_loss: float
+    train_acc: float
+    val_loss: float | None
+    val_acc: float | None
+    lr: float
+    seconds: float
+    images_per_s: float
+    best: bool
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train` produced: the run folder, its checkpoints and its history."""
+
+    run_dir: Path
+    best_path: Path
+    last_path: Path
+    best_acc: float | None
+    best_epoch: int | None
+    select_on: str
+    history: list[EpochResult] = field(default_factory=list)
+    config: TrainConfig | None = None
+
+
+METRIC_FIELDS = [f for f in EpochResult.__dataclass_fields__]
+
+
+def _new_run_dir(cfg: TrainConfig, overwrite: bool) -> Path:
+    if cfg.name:
+        run_dir = Path(cfg.out) / cfg.name
+        if run_dir.exists() and any(run_dir.iterdir()) and not overwrite:
+            raise LenetError(
+                f"run folder {run_dir} already exists; use --resume {run_dir}/last.pt, "
+                "another --name, or --overwrite"
+            )
+        return run_dir
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    base = Path(cfg.out) / f"{cfg.model}-{cfg.recipe}-{stamp}"
+    run_dir, k = base, 2
+    while run_dir.exists():
+        run_dir, k = Path(f"{base}-{k}"), k + 1
+    return run_dir
+
+
+def _write_metrics(run_dir: Path, history: list[EpochResult]) -> None:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=METRIC_FIELDS, lineterminator="\n")
+    w.writeheader()
+    for r in history:
+        w.writerow(asdict(r))
+    atomic_write_text(run_dir / "metrics.csv", buf.getvalue())
+
+
+def _rng_state() -> dict:
+    state = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def train(
+    config: TrainConfig | None = None,
+    *,
+    resume: str | Path | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+    on_epoch: Callable[[EpochResult, TrainResult], None] | None = None,
+    **overrides,
+) -> TrainResult:
+    """Train a model (``lenet train``): returns the run folder with best.pt / last.pt / curves.
+
+    ``config`` or ``recipe=...`` plus keyword overrides pick the settings; ``resume`` continues a
+    run from its ``last.pt`` (overrides such as ``epochs`` or ``device`` still apply).
+    """
+    state = None
+    if resume is not None:
+        state = read_checkpoint(resume)
+        if "optimizer" not in state or "train_config" not in state:
+            raise LenetError(
+                f"{resume}: not a last.pt written by lenet train (cannot resume from it)"
+            )
+        cfg = TrainConfig.from_dict(state["train_config"])
+        for k, v in overrides.items():
+            if v is not None:
+                setattr(cfg, k, v)
+        validate(cfg)
+        run_dir = Path(resume).parent
+    else:
+        if config is None:
+            config = make_config(**overrides)
+        elif overrides:
+            config = make_config(config.recipe, **{**config.to_dict(), **overrides})
+        cfg = config
+        validate(cfg)
+        run_dir = _new_run_dir(cfg, overwrite)
+
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    # Denormal floats make fp32 CPU training several times slower (sigmoid/avg-pool tails).
+    torch.set_flush_denormal(True)
+    device = resolve_device(cfg.device)
+    norm = resolve_normalization(cfg)
+
+    # Data: each split loaded once, normalized once, resident on the device.
+    full = load_split("train", cfg.data_dir)
+    n_train = len(full) - cfg.val_size
+    if n_train <= 0:
+        raise LenetError(f"--val-size {cfg.val_size} leaves no training images (of {len(full)})")
+    n_used = min(cfg.limit, n_train) if cfg.limit else n_train
+    x_train = normalize(full.images[:n_used], norm).to(device)
+    y_train = full.labels[:n_used].to(device)
+    if cfg.select_on == "test":
+        sel = load_split("test", cfg.data_dir)
+        x_sel, y_sel = normalize(sel.images, norm).to(device), sel.labels.to(device)
+    elif cfg.val_size:
+        x_sel = normalize(full.images[n_train:], norm).to(device)
+        y_sel = full.labels[n_train:].to(device)
+    else:
+        x_sel = y_sel = None
+
+    torch.manual_seed(cfg.seed)
+    mcfg = model_config(cfg.model)
+    model = create_model(cfg.model, **mcfg).to(device)
+    opt = build_optimizer(cfg, model.parameters())
+    steps_per_epoch = -(-n_used // cfg.batch_size)
+    sched, per_step = build_scheduler(cfg, opt, steps_per_epoch)
+
+    result = TrainResult(
+        run_dir, run_dir / "best.pt", run_dir / "last.pt", None, None, cfg.select_on, [], cfg
+    )
+    start_epoch = 0
+    if state is not None:
+        model.load_state_dict(state["state_dict"])
+        opt.load_state_dict(state["optimizer"])
+        if sched is not None and state.get("scheduler"):
+            sched.load_state_dict(state["scheduler"])
+        _set_rng_state(state["rng"])
+        start_epoch = int(state["epoch"])
+        result.history = [EpochResult(**r) for r in state.get("history", [])]
+        result.best_acc = state.get("best", {}).get("acc")
+        result.best_epoch = state.get("best", {}).get("epoch")
+        log.info("resuming %s from epoch %d", run_dir, start_epoch)
+    if start_epoch >= cfg.epochs:
+        raise LenetError(
+            f"{resume}: already trained {start_epoch} epochs; pass --epochs > {start_epoch}"
+        )
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(run_dir / "config.json", json.dumps(cfg.to_dict(), indent=2) + "\n")
+    log.info(
+        "training %s (%s recipe) on %s: %d train images, select on %s -> %s",
+        cfg.model, cfg.recipe, device, n_used, cfg.select_on, run_dir,
+    )  # fmt: skip
+
+    from tqdm import tqdm
+
+    def payload(epoch: int, metrics: dict) -> dict:
+        return make_payload(
+            model, cfg.model, mcfg, norm,
+            epoch=epoch, metrics=metrics, train_config=cfg.to_dict(),
+        )  # fmt: skip
+
+    try:
+        for epoch in range(start_epoch, cfg.epochs):
+            model.train()
+            perm = epoch_permutation(n_used, cfg.seed, epoch).to(device)
+            loss_sum = torch.zeros((), device=device)
+            correct = torch.zeros((), dtype=torch.long, device=device)
+            lr = opt.param_groups[0]["lr"]
+            t0 = time.perf_counter()
+            bar = tqdm(
+                total=n_used, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="img", unit_scale=True,
+                leave=False, disable=None if progress else True, mininterval=0.5,
+            )  # fmt: skip
+            for i in range(0, n_used, cfg.batch_size):
+                idx = perm[i : i + cfg.batch_size]
+                xb, yb = x_train[idx], y_train[idx]
+                out = model(xb)
+                loss = F.cross_entropy(out, yb)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                if per_step:
+                    sched.step()
+                loss_sum += loss.detach() * len(idx)
+                correct += (out.detach().argmax(1) == yb).sum()
+                bar.update(len(idx))
+            bar.close()
+            if sched is not None and not per_step:
+                sched.step()
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            seconds = time.perf_counter() - t0
+            if per_step:
+                lr = opt.param_groups[0]["lr"]
+
+            val_loss = val_acc = None
+            if x_sel is not None:
+                val_loss, val_acc = loss_and_accuracy(
+                    predict_logits(model, x_sel, cfg.eval_batch_size), y_sel
+                )
+            score = val_acc if cfg.select_on in ("val", "test") else float(epoch)
+            is_best = result.best_acc is None or score > result.best_acc
+            row = EpochResult(
+                epoch + 1, loss_sum.item() / n_used, correct.item() / n_used, val_loss, val_acc,
+                lr, seconds, n_used / seconds, is_best,
+            )  # fmt: skip
+            result.history.append(row)
+            metrics = asdict(row)
+            if is_best:
+                result.best_acc, result.best_epoch = score, epoch + 1
+                save_checkpoint(result.best_path, payload(epoch + 1, metrics))
+            save_checkpoint(
+                result.last_path,
+                {
+                    **payload(epoch + 1, metrics),
+                    "optimizer": opt.state_dict(),
+                    "scheduler": sched.state_dict() if sched is not None else None,
+                    "rng": _rng_state(),
+                    "best": {"acc": result.best_acc, "epoch": result.best_epoch},
+                    "history": [asdict(r) for r in result.history],
+                },
+            )
+            _write_metrics(run_dir, result.history)
+            if on_epoch is not None:
+                on_epoch(row, result)
+    finally:
+        if result.history:
+            try:
+                from lenet.plots import plot_curves
+
+                plot_curves(result.history, run_dir / "curves.png", select_on=cfg.select_on)
+            except Exception as e:  # a plotting failure must never lose the run
+                log.warning("could not draw curves.png: %s", e)
+    return result

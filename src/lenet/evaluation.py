@@ -1,0 +1,155 @@
+"""Evaluate a checkpoint on MNIST (``lenet eval``) and show test digits with predictions (``lenet show``)."""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from lenet.checkpoint import load_model
+from lenet.data import DEFAULT_DATA_DIR, load_split
+from lenet.engine import loss_and_accuracy, predict_logits, resolve_device
+from lenet.normalization import normalize
+
+log = logging.getLogger(__name__)
+
+
+def confusion_matrix(actual: np.ndarray, predicted: np.ndarray, k: int = 10) -> np.ndarray:
+    """k x k counts, rows = actual class, columns = predicted class."""
+    return np.bincount(actual * k + predicted, minlength=k * k).reshape(k, k)
+
+
+def per_class(cm: np.ndarray) -> list[dict]:
+    """Precision, recall and support for each class from a confusion matrix."""
+    tp = np.diag(cm).astype(float)
+    pred_tot, act_tot = cm.sum(0), cm.sum(1)
+    out = []
+    for c in range(cm.shape[0]):
+        out.append(
+            {
+                "class": c,
+                "precision": float(tp[c] / pred_tot[c]) if pred_tot[c] else 0.0,
+                "recall": float(tp[c] / act_tot[c]) if act_tot[c] else 0.0,
+                "support": int(act_tot[c]),
+            }
+        )
+    return out
+
+
+@dataclass
+class EvalReport:
+    """Result of :func:`evaluate`: metrics plus where its pictures were written."""
+
+    checkpoint: str
+    model: str
+    split: str
+    n: int
+    loss: float
+    accuracy: float
+    errors: int
+    per_class: list[dict]
+    confusion: list[list[int]]
+    files: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        """Plain JSON-ready dict."""
+        return dict(self.__dict__)
+
+
+def evaluate(
+    checkpoint: str | os.PathLike,
+    *,
+    data_dir: str | os.PathLike = DEFAULT_DATA_DIR,
+    split: str = "test",
+    device: str = "auto",
+    batch_size: int = 1000,
+    out_dir: str | os.PathLike | None = None,
+    plots: bool = True,
+    max_errors_shown: int = 100,
+) -> EvalReport:
+    """Loss, accuracy, per-class precision/recall and confusion matrix of a checkpoint on a split.
+
+    Writes ``confusion.png`` and ``errors.png`` (the misclassified digits) into ``out_dir``
+    (default: the checkpoint's folder) unless ``plots=False``.
+    """
+    dev = resolve_device(device)
+    lm = load_model(checkpoint, dev)
+    data = load_split(split, data_dir)
+    x = normalize(data.images, lm.normalization).to(dev)
+    logits = predict_logits(lm.model, x, batch_size).float().cpu()
+    loss, acc = loss_and_accuracy(logits, data.labels)
+    pred = logits.argmax(1).numpy()
+    actual = data.labels.numpy()
+    cm = confusion_matrix(actual, pred, k=logits.shape[1])
+    report = EvalReport(
+        str(checkpoint), lm.name, split, len(actual), loss, acc, int((pred != actual).sum()),
+        per_class(cm), cm.tolist(),
+    )  # fmt: skip
+    if plots:
+        from lenet.plots import plot_confusion, plot_digit_grid
+
+        out = Path(out_dir) if out_dir else Path(checkpoint).parent
+        report.files["confusion"] = str(
+            plot_confusion(
+                cm, out / "confusion.png", f"{lm.name} on MNIST {split}: {100 * acc:.2f}%"
+            )
+        )
+        wrong = np.flatnonzero(pred != actual)[:max_errors_shown]
+        if len(wrong):
+            report.files["errors"] = str(
+                plot_digit_grid(
+                    data.images[wrong].numpy(),
+                    pred[wrong].tolist(),
+                    actual[wrong].tolist(),
+                    out / "errors.png",
+                    title=f"{len(wrong)} of {report.errors} misclassified {split} digits",
+                )  # fmt: skip
+            )
+    return report
+
+
+@dataclass
+class ShowResult:
+    """Result of :func:`show`: per-image (index, predicted, actual) and the grid picture."""
+
+    rows: list[dict]
+    grid: Path | None
+
+
+def show(
+    checkpoint: str | os.PathLike,
+    *,
+    n: int = 20,
+    start: int = 0,
+    data_dir: str | os.PathLike = DEFAULT_DATA_DIR,
+    device: str = "auto",
+    out: str | os.PathLike | None = None,
+) -> ShowResult:
+    """The note's test.py done right: predict the first ``n`` test digits and draw them as ONE grid."""
+    dev = resolve_device(device)
+    lm = load_model(checkpoint, dev)
+    data = load_split("test", data_dir)
+    sel = slice(start, min(start + n, len(data)))
+    imgs = data.images[sel]
+    with torch.no_grad():
+        pred = lm.model(normalize(imgs, lm.normalization).to(dev)).argmax(1).cpu().tolist()
+    actual = data.labels[sel].tolist()
+    rows = [
+        {"index": start + i, "predicted": p, "actual": a}
+        for i, (p, a) in enumerate(zip(pred, actual, strict=True))
+    ]
+    grid = None
+    if rows:
+        from lenet.plots import plot_digit_grid
+
+        wrong = sum(p != a for p, a in zip(pred, actual, strict=True))
+        path = Path(out) if out else Path(checkpoint).parent / "show.png"
+        grid = plot_digit_grid(
+            imgs.numpy(), pred, actual, path,
+            title=f"{lm.name}: test digits {sel.start}-{sel.stop - 1}, {wrong} wrong",
+        )  # fmt: skip
+    return ShowResult(rows, grid)

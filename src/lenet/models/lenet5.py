@@ -1,0 +1,90 @@
+"""LeNet-5 as in the study note (``MyLeNet5``) and its modern ReLU/max-pool variant.
+
+Shapes for one 28x28 MNIST digit (batch dimension N omitted):
+
+    input   1x28x28
+    c1      6x28x28   5x5 conv, padding 2 (the note pads 28 -> 32 so c1 sees LeNet's 32x32)
+    s2      6x14x14   2x2 pooling, stride 2
+    c3     16x10x10   5x5 conv
+    s4     16x5x5     2x2 pooling, stride 2
+    c5    120x1x1     5x5 conv (a full connection over the 5x5 maps)
+    f6     84
+    output 10         logits
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from lenet.models import register_model
+from lenet.normalization import MNIST_STATS, TOTENSOR
+
+IMAGE_SIZE = 28
+KERNEL = 5
+C1_MAPS, C3_MAPS, C5_UNITS, F6_UNITS = 6, 16, 120, 84
+# Spatial size after c1 (same padding), s2, c3 (valid), s4:
+S2_SIZE = IMAGE_SIZE // 2  # 14
+C3_SIZE = S2_SIZE - KERNEL + 1  # 10
+S4_SIZE = C3_SIZE // 2  # 5  (c5's 5x5 kernel covers it exactly -> 1x1)
+
+
+@register_model(
+    "lenet5",
+    "the study note's MyLeNet5: sigmoid after c1/c3, average pooling, linear c5/f6 (61,706 params)",
+    normalization=TOTENSOR,
+    num_classes=10,
+)
+class SeedLeNet5(nn.Module):
+    """The note's network, module for module, so its saved ``state_dict`` loads unchanged."""
+
+    def __init__(self, num_classes: int = 10):
+        super().__init__()
+        self.c1 = nn.Conv2d(1, C1_MAPS, kernel_size=KERNEL, padding=2, stride=1)
+        self.Sigmoid = nn.Sigmoid()
+        self.s2 = nn.AvgPool2d(kernel_size=2, stride=2)
+        self.c3 = nn.Conv2d(C1_MAPS, C3_MAPS, kernel_size=KERNEL)
+        self.s4 = nn.AvgPool2d(kernel_size=2, stride=2)
+        self.c5 = nn.Conv2d(C3_MAPS, C5_UNITS, kernel_size=KERNEL)
+        self.flatten = nn.Flatten()
+        self.f6 = nn.Linear(C5_UNITS, F6_UNITS)
+        self.output = nn.Linear(F6_UNITS, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.Sigmoid(self.c1(x))  # (N, 6, 28, 28)
+        x = self.s2(x)  # (N, 6, 14, 14)
+        x = self.Sigmoid(self.c3(x))  # (N, 16, 10, 10)
+        x = self.s4(x)  # (N, 16, 5, 5)
+        x = self.c5(x)  # (N, 120, 1, 1); the note applies no activation here
+        x = self.flatten(x)  # (N, 120)
+        x = self.f6(x)  # (N, 84); nor here
+        return self.output(x)  # (N, 10)
+
+
+@register_model(
+    "lenet5-relu",
+    "modern LeNet-5: ReLU after every hidden layer, max pooling (61,706 params; the default)",
+    normalization=MNIST_STATS,
+    num_classes=10,
+)
+class LeNet5ReLU(nn.Module):
+    """Same layers and parameter count as :class:`SeedLeNet5`, with ReLU and max pooling."""
+
+    def __init__(self, num_classes: int = 10):
+        super().__init__()
+        self.c1 = nn.Conv2d(1, C1_MAPS, kernel_size=KERNEL, padding=2)
+        self.s2 = nn.MaxPool2d(kernel_size=2, stride=2)
+        self.c3 = nn.Conv2d(C1_MAPS, C3_MAPS, kernel_size=KERNEL)
+        self.s4 = nn.MaxPool2d(kernel_size=2, stride=2)
+        self.c5 = nn.Conv2d(C3_MAPS, C5_UNITS, kernel_size=KERNEL)
+        self.flatten = nn.Flatten()
+        self.f6 = nn.Linear(C5_UNITS, F6_UNITS)
+        self.output = nn.Linear(F6_UNITS, num_classes)
+        self.relu = nn.ReLU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.s2(self.relu(self.c1(x)))  # (N, 6, 14, 14)
+        x = self.s4(self.relu(self.c3(x)))  # (N, 16, 5, 5)
+        x = self.relu(self.c5(x))  # (N, 120, 1, 1)
+        x = self.relu(self.f6(self.flatten(x)))  # (N, 84)
+        return self.output(x)  # (N, 10)

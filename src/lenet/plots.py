@@ -1,0 +1,99 @@
+"""Pictures people would rather look at than read: curves, confusion matrices, digit grids."""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from lenet.fileio import atomic_write
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only; never needs a display
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: str | os.PathLike) -> Path:
+    plt = _plt()
+    try:
+        return atomic_write(
+            path, lambda tmp: fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+        )
+    finally:
+        plt.close(fig)
+
+
+def plot_curves(history: Sequence, path: str | os.PathLike, select_on: str = "val") -> Path:
+    """Loss and accuracy per epoch (train vs val/test) as one two-panel PNG."""
+    plt = _plt()
+    ep = [r.epoch for r in history]
+    label = "test" if select_on == "test" else "val"
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4))
+    a1.plot(ep, [r.train_loss for r in history], "o-", label="train")
+    a2.plot(ep, [100 * r.train_acc for r in history], "o-", label="train")
+    if any(r.val_acc is not None for r in history):
+        a1.plot(ep, [r.val_loss for r in history], "s-", label=label)
+        a2.plot(ep, [100 * r.val_acc for r in history], "s-", label=label)
+    a1.set(title="loss", xlabel="epoch", ylabel="cross-entropy")
+    a2.set(title="accuracy", xlabel="epoch", ylabel="%")
+    for a in (a1, a2):
+        a.grid(alpha=0.3)
+        a.legend()
+    return _save(fig, path)
+
+
+def plot_confusion(
+    cm: np.ndarray, path: str | os.PathLike, title: str = "confusion matrix"
+) -> Path:
+    """A 10x10 confusion matrix (rows actual, columns predicted) with counts in the cells."""
+    plt = _plt()
+    k = cm.shape[0]
+    fig, ax = plt.subplots(figsize=(6.5, 6))
+    ax.imshow(np.log1p(cm), cmap="Blues")
+    for i in range(k):
+        for j in range(k):
+            color = "white" if cm[i, j] > cm.max() / 3 else "black"
+            ax.text(j, i, str(cm[i, j]), ha="center", va="center", fontsize=7, color=color)
+    ax.set(xticks=range(k), yticks=range(k), xlabel="predicted", ylabel="actual", title=title)
+    return _save(fig, path)
+
+
+def plot_digit_grid(
+    images: np.ndarray,
+    predicted: Sequence[int],
+    actual: Sequence[int] | None,
+    path: str | os.PathLike,
+    title: str = "",
+    cols: int = 10,
+) -> Path:
+    """One picture of many digits, each captioned predicted/actual; wrong ones framed in red."""
+    plt = _plt()
+    n = len(images)
+    cols = max(1, min(cols, n))
+    rows = max(1, math.ceil(n / cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(1.25 * cols, 1.45 * rows + (0.4 if title else 0)))
+    axes = np.atleast_1d(axes).ravel()
+    for i, ax in enumerate(axes):
+        ax.set_xticks([])
+        ax.set_yticks([])
+        if i >= n:
+            ax.axis("off")
+            continue
+        ax.imshow(images[i], cmap="gray", vmin=0, vmax=255)
+        wrong = actual is not None and predicted[i] != actual[i]
+        cap = f"pred {predicted[i]}" + (f" / true {actual[i]}" if actual is not None else "")
+        ax.set_title(cap, fontsize=7, color="red" if wrong else "black")
+        for s in ax.spines.values():
+            s.set_edgecolor("red" if wrong else "#999999")
+            s.set_linewidth(2.5 if wrong else 0.5)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return _save(fig, path)

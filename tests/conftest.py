@@ -1,0 +1,64 @@
+"""Shared fixtures: real MNIST (fetched once into ./data), tiny IDX folders, a CLI runner."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from lenet.data import FILES, encode_idx, ensure_mnist, raw_dir
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA_DIR = Path(os.environ.get("LENET_TEST_DATA", ROOT / "data"))
+
+
+@pytest.fixture(scope="session")
+def mnist_dir() -> Path:
+    """The real MNIST, fetched and verified on first use (cached across runs in ./data)."""
+    ensure_mnist(DATA_DIR)
+    return DATA_DIR
+
+
+def write_tiny_mnist(root: Path, n_train: int = 64, n_test: int = 32, seed: int = 0) -> Path:
+    """A small, valid MNIST-layout folder with random digits (for bad-data tests to damage)."""
+    rng = np.random.default_rng(seed)
+    d = raw_dir(root)
+    d.mkdir(parents=True, exist_ok=True)
+    for split, n in (("train", n_train), ("test", n_test)):
+        (d / FILES[split, "images"]).write_bytes(
+            encode_idx(rng.integers(0, 256, (n, 28, 28), dtype=np.uint8))
+        )
+        (d / FILES[split, "labels"]).write_bytes(encode_idx(rng.integers(0, 10, n, dtype=np.uint8)))
+    return root
+
+
+@pytest.fixture
+def tiny_mnist(tmp_path: Path) -> Path:
+    """A fresh tiny MNIST folder per test."""
+    return write_tiny_mnist(tmp_path / "tiny")
+
+
+def run_cli(
+    *args: str, cwd: Path | None = None, timeout: float = 600
+) -> subprocess.CompletedProcess:
+    """Run ``python -m lenet ARGS`` in a subprocess, capturing text output."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.run(
+        [sys.executable, "-m", "lenet", *args],
+        capture_output=True, text=True, cwd=cwd, env=env, timeout=timeout,
+    )  # fmt: skip
+
+
+def assert_one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> str:
+    """A user mistake: non-zero exit, one ``lenet: error:`` line on stderr, no traceback."""
+    assert proc.returncode != 0, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr, proc.stderr
+    err_lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("lenet: error:")]
+    assert len(err_lines) == 1, proc.stderr
+    for n in needles:
+        assert n in err_lines[0], err_lines[0]
+    return err_lines[0]

@@ -1,0 +1,50 @@
+"""CLI smoke runs: every verb's --help, and train -> eval -> show on a small subset."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from conftest import assert_one_line_error, run_cli
+from lenet.cli import COMMANDS
+
+
+@pytest.mark.parametrize("verb", COMMANDS)
+def test_help(verb):
+    p = run_cli(verb, "--help")
+    assert p.returncode == 0 and "usage: lenet" in p.stdout
+
+
+def test_train_eval_show_smoke(mnist_dir, tmp_path):
+    p = run_cli(
+        "train", "--limit", "2000", "--epochs", "1", "--val-size", "1000", "--threads", "1",
+        "--data-dir", str(mnist_dir), "--out", str(tmp_path), "--name", "smoke",
+    )  # fmt: skip
+    assert p.returncode == 0, p.stderr
+    assert "epoch   1/1" in p.stdout and "img/s" in p.stdout
+    run = tmp_path / "smoke"
+    for f in ("config.json", "metrics.csv", "best.pt", "last.pt", "curves.png"):
+        assert (run / f).is_file()
+
+    p = run_cli("eval", str(run / "best.pt"), "--json", "--data-dir", str(mnist_dir))
+    assert p.returncode == 0, p.stderr
+    r = json.loads(p.stdout)
+    assert r["n"] == 10_000 and 0.5 < r["accuracy"] <= 1.0
+    assert len(r["per_class"]) == 10 and sum(map(sum, r["confusion"])) == 10_000
+    assert (run / "confusion.png").is_file() and (run / "errors.png").is_file()
+
+    p = run_cli("show", str(run / "best.pt"), "--n", "20", "--data-dir", str(mnist_dir))
+    assert p.returncode == 0, p.stderr
+    lines = [ln for ln in p.stdout.splitlines() if ln.startswith("predicted:")]
+    assert len(lines) == 20 and lines[0].endswith('actual: "7"')
+    assert (run / "show.png").is_file()
+
+
+def test_missing_checkpoint_is_one_line(tmp_path):
+    assert_one_line_error(run_cli("eval", str(tmp_path / "nope.pt")), "no such checkpoint")
+
+
+def test_bad_flag_value_is_one_line(tmp_path):
+    p = run_cli("train", "--epochs", "0", "--out", str(tmp_path))
+    assert_one_line_error(p, "--epochs must be at least 1")
