@@ -11,6 +11,7 @@ SCHEDULERS = ("none", "step", "onecycle", "cosine")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 SELECT_ON = ("val", "test", "last")
 NORMALIZE = ("model", "totensor", "mnist")
+AUGMENT = ("none", "affine", "elastic", "both")  # see lenet.augment
 
 
 @dataclass
@@ -31,6 +32,7 @@ class TrainConfig:
     val_size: int = 5000  # held out from the END of the training set
     select_on: str = "val"  # which split picks best.pt
     normalize: str = "model"  # input scaling: the model's own, ToTensor's [0,1], or MNIST mean/std
+    augment: str = "none"  # random distortions of each training batch (lenet.augment)
     seed: int = 0
     device: str = "auto"
     threads: int = 0  # 0 = PyTorch's default
@@ -101,6 +103,7 @@ def validate(cfg: TrainConfig) -> None:
     choice("device", DEVICES)
     choice("select_on", SELECT_ON)
     choice("normalize", NORMALIZE)
+    choice("augment", AUGMENT)
     for name in ("epochs", "batch_size", "eval_batch_size", "step_size"):
         if getattr(cfg, name) < 1:
             raise LenetError(f"--{name.replace('_', '-')} must be at least 1")

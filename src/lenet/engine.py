@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lenet.augment import make_augmenter
 from lenet.checkpoint import make_payload, read_checkpoint, save_checkpoint
 from lenet.config import TrainConfig, make_config, validate
 from lenet.data import load_split
@@ -292,6 +293,7 @@ def train(
         for epoch in range(start_epoch, cfg.epochs):
             model.train()
             perm = epoch_permutation(n_used, cfg.seed, epoch).to(device)
+            augment = make_augmenter(cfg.augment, cfg.seed, epoch)
             loss_sum = torch.zeros((), device=device)
             correct = torch.zeros((), dtype=torch.long, device=device)
             lr = opt.param_groups[0]["lr"]
@@ -303,6 +305,8 @@ def train(
             for i in range(0, n_used, cfg.batch_size):
                 idx = perm[i : i + cfg.batch_size]
                 xb, yb = x_train[idx], y_train[idx]
+                if augment is not None:
+                    xb = augment(xb)
                 out = model(xb)
                 loss = F.cross_entropy(out, yb)
                 opt.zero_grad(set_to_none=True)

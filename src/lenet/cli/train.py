@@ -6,7 +6,7 @@ import argparse
 import json
 
 from lenet.cli import add_data_dir
-from lenet.config import NORMALIZE, OPTIMIZERS, RECIPES, SCHEDULERS, SELECT_ON
+from lenet.config import AUGMENT, NORMALIZE, OPTIMIZERS, RECIPES, SCHEDULERS, SELECT_ON
 from lenet.models import list_models
 
 
@@ -38,6 +38,11 @@ def register(sub) -> None:
     p.add_argument("--val-size", type=int, help="images held out from the end of the train set")
     p.add_argument("--select-on", choices=SELECT_ON, help="split that picks best.pt")
     p.add_argument("--normalize", choices=NORMALIZE, help="input scaling (default: the model's)")
+    p.add_argument(
+        "--augment", choices=AUGMENT,
+        help="random distortions of each training batch: affine (rotate/scale/shear/shift, as "
+        "the 1998 paper), elastic (Simard et al. 2003), both, or none (default)",
+    )  # fmt: skip
     p.add_argument("--seed", type=int)
     p.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"])
     p.add_argument("--threads", type=int, help="CPU threads (default: PyTorch's choice)")
@@ -67,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
     from lenet.engine import train
 
     keys = ["model", "epochs", "batch_size", "lr", "optimizer", "momentum", "weight_decay",
-            "scheduler", "step_size", "gamma", "val_size", "select_on", "normalize", "seed",
+            "scheduler", "step_size", "gamma", "val_size", "select_on", "normalize", "augment", "seed",
             "device", "threads", "limit", "name"]  # fmt: skip
     overrides = {k: getattr(args, k) for k in keys}
     if args.resume:

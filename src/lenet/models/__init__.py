@@ -70,4 +70,4 @@ def count_parameters(model: nn.Module) -> int:
 
 
 # Importing the model modules registers them.
-from lenet.models import lenet5  # noqa: E402,F401
+from lenet.models import lenet1, lenet4, lenet5, lenet5_plus, lenet1998  # noqa: E402,F401,I001

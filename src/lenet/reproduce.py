@@ -1,0 +1,215 @@
+"""``lenet reproduce``: train the LeNet family against the 1998 paper's table and write the report.
+
+Every row trains on all 60,000 training images and is scored on the 10,000 test images after its
+LAST epoch, as the paper does: no model selection on the test set (nor a held-out split).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from lenet.config import make_config
+from lenet.errors import LenetError
+from lenet.fileio import atomic_write_text
+from lenet.models import count_parameters, create_model
+
+log = logging.getLogger(__name__)
+
+PAPER = "LeCun, Bottou, Bengio & Haffner 1998, Fig. 9"
+# Shared by every row: train on all 60,000, score the last epoch (the paper's protocol).
+PROTOCOL = dict(val_size=0, select_on="last")
+# Our modern recipe for the paper's networks: AdamW + one-cycle on batches of 128.
+MODERN = dict(optimizer="adamw", scheduler="onecycle", batch_size=128, weight_decay=0.0)
+
+
+@dataclass(frozen=True)
+class Row:
+    """One line of the table: a model, its recipe, and the paper's error to beat (percent)."""
+
+    key: str
+    model: str
+    what: str
+    paper_error: float | None
+    paper_row: str
+    recipe: str = "fast"
+    settings: dict = field(default_factory=dict)
+
+
+ROWS: list[Row] = [
+    Row("lenet1", "lenet1", "LeNet-1", 1.7, "LeNet-1", settings=dict(MODERN, epochs=20, lr=1e-2)),
+    Row("lenet4", "lenet4", "LeNet-4", 1.1, "LeNet-4", settings=dict(MODERN, epochs=20, lr=5e-3)),
+    Row("lenet5-seed", "lenet5", "the study note's LeNet-5 and recipe", 0.95, "LeNet-5",
+        recipe="seed"),
+    Row("lenet5-relu", "lenet5-relu", "LeNet-5, ReLU + max pooling", 0.95, "LeNet-5",
+        settings=dict(epochs=20)),
+    Row("lenet5-1998", "lenet5-1998", "LeNet-5 as published", 0.95, "LeNet-5",
+        settings=dict(MODERN, epochs=20, lr=2e-3)),
+    Row("lenet5-1998+distortions", "lenet5-1998", "LeNet-5 as published, affine distortions",
+        0.8, "LeNet-5 [dist]", settings=dict(MODERN, epochs=30, lr=2e-3, augment="affine")),
+    Row("lenet5-plus+distortions", "lenet5-plus", "our lenet5-plus, affine + elastic distortions",
+        0.5, "our goal", settings=dict(epochs=30, batch_size=128, lr=5e-3, augment="both")),
+]  # fmt: skip
+ROW_KEYS = [r.key for r in ROWS]
+# --quick: one short epoch on a subset, just to prove every row runs end to end.
+QUICK = dict(epochs=1, limit=2000)
+
+
+def machine() -> dict:
+    """Where the numbers were measured."""
+    info = {
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "torch": str(torch.__version__),
+        "torch_threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+    }
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+    return info
+
+
+def row_config(row: Row, seed: int, quick: bool, **common):
+    """The TrainConfig of one (row, seed) run."""
+    settings = {**row.settings, **PROTOCOL, **(QUICK if quick else {})}
+    return make_config(row.recipe, model=row.model, seed=seed, **settings, **common)
+
+
+def run_one(row: Row, seed: int, quick: bool, runs_dir: Path, data_dir: str, device: str,
+            threads: int) -> dict:  # fmt: skip
+    """Train one (row, seed) and score its last epoch on the test set."""
+    from lenet.engine import train
+    from lenet.evaluation import evaluate
+
+    cfg = row_config(row, seed, quick, device=device, threads=threads, data_dir=data_dir,
+                     out=str(runs_dir), name=f"{row.key}-seed{seed}")  # fmt: skip
+    t0 = time.perf_counter()
+    res = train(cfg, overwrite=True, progress=False)
+    seconds = time.perf_counter() - t0
+    rep = evaluate(res.last_path, data_dir=data_dir, device=device, plots=False)
+    log.info("%s seed %d: test error %.2f%% (%d errors) in %.0fs", row.key, seed,
+             100 * (1 - rep.accuracy), rep.errors, seconds)  # fmt: skip
+    return {
+        "seed": seed, "test_error": 100 * (1 - rep.accuracy), "errors": rep.errors,
+        "epochs": cfg.epochs, "train_seconds": seconds, "run_dir": str(res.run_dir),
+    }  # fmt: skip
+
+
+def reproduce(
+    *, seeds: int = 3, quick: bool = False, rows: list[str] | None = None,
+    out_dir: str | os.PathLike = "docs", runs_dir: str | os.PathLike = "runs/reproduce",
+    data_dir: str = "data", device: str = "auto", threads: int = 0,
+    on_run: Callable[[Row, dict], None] | None = None,
+) -> dict:  # fmt: skip
+    """Train every row ``seeds`` times; write ``reproduction.md`` + ``.json`` into ``out_dir``.
+
+    ``quick`` (one seed, one epoch on 2,000 images) writes ``reproduction-quick.*`` instead so a
+    smoke test never overwrites the real report.
+    """
+    if seeds < 1:
+        raise LenetError("--seeds must be at least 1")
+    chosen = ROWS
+    if rows:
+        unknown = set(rows) - set(ROW_KEYS)
+        if unknown:
+            raise LenetError(
+                f"unknown row(s) {', '.join(sorted(unknown))}; choose from {', '.join(ROW_KEYS)}"
+            )
+        chosen = [r for r in ROWS if r.key in rows]
+    if quick:
+        seeds = 1
+    if threads:
+        torch.set_num_threads(threads)  # before machine() records it
+    t_all = time.perf_counter()
+    report = {
+        "command": "lenet reproduce" + (" --quick" if quick else f" --seeds {seeds}"),
+        "quick": quick, "seeds": seeds, "paper": PAPER, "protocol": "train on 60,000, test error "
+        "of the last epoch on 10,000" + (" (quick: 1 epoch on 2,000 images)" if quick else ""),
+        "started": time.strftime("%Y-%m-%d %H:%M:%S"), "machine": machine(), "device": device,
+        "rows": [],
+    }  # fmt: skip
+    for row in chosen:
+        runs = []
+        for seed in range(seeds):
+            r = run_one(row, seed, quick, Path(runs_dir), data_dir, device, threads)
+            runs.append(r)
+            if on_run is not None:
+                on_run(row, r)
+        errs = [r["test_error"] for r in runs]
+        mean = statistics.fmean(errs)
+        report["rows"].append({
+            **asdict(row), "params": count_parameters(create_model(row.model)),
+            "config": row_config(row, 0, quick).to_dict(), "runs": runs,
+            "mean_error": mean, "std_error": statistics.stdev(errs) if len(errs) > 1 else None,
+            "train_seconds_mean": statistics.fmean(r["train_seconds"] for r in runs),
+            "beats_paper": None if row.paper_error is None else mean <= row.paper_error,
+        })  # fmt: skip
+    report["total_seconds"] = time.perf_counter() - t_all
+    if report["machine"].get("gpu") and device in ("auto", "cuda"):
+        report["machine"]["used"] = report["machine"]["gpu"]
+    out = Path(out_dir)
+    stem = "reproduction-quick" if quick else "reproduction"
+    atomic_write_text(out / f"{stem}.json", json.dumps(report, indent=2) + "\n")
+    atomic_write_text(out / f"{stem}.md", render_markdown(report))
+    report["files"] = [str(out / f"{stem}.md"), str(out / f"{stem}.json")]
+    return report
+
+
+def _fmt_time(s: float) -> str:
+    return f"{s:.0f} s" if s < 120 else f"{s / 60:.1f} min"
+
+
+def render_markdown(report: dict) -> str:
+    """The report as Markdown: one table row per model against the paper."""
+    m = report["machine"]
+    where = (
+        m.get("used")
+        or f"{m['processor']}, {m['cpu_count']} CPUs, {m['torch_threads']} torch threads"
+    )
+    lines = [
+        "# Reproducing the LeNet family (LeCun et al. 1998)"
+        + (" — QUICK SMOKE RUN" if report["quick"] else ""),
+        "",
+        f"Written by `{report['command']}` on {report['started']}; {where}; torch {m['torch']}; "
+        f"total {_fmt_time(report['total_seconds'])}.",
+        "",
+        f"Protocol: {report['protocol']}. Paper errors from {report['paper']}.",
+        "",
+        "| model | what | paper error | our error, mean ± std | per seed | params | epochs | train time / seed | at or below paper |",
+        "| --- | --- | ---: | ---: | --- | ---: | ---: | ---: | :---: |",
+    ]
+    for r in report["rows"]:
+        std = f" ± {r['std_error']:.2f}" if r["std_error"] is not None else ""
+        per = ", ".join(f"{x['test_error']:.2f}" for x in r["runs"])
+        paper = f"{r['paper_error']:.2f}% ({r['paper_row']})" if r["paper_error"] else "—"
+        ok = {True: "yes", False: "**no**", None: "—"}[r["beats_paper"]]
+        lines.append(
+            f"| `{r['model']}` | {r['what']} | {paper} | {r['mean_error']:.2f}%{std} | {per} | "
+            f"{r['params']:,} | {r['config']['epochs']} | {_fmt_time(r['train_seconds_mean'])} | {ok} |"
+        )
+    lines += ["", "Recipes (everything else is the `fast` recipe's default):", ""]
+    for r in report["rows"]:
+        c = r["config"]
+        keys = (
+            "recipe",
+            "epochs",
+            "batch_size",
+            "optimizer",
+            "lr",
+            "scheduler",
+            "weight_decay",
+            "augment",
+        )
+        lines.append(f"- `{r['key']}`: " + ", ".join(f"{k}={c[k]}" for k in keys))
+    lines.append("")
+    return "\n".join(lines)
