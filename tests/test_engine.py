@@ -99,3 +99,13 @@ def test_existing_run_folder_is_not_overwritten(mnist_dir, tmp_path):
     train(name="x", **kw)
     with pytest.raises(LenetError, match="already exists"):
         train(name="x", **kw)
+
+
+def test_tiny_runs_and_config_plus_overrides(mnist_dir, tmp_path):
+    from lenet.config import make_config
+
+    # 1 step in all: too short for a one-cycle warm-up, must still train (constant LR).
+    cfg = make_config(data_dir=str(mnist_dir), out=str(tmp_path), limit=200, val_size=100)
+    res = train(cfg, epochs=1, name="tiny", device="cpu", threads=1, progress=False)
+    assert res.config.epochs == 1 and res.config.limit == 200
+    assert len(res.history) == 1

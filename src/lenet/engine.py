@@ -8,7 +8,7 @@ import json
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -80,10 +80,11 @@ def build_scheduler(
     """The LR schedule and whether it steps per batch (True) or per epoch (False)."""
     if cfg.scheduler == "step":
         return torch.optim.lr_scheduler.StepLR(opt, step_size=cfg.step_size, gamma=cfg.gamma), False
-    if cfg.scheduler == "onecycle":
+    total = cfg.epochs * steps_per_epoch
+    if cfg.scheduler == "onecycle" and total >= 4:  # fewer steps cannot hold a warm-up and a decay
         sched = torch.optim.lr_scheduler.OneCycleLR(
             opt, max_lr=cfg.lr, epochs=cfg.epochs, steps_per_epoch=steps_per_epoch,
-            pct_start=0.25,
+            pct_start=max(0.25, 2 / total),
         )  # fmt: skip
         return sched, True
     if cfg.scheduler == "cosine":
@@ -217,8 +218,8 @@ def train(
     else:
         if config is None:
             config = make_config(**overrides)
-        elif overrides:
-            config = make_config(config.recipe, **{**config.to_dict(), **overrides})
+        else:
+            config = replace(config, **{k: v for k, v in overrides.items() if v is not None})
         cfg = config
         validate(cfg)
         run_dir = _new_run_dir(cfg, overwrite)
