@@ -24,6 +24,9 @@ def register(sub) -> None:
     p.add_argument("--only", help="comma-separated row keys to run (default: all)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
     p.add_argument("--threads", type=int, default=0, help="CPU threads (default: PyTorch's)")
+    p.add_argument("--jobs", type=int, default=1,
+                   help="train this many runs at once in worker processes (default 1; use several "
+                   "on a GPU or a many-core machine)")  # fmt: skip
     p.add_argument("--out", default="docs", help="folder for the report (default: docs)")
     p.add_argument("--runs", default="runs/reproduce", help="folder for the training runs")
     add_data_dir(p)
@@ -43,7 +46,8 @@ def run(args: argparse.Namespace) -> int:
     rows = [s.strip() for s in args.only.split(",") if s.strip()] if args.only else None
     rep = reproduce(
         seeds=args.seeds, quick=args.quick, rows=rows, out_dir=args.out, runs_dir=args.runs,
-        data_dir=args.data_dir, device=args.device, threads=args.threads, on_run=on_run,
+        data_dir=args.data_dir, device=args.device, threads=args.threads, jobs=args.jobs,
+        on_run=on_run,
     )  # fmt: skip
     if args.json:
         print(json.dumps(rep))
