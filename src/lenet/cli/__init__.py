@@ -16,6 +16,7 @@ COMMANDS = [
     "train",
     "eval",
     "show",
+    "predict",
     "summary",
     "viz",
     "filters",
