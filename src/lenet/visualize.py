@@ -30,10 +30,9 @@ _INDEX = re.compile(r"^(test|train):(\d+)$")
 def load_digit(
     spec: str, data_dir: str | os.PathLike = DEFAULT_DATA_DIR
 ) -> tuple[torch.Tensor, str]:
-    """``test:N`` / ``train:N`` (an MNIST index) or a 28x28 image file -> (uint8 (28,28), label).
+    """``test:N`` / ``train:N`` (an MNIST index) or any image file -> (uint8 (28,28), label).
 
-    Files drawn dark-on-light are inverted to MNIST's light-on-dark. Photos of other sizes need
-    the photo preprocessing of ``lenet predict``.
+    Image files go through :func:`lenet.preprocess.preprocess`, as in ``lenet predict``.
     """
     m = _INDEX.match(spec)
     if m:
@@ -47,20 +46,10 @@ def load_digit(
     path = Path(spec)
     if not path.is_file():
         raise LenetError(f"{spec}: no such image file (or use test:N for an MNIST test digit)")
-    from PIL import Image, UnidentifiedImageError
+    from lenet.preprocess import load_image, preprocess
 
-    try:
-        with Image.open(path) as im:
-            arr = np.asarray(im.convert("L"), dtype=np.uint8)
-    except (UnidentifiedImageError, OSError) as e:
-        raise LenetError(f"{spec}: not a readable image ({e})") from None
-    if arr.shape != (28, 28):
-        raise LenetError(
-            f"{spec}: image is {arr.shape[1]}x{arr.shape[0]}; viz takes 28x28 digits "
-            "(MNIST style) or test:N"
-        )
-    if arr.mean() > 127:  # dark ink on a light background: flip to MNIST's convention
-        arr = 255 - arr
+    # The same preprocessing as `lenet predict` and the service: photos and drawings both work.
+    arr = preprocess(load_image(path))
     return torch.from_numpy(arr.copy()), path.name
 
 

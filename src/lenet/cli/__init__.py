@@ -73,6 +73,9 @@ def main(argv: list[str] | None = None) -> int:
     except LenetError as e:
         print(f"lenet: error: {e}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # `lenet eval ... | head`: the reader left; not an error of ours
+        sys.stderr.close()
+        return 0
     except KeyboardInterrupt:
         print("lenet: interrupted", file=sys.stderr)
         return 130
