@@ -11,3 +11,11 @@ class DataError(LenetError):
 
 class CheckpointError(LenetError):
     """A checkpoint file cannot be read or does not match a known model."""
+
+
+class ImageError(LenetError):
+    """An outside image cannot be used: not an image, empty, truncated, too large, odd mode."""
+
+
+class NoDigitError(LenetError):
+    """An image was read but holds no digit (a blank page, only specks)."""

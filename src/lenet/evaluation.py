@@ -40,6 +40,49 @@ def per_class(cm: np.ndarray) -> list[dict]:
     return out
 
 
+REJECT_AT = (0.0, 0.01, 0.05, 0.10)  # fractions of inputs refused, least confident first
+ERROR_TARGETS = (0.005, 0.001)  # error rates on the answered inputs
+
+
+def rejection_curve(confidence: np.ndarray, correct: np.ndarray) -> dict:
+    """Error-vs-rejection: refuse the least confident inputs, measure error on the rest.
+
+    Returns ``error_at`` (rejected fraction -> error rate on the answered ones), ``rejection_for``
+    (target error -> the smallest rejected fraction reaching it, and the confidence threshold
+    that does it, for ``--min-confidence``) and ``curve`` (points for the picture).
+    """
+    n = len(confidence)
+    order = np.argsort(-confidence, kind="stable")  # most confident first
+    wrong_cum = np.cumsum(~correct[order])  # errors among the k+1 most confident
+    kept = np.arange(1, n + 1)
+    err = wrong_cum / kept  # error rate when answering the k+1 most confident
+    conf_sorted = confidence[order]
+
+    def at(rejected: float) -> float:
+        k = max(1, n - int(round(rejected * n)))
+        return float(err[k - 1])
+
+    rejection_for = {}
+    for target in ERROR_TARGETS:
+        ok = np.flatnonzero(err <= target)
+        if len(ok):
+            k = int(ok.max()) + 1
+            rejection_for[str(target)] = {
+                "rejected": 1.0 - k / n, "threshold": float(conf_sorted[k - 1])
+            }  # fmt: skip
+        else:
+            rejection_for[str(target)] = {"rejected": 1.0, "threshold": None}
+    steps = np.unique(np.linspace(1, n, min(n, 400)).round().astype(int))
+    return {
+        "error_at": {str(r): at(r) for r in REJECT_AT},
+        "rejection_for": rejection_for,
+        "curve": {
+            "rejected": [float(1 - k / n) for k in steps],
+            "error": [float(err[k - 1]) for k in steps],
+        },
+    }
+
+
 @dataclass
 class EvalReport:
     """Result of :func:`evaluate`: metrics plus where its pictures were written."""
@@ -53,6 +96,7 @@ class EvalReport:
     errors: int
     per_class: list[dict]
     confusion: list[list[int]]
+    rejection: dict = field(default_factory=dict)  # see rejection_curve
     files: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
@@ -85,17 +129,25 @@ def evaluate(
     pred = logits.argmax(1).numpy()
     actual = data.labels.numpy()
     cm = confusion_matrix(actual, pred, k=logits.shape[1])
+    confidence = torch.softmax(logits, 1).max(1).values.double().numpy()
     report = EvalReport(
         str(checkpoint), lm.name, split, len(actual), loss, acc, int((pred != actual).sum()),
-        per_class(cm), cm.tolist(),
+        per_class(cm), cm.tolist(), rejection_curve(confidence, pred == actual),
     )  # fmt: skip
     if plots:
-        from lenet.plots import plot_confusion, plot_digit_grid
+        from lenet.plots import plot_confusion, plot_digit_grid, plot_rejection
 
         out = Path(out_dir) if out_dir else Path(checkpoint).parent
         report.files["confusion"] = str(
             plot_confusion(
                 cm, out / "confusion.png", f"{lm.name} on MNIST {split}: {100 * acc:.2f}%"
+            )
+        )
+        report.files["rejection"] = str(
+            plot_rejection(
+                report.rejection,
+                out / "rejection.png",
+                f"{lm.name} on MNIST {split}: error vs rejection",
             )
         )
         wrong = np.flatnonzero(pred != actual)[:max_errors_shown]

@@ -97,3 +97,23 @@ def plot_digit_grid(
     if title:
         fig.suptitle(title, fontsize=10)
     return _save(fig, path)
+
+
+def plot_rejection(rejection: dict, path: str | os.PathLike, title: str = "") -> Path:
+    """Error rate on the answered inputs vs the fraction refused (least confident first)."""
+    plt = _plt()
+    c = rejection["curve"]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot([100 * r for r in c["rejected"]], [100 * e for e in c["error"]], "-")
+    for target, v in rejection["rejection_for"].items():
+        if v["threshold"] is not None:
+            ax.plot(100 * v["rejected"], 100 * float(target), "o")
+            ax.annotate(
+                f"{100 * float(target):g}% error at {100 * v['rejected']:.1f}% rejected",
+                (100 * v["rejected"], 100 * float(target)), textcoords="offset points",
+                xytext=(8, 6), fontsize=8,
+            )  # fmt: skip
+    ax.set(xlabel="rejected (%)", ylabel="error on answered (%)", title=title)
+    ax.set_xlim(0, max(12.0, 100 * max(v["rejected"] for v in rejection["rejection_for"].values())))
+    ax.grid(alpha=0.3)
+    return _save(fig, path)

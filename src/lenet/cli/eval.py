@@ -13,11 +13,11 @@ def register(sub) -> None:
     p = sub.add_parser(
         "eval", help="evaluate a checkpoint on MNIST",
         description="Loss, accuracy, per-class precision/recall and a confusion matrix on the MNIST "
-        "test set; writes confusion.png and errors.png next to the checkpoint (or into --out).",
+        "test set; also the error-vs-rejection curve (how much must be refused, least confident first, for a given error); writes confusion.png, errors.png and rejection.png next to the checkpoint (or into --out).",
     )  # fmt: skip
     p.add_argument("checkpoint", help="best.pt / last.pt, or a bare state_dict .pth from the note")
     p.add_argument("--split", default="test", choices=["test", "train"])
-    p.add_argument("--out", help="folder for confusion.png and errors.png")
+    p.add_argument("--out", help="folder for confusion.png, errors.png and rejection.png")
     p.add_argument("--no-plots", action="store_true", help="skip the pictures")
     add_data_dir(p)
     add_device(p)
@@ -41,6 +41,22 @@ def format_report(r) -> str:
     lines.append("      " + "".join(f"{j:>6}" for j in range(len(r.confusion))))
     for i, row in enumerate(r.confusion):
         lines.append(f"{i:>6}" + "".join(f"{v:>6}" for v in row))
+    if r.rejection:
+        lines += ["", "error vs rejection (refusing the least confident first):"]
+        lines.append(
+            "  "
+            + "  ".join(
+                f"{100 * float(k):g}% rejected: {100 * v:.2f}% error"
+                for k, v in r.rejection["error_at"].items()
+            )
+        )
+        for k, v in r.rejection["rejection_for"].items():
+            how = (
+                f"{100 * v['rejected']:.2f}% rejected (--min-confidence {v['threshold']:.4f})"
+                if v["threshold"] is not None
+                else "not reachable"
+            )
+            lines.append(f"  {100 * float(k):g}% error needs {how}")
     for k, v in r.files.items():
         lines.append(f"{k}: {v}")
     return "\n".join(lines)

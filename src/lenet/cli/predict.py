@@ -1,0 +1,162 @@
+"""``lenet predict``: digits in your own images (photos, scans, drawings), MNIST-style preprocessed."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import glob
+import json
+import re
+import sys
+from pathlib import Path
+
+from lenet.cli import add_device
+
+# Files taken from folders (explicitly named files are tried whatever their extension).
+IMAGE_SUFFIXES = {
+    ".png", ".jpg", ".jpeg", ".jpe", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm",
+    ".pbm", ".pnm",
+}  # fmt: skip
+CHUNK = 64  # inputs preprocessed and predicted per step (results stream out chunk by chunk)
+
+
+def register(sub) -> None:
+    """Add the ``predict`` verb."""
+    p = sub.add_parser(
+        "predict", help="predict the digit in your own images",
+        description="Predict handwritten digits in image files (PNG, JPEG, BMP, GIF, TIFF, WebP, "
+        "...), folders (recursively), globs, or '-' for one image on stdin. Each image is made "
+        "MNIST-like first (ink polarity, background, crop, 20 px box, centre of mass). Uses the "
+        "bundled pretrained lenet5-relu unless --model is given. Exits 1 at the end if any input "
+        "could not be used.",
+    )  # fmt: skip
+    p.add_argument("paths", nargs="+", metavar="PATH", help="image file, folder, glob, or -")
+    p.add_argument("--model", metavar="CKPT", help="checkpoint (default: the bundled weights)")
+    p.add_argument("--top-k", type=int, default=3, help="how many best classes to list (1-10)")
+    p.add_argument(
+        "--format", choices=["table", "json", "csv"], default="table",
+        help="table for people (default), json (one object per line), csv",
+    )  # fmt: skip
+    p.add_argument(
+        "--save-preprocessed", metavar="DIR", help="write the 28x28 the network saw, as PNG"
+    )
+    p.add_argument(
+        "--min-confidence", type=float, metavar="P",
+        help='answer "digit": null, "reason": "unsure" when the top probability is below P',
+    )  # fmt: skip
+    add_device(p)
+    p.set_defaults(func=run)
+
+
+def expand_paths(args: list[str]) -> list[tuple[str, object]]:
+    """PATH arguments -> [(name, source)]: files, folders (recursive, image suffixes), globs, '-'.
+
+    A name that matches nothing stays in the list as itself, so it gets its own error line.
+    """
+    out: list[tuple[str, object]] = []
+    stdin_used = False
+    for a in args:
+        if a == "-":
+            if stdin_used:
+                continue
+            stdin_used = True
+            out.append(("-", sys.stdin.buffer.read()))
+            continue
+        p = Path(a)
+        if p.is_dir():
+            files = sorted(
+                f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES
+            )
+            out.extend((str(f), f) for f in files)
+        elif not p.exists() and glob.has_magic(a):
+            hits = sorted(glob.glob(a, recursive=True))
+            files = [Path(h) for h in hits if Path(h).is_file()]
+            out.extend((str(f), f) for f in files) if files else out.append((a, p))
+        else:
+            out.append((a, p))
+    return out
+
+
+def _table_row(d: dict, name_width: int) -> str:
+    name = d["path"].ljust(name_width)
+    if "error" in d:
+        return f"{name}  error: {d['error']}"
+    digit = "-" if d["digit"] is None else str(d["digit"])
+    conf = "" if d["confidence"] is None else f"{100 * d['confidence']:6.2f}%"
+    top = "  ".join(f"{k}:{100 * p:.1f}%" for k, p in d["top_k"])
+    reason = f"  ({d['reason']})" if d.get("reason") else ""
+    return f"{name}  {digit:>5}  {conf:>7}  {top}{reason}"
+
+
+def _unique_png(folder: Path, name: str, used: set[str]) -> Path:
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(name).stem if name != "-" else "stdin") or "image"
+    cand, n = stem, 1
+    while cand in used:
+        cand, n = f"{stem}-{n}", n + 1
+    used.add(cand)
+    return folder / f"{cand}.png"
+
+
+def run(args: argparse.Namespace) -> int:
+    """Predict every input and print one line (or row, or JSON object) per input."""
+    from tqdm import tqdm
+
+    from lenet.errors import LenetError
+    from lenet.fileio import atomic_write_bytes
+    from lenet.predictor import Predictor, png_bytes
+
+    if not 1 <= args.top_k <= 10:
+        raise LenetError("--top-k must be between 1 and 10")
+    if args.min_confidence is not None and not 0.0 <= args.min_confidence <= 1.0:
+        raise LenetError("--min-confidence must be between 0 and 1")
+    inputs = expand_paths(args.paths)
+    if not inputs:
+        raise LenetError("no image files found in the given paths")
+    predictor = Predictor(args.model, device=args.device)
+    save_dir = Path(args.save_preprocessed) if args.save_preprocessed else None
+    used: set[str] = set()
+    width = min(max(len(n) for n, _ in inputs), 60)
+
+    writer = None
+    if args.format == "csv":
+        writer = csv.writer(sys.stdout, lineterminator="\n")
+        writer.writerow(
+            ["path", "digit", "confidence", "top_k", "reason", "error"]
+            + [f"p{i}" for i in range(10)]
+        )
+    elif args.format == "table":
+        print(f"{'path'.ljust(width)}  digit  confid.  top {args.top_k}")
+    failed = 0
+    bar = tqdm(total=len(inputs), unit="img", disable=None if len(inputs) > CHUNK else True,
+               file=sys.stderr, leave=False)  # fmt: skip
+    for i in range(0, len(inputs), CHUNK):
+        chunk = inputs[i : i + CHUNK]
+        preds = predictor.predict(
+            [src for _, src in chunk], top_k=args.top_k, min_confidence=args.min_confidence
+        )
+        for (name, _), pr in zip(chunk, preds, strict=True):
+            pr.source = name
+            failed += pr.error is not None
+            if save_dir is not None and pr.preprocessed is not None:
+                atomic_write_bytes(_unique_png(save_dir, name, used), png_bytes(pr.preprocessed))
+            d = pr.to_dict()
+            if args.format == "json":
+                print(json.dumps(d))
+            elif writer is not None:
+                probs = d.get("probabilities") or [""] * 10
+                writer.writerow(
+                    [d["path"], d.get("digit", ""), d.get("confidence", ""),
+                     " ".join(f"{k}:{p}" for k, p in d.get("top_k", [])),
+                     d.get("reason", ""), d.get("error", ""), *probs]
+                )  # fmt: skip
+            else:
+                print(_table_row(d, width))
+        sys.stdout.flush()
+        bar.update(len(chunk))
+    bar.close()
+    if save_dir is not None:
+        print(f"lenet: preprocessed 28x28 images written to {save_dir}", file=sys.stderr)
+    if failed:
+        print(f"lenet: {failed} of {len(inputs)} inputs could not be used", file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,220 @@
+"""Predict digits in outside images: load a model once, preprocess, batch, answer per input."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import os
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from lenet.checkpoint import load_model
+from lenet.errors import LenetError, NoDigitError
+from lenet.models import count_parameters
+from lenet.normalization import normalize
+from lenet.preprocess import preprocess
+
+log = logging.getLogger(__name__)
+
+BUNDLED_NAME = "lenet5-relu.pt"
+NO_DIGIT = "no digit found"
+UNSURE = "unsure"
+
+
+def bundled_checkpoint() -> Path:
+    """Path of the pretrained checkpoint shipped inside the package (``lenet/weights``)."""
+    path = Path(str(resources.files("lenet") / "weights" / BUNDLED_NAME))
+    if not path.is_file():
+        raise LenetError(f"bundled weights missing ({path}); reinstall lenet or pass --model")
+    return path
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """Hex sha256 of a file's bytes."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def describe_source(source) -> str:
+    """A short name for an input, used as ``path`` in results."""
+    if isinstance(source, (str, os.PathLike)):
+        return str(source)
+    if isinstance(source, np.ndarray):
+        return f"<array {'x'.join(map(str, source.shape))}>"
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        return f"<{len(source)} bytes>"
+    name = getattr(source, "filename", None) or getattr(source, "name", None)
+    if isinstance(name, str) and name:
+        return name
+    return f"<{type(source).__name__}>"
+
+
+@dataclass
+class Prediction:
+    """The answer for one input: a digit with its probabilities, or why there is none."""
+
+    source: str
+    digit: int | None = None
+    confidence: float | None = None
+    probabilities: list[float] | None = None
+    top_k: list[list] = field(default_factory=list)  # [[digit, probability], ...] best first
+    reason: str | None = None  # "no digit found" or "unsure" when digit is None but input was fine
+    preprocessed: np.ndarray | None = None  # uint8 (28, 28): what the network saw
+    error: str | None = None  # the input could not be used (not an image, truncated, ...)
+
+    @property
+    def ok(self) -> bool:
+        """True unless the input itself was unusable."""
+        return self.error is None
+
+    def to_dict(self, include_image: bool = False) -> dict:
+        """JSON-ready dict: path, digit, confidence, probabilities, top_k (+ reason / error).
+
+        ``include_image`` adds ``preprocessed_png_base64`` (the 28x28 as a PNG) when available.
+        """
+        if self.error is not None:
+            return {"path": self.source, "error": self.error}
+        d = {
+            "path": self.source,
+            "digit": self.digit,
+            "confidence": self.confidence,
+            "probabilities": self.probabilities,
+            "top_k": self.top_k,
+        }
+        if self.reason is not None:
+            d["reason"] = self.reason
+        if include_image:
+            d["preprocessed_png_base64"] = (
+                png_base64(self.preprocessed) if self.preprocessed is not None else None
+            )
+        return d
+
+
+def png_bytes(image: np.ndarray) -> bytes:
+    """uint8 (H, W) -> PNG file bytes."""
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(np.asarray(image, dtype=np.uint8), mode="L").save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def png_base64(image: np.ndarray) -> str:
+    """uint8 (H, W) -> base64 text of its PNG."""
+    import base64
+
+    return base64.b64encode(png_bytes(image)).decode("ascii")
+
+
+class Predictor:
+    """A model loaded once, answering digit predictions for outside images (CLI, service, API).
+
+    ``Predictor()`` uses the pretrained weights bundled with the package; ``checkpoint`` may be
+    any checkpoint ``lenet eval`` reads.
+    """
+
+    def __init__(
+        self,
+        checkpoint: str | os.PathLike | None = None,
+        device: str = "cpu",
+        batch_size: int = 256,
+    ):
+        from lenet.engine import resolve_device
+
+        path = Path(checkpoint) if checkpoint is not None else bundled_checkpoint()
+        self.device = resolve_device(device)
+        lm = load_model(path, self.device)
+        self.model = lm.model
+        self.name = lm.name
+        self.normalization = lm.normalization
+        self.path = lm.path
+        self.batch_size = batch_size
+        metrics = lm.checkpoint.get("metrics") or {}
+        acc = metrics.get("test_accuracy")
+        if acc is None and (lm.checkpoint.get("train_config") or {}).get("select_on") == "test":
+            acc = metrics.get("val_acc")  # the seed recipe selects on (and reports) the test set
+        self.info = {
+            "model": self.name,
+            "parameters": count_parameters(self.model),
+            "test_accuracy": acc,
+            "checkpoint_sha256": sha256_file(path),
+            "path": str(path),
+            "bundled": checkpoint is None,
+            "normalization": self.normalization.to_dict(),
+        }
+        log.info("loaded %s from %s", self.name, path)
+
+    def __repr__(self) -> str:
+        return f"Predictor({self.name!r}, {str(self.path)!r})"
+
+    def predict_one(
+        self, source, top_k: int = 3, min_confidence: float | None = None
+    ) -> Prediction:
+        """:meth:`predict` for a single input."""
+        return self.predict([source], top_k=top_k, min_confidence=min_confidence)[0]
+
+    def predict(
+        self, inputs, top_k: int = 3, min_confidence: float | None = None
+    ) -> list[Prediction]:
+        """One :class:`Prediction` per input, in order; the network runs in batches.
+
+        ``inputs``: an iterable of paths, bytes, file-likes, PIL images or numpy arrays (a single
+        one of these is accepted too). Unusable inputs get ``error``; blank ones ``reason="no
+        digit found"``; answers below ``min_confidence`` get ``digit=None, reason="unsure"``.
+        """
+        if not 1 <= top_k <= 10:
+            raise LenetError("top_k must be between 1 and 10")
+        if min_confidence is not None and not 0.0 <= min_confidence <= 1.0:
+            raise LenetError("min_confidence must be between 0 and 1")
+        if isinstance(inputs, (str, os.PathLike, bytes, bytearray, np.ndarray)) or not hasattr(
+            inputs, "__iter__"
+        ):
+            inputs = [inputs]
+        results: list[Prediction] = []
+        ready: list[int] = []  # indexes of results whose 28x28 goes to the network
+        for source in inputs:
+            pred = Prediction(describe_source(source))
+            try:
+                pred.preprocessed = preprocess(source)
+                ready.append(len(results))
+            except NoDigitError as e:
+                log.debug("%s: %s", pred.source, e)
+                pred.reason = NO_DIGIT
+            except LenetError as e:
+                pred.error = str(e)
+            except Exception as e:  # a bug must not sink the other inputs; say what it was
+                log.exception("unexpected failure on %s", pred.source)
+                pred.error = f"internal error: {type(e).__name__}: {e}"
+            results.append(pred)
+        for i in range(0, len(ready), self.batch_size):
+            batch = ready[i : i + self.batch_size]
+            probs = self.probabilities(np.stack([results[j].preprocessed for j in batch]))
+            for j, p in zip(batch, probs, strict=True):
+                self._fill(results[j], p, top_k, min_confidence)
+        return results
+
+    def probabilities(self, images: np.ndarray) -> np.ndarray:
+        """Softmax probabilities (N, 10) for preprocessed uint8 images (N, 28, 28)."""
+        x = normalize(torch.from_numpy(np.ascontiguousarray(images)), self.normalization)
+        with torch.no_grad():
+            logits = self.model(x.to(self.device)).float()
+        return torch.softmax(logits, dim=1).cpu().numpy().astype(np.float64)
+
+    @staticmethod
+    def _fill(pred: Prediction, p: np.ndarray, top_k: int, min_confidence: float | None) -> None:
+        order = np.argsort(-p, kind="stable")[:top_k]
+        pred.probabilities = [round(float(v), 6) for v in p]
+        pred.top_k = [[int(d), round(float(p[d]), 6)] for d in order]
+        pred.confidence = round(float(p[order[0]]), 6)
+        if min_confidence is not None and pred.confidence < min_confidence:
+            pred.reason = UNSURE
+        else:
+            pred.digit = int(order[0])

@@ -1,0 +1,97 @@
+"""Realistic "photos" of MNIST test digits: ink on unevenly lit paper, pens, JPEG, canvases.
+
+Each MNIST digit (light on dark, 28x28) becomes the ink of a much larger picture: dark ink (or a
+coloured pen) on paper with a lighting gradient, sensor noise and dust specks, off-centre on a
+large canvas, saved as PNG or JPEG; or strokes on a transparent canvas; or chalk on a board.
+"""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+from PIL import Image
+
+KINDS = ("paper_png", "paper_jpeg", "pen_jpeg", "transparent_png", "large_jpeg", "chalk_png")
+PENS = [(20, 20, 25), (25, 45, 160), (170, 25, 35), (20, 110, 40), (90, 30, 120)]
+
+
+def ink_alpha(digit: np.ndarray, size: int) -> np.ndarray:
+    """The digit upscaled smoothly to ``size`` x ``size``: stroke coverage in [0, 1]."""
+    im = Image.fromarray(digit).resize((size, size), Image.Resampling.BICUBIC)
+    return np.clip(np.asarray(im, dtype=np.float32) / 255.0, 0, 1)
+
+
+def lighting(h: int, w: int, rng: np.random.Generator, amp: float) -> np.ndarray:
+    """A linear gradient in a random direction plus a soft vignette, values around 0."""
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    t = rng.uniform(0, 2 * np.pi)
+    ramp = (np.cos(t) * (xx / w - 0.5) + np.sin(t) * (yy / h - 0.5)) * amp
+    vig = -0.5 * amp * (((xx / w - 0.5) ** 2 + (yy / h - 0.5) ** 2) * 2)
+    return (ramp + vig).astype(np.float32)
+
+
+def _encode(a: np.ndarray, fmt: str, rng: np.random.Generator) -> bytes:
+    a = np.clip(np.rint(a), 0, 255).astype(np.uint8)
+    buf = io.BytesIO()
+    im = Image.fromarray(a)
+    if fmt == "JPEG":
+        im.save(buf, "JPEG", quality=int(rng.integers(55, 90)))
+    else:
+        im.save(buf, "PNG")
+    return buf.getvalue()
+
+
+def make_photo(digit: np.ndarray, kind: str, rng: np.random.Generator) -> bytes:
+    """One encoded image file (PNG/JPEG bytes) showing ``digit`` the way ``kind`` says."""
+    big = kind == "large_jpeg"
+    size = int(rng.integers(120, 260)) if big else int(rng.integers(56, 160))
+    alpha = ink_alpha(digit, size)
+    # Canvas: larger than the digit box, digit off-centre.
+    scale = rng.uniform(2.5, 5.0) if big else rng.uniform(1.05, 1.8)
+    h, w = int(size * scale * rng.uniform(0.9, 1.2)), int(size * scale * rng.uniform(0.9, 1.2))
+    h, w = max(h, size), max(w, size)
+    y, x = int(rng.integers(0, h - size + 1)), int(rng.integers(0, w - size + 1))
+    cov = np.zeros((h, w), np.float32)
+    cov[y : y + size, x : x + size] = alpha
+
+    if kind == "transparent_png":
+        rgba = np.zeros((h, w, 4), np.float32)
+        rgba[..., :3] = PENS[int(rng.integers(len(PENS)))]
+        rgba[..., 3] = cov * 255
+        return _encode(rgba, "PNG", rng)
+
+    noise = rng.uniform(0.01, 0.035)
+    light = lighting(h, w, rng, rng.uniform(0.1, 0.3))
+    if kind == "chalk_png":  # light chalk on a dark green board
+        board = np.array([35, 60, 45], np.float32) / 255 + light[..., None] * 0.5
+        chalk = np.array([235, 235, 225], np.float32) / 255
+        img = board * (1 - cov[..., None]) + chalk * cov[..., None]
+    else:
+        paper = rng.uniform(0.8, 0.95) + light
+        tint = np.array([1.0, rng.uniform(0.97, 1.0), rng.uniform(0.9, 1.0)], np.float32)
+        paper_rgb = paper[..., None] * tint
+        pen = PENS[int(rng.integers(len(PENS)))] if kind == "pen_jpeg" else (30, 30, 35)
+        pen = np.array(pen, np.float32) / 255 * rng.uniform(0.7, 1.3)
+        # Ink is a bit weaker where the pen is thin, as on real paper.
+        cov = cov * rng.uniform(0.75, 1.0)
+        img = paper_rgb * (1 - cov[..., None]) + pen * cov[..., None]
+        # Dust: a few dark specks anywhere on the page.
+        for _ in range(int(rng.integers(0, 6))):
+            sy, sx = int(rng.integers(0, h - 2)), int(rng.integers(0, w - 2))
+            img[sy : sy + 2, sx : sx + 2] *= rng.uniform(0.3, 0.7)
+    img = img + rng.normal(0, noise, img.shape).astype(np.float32)
+    fmt = "PNG" if kind.endswith("png") else "JPEG"
+    return _encode(img * 255, fmt, rng)
+
+
+def make_photos(images: np.ndarray, seed: int = 0) -> list[bytes]:
+    """One photo per MNIST image, cycling through every :data:`KINDS`."""
+    rng = np.random.default_rng(seed)
+    return [make_photo(d, KINDS[i % len(KINDS)], rng) for i, d in enumerate(images)]
+
+
+def naive_28x28(data: bytes) -> np.ndarray:
+    """The naive path: open, grayscale, plain resize to 28x28 (no MNIST-style steps)."""
+    im = Image.open(io.BytesIO(data)).convert("L").resize((28, 28), Image.Resampling.BILINEAR)
+    return np.asarray(im, dtype=np.uint8)
