@@ -45,10 +45,13 @@ def drawn_one(size: int = 200) -> bytes:
 def photo_of(digit28: np.ndarray, rng: np.random.Generator) -> bytes:
     """An MNIST digit as a phone photo of paper: dark ink, light uneven paper, noise, off-centre, JPEG."""
     h, w = 300, 400
-    ink = np.asarray(
-        Image.fromarray(np.asarray(digit28, np.uint8)).resize((160, 160), Image.BILINEAR),
-        np.float32,
-    ) / 255.0
+    ink = (
+        np.asarray(
+            Image.fromarray(np.asarray(digit28, np.uint8)).resize((160, 160), Image.BILINEAR),
+            np.float32,
+        )
+        / 255.0
+    )
     paper = np.linspace(235, 185, w, dtype=np.float32)[None, :].repeat(h, 0)  # lighting gradient
     y0, x0 = int(rng.integers(20, 120)), int(rng.integers(20, 220))
     page = paper.copy()
@@ -205,7 +208,8 @@ def test_predict_photos_of_digits(client, mnist_dir):
     correct = 0
     for i in range(n):
         r = client.post(
-            "/api/predict", files={"file": (f"{i}.jpg", photo_of(split.images[i], rng), "image/jpeg")}
+            "/api/predict",
+            files={"file": (f"{i}.jpg", photo_of(split.images[i], rng), "image/jpeg")},
         )
         assert r.status_code == 200, r.text
         correct += r.json()["digit"] == int(split.labels[i])

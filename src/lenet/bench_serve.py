@@ -141,9 +141,7 @@ def check_loopback(url: str) -> None:
     """Refuse to load-test anything but this machine."""
     host = urlsplit(url).hostname or ""
     try:
-        ok = any(
-            ipaddress.ip_address(a[4][0]).is_loopback for a in socket.getaddrinfo(host, None)
-        )
+        ok = any(ipaddress.ip_address(a[4][0]).is_loopback for a in socket.getaddrinfo(host, None))
     except (OSError, ValueError):
         ok = False
     if not ok:

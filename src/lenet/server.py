@@ -318,6 +318,9 @@ def create_app(
             raise ApiError(400, str(e)) from None
         if p.error:
             request.state.log_extra = f"error={p.error[:80]!r}"
+            if p.error.startswith("internal error"):  # the Predictor caught a bug, not bad input
+                log.error("prediction failed: %s", p.error)
+                raise ApiError(500, "internal server error")
             raise ApiError(400, p.error)
         out = prediction_json(p, predictor.name, 1000 * (time.perf_counter() - t0))
         request.state.log_extra = (
