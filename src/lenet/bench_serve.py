@@ -242,6 +242,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", action="store_true", help="print one JSON object")
     args = p.parse_args(argv)
     try:
+        import httpx  # noqa: F401
+    except ImportError:
+        print("lenet: error: the benchmark needs httpx: pip install 'lenet[test]'", file=sys.stderr)
+        return 2
+    try:
         bodies = make_bodies(args.images, args.data_dir)
         if args.url:
             result = run_benchmark(args.url, bodies, args.requests, args.concurrency)

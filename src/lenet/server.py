@@ -8,8 +8,6 @@ Pillow through ``lenet.preprocess.load_image`` (nothing is unpickled), and every
 
 from __future__ import annotations
 
-import base64
-import io
 import logging
 import math
 import os
@@ -18,17 +16,17 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import anyio
-import numpy as np
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
-from PIL import Image
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 from starlette.requests import Request as StarletteRequest
 
 from lenet import __version__
 from lenet.errors import LenetError
+from lenet.predictor import png_base64
 
 if TYPE_CHECKING:
     from lenet.predictor import Prediction, Predictor
@@ -71,11 +69,14 @@ async def read_body_limited(request: Request, max_bytes: int) -> bytes:
             raise ApiError(413, f"request body of {n:,} bytes is over the {max_bytes:,}-byte limit")
     chunks: list[bytes] = []
     total = 0
-    async for chunk in request.stream():
-        total += len(chunk)
-        if total > max_bytes:
-            raise ApiError(413, f"request body is over the {max_bytes:,}-byte limit")
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            total += len(chunk)
+            if total > max_bytes:
+                raise ApiError(413, f"request body is over the {max_bytes:,}-byte limit")
+            chunks.append(chunk)
+    except ClientDisconnect:  # the client went away mid-upload: nobody to answer, not a bug
+        raise ApiError(400, "client disconnected before the body was complete") from None
     return b"".join(chunks)
 
 
@@ -118,15 +119,6 @@ async def image_bytes_from_request(request: Request, max_bytes: int) -> bytes:
     return data
 
 
-def png_base64(image: np.ndarray | None) -> str | None:
-    """A uint8 (H,W) array as a base64 PNG (what the network saw, for the page to show)."""
-    if image is None:
-        return None
-    buf = io.BytesIO()
-    Image.fromarray(np.asarray(image, dtype=np.uint8), mode="L").save(buf, format="PNG")
-    return base64.b64encode(buf.getvalue()).decode("ascii")
-
-
 def _finite(x: Any) -> float | None:
     """JSON has no NaN/inf: such a value becomes null."""
     if x is None:
@@ -140,10 +132,10 @@ def prediction_json(p: Prediction, model: str, elapsed_ms: float) -> dict:
     return {
         "digit": None if p.digit is None else int(p.digit),
         "confidence": _finite(p.confidence),
-        "probabilities": [_finite(v) for v in (p.probabilities or [])],
+        "probabilities": None if p.probabilities is None else [_finite(v) for v in p.probabilities],
         "top_k": [[int(d), _finite(q)] for d, q in (p.top_k or [])],
         "reason": p.reason,
-        "preprocessed_png_base64": png_base64(p.preprocessed),
+        "preprocessed_png_base64": None if p.preprocessed is None else png_base64(p.preprocessed),
         "model": model,
         "elapsed_ms": round(elapsed_ms, 2),
     }
