@@ -351,6 +351,7 @@ class Component:
     y1: int  # exclusive
     x1: int  # exclusive
     touches: tuple[bool, bool, bool, bool]  # top, bottom, left, right border
+    edge_fraction: float  # share of its pixels in the outer 10% band of the image
 
     @property
     def height(self) -> int:
@@ -363,6 +364,9 @@ class Component:
 
 def _components(labels: np.ndarray, weight: np.ndarray) -> list[Component]:
     h, w = labels.shape
+    band = np.zeros((h, w), bool)
+    by, bx = max(1, math.ceil(0.1 * h)), max(1, math.ceil(0.1 * w))
+    band[:by], band[-by:], band[:, :bx], band[:, -bx:] = True, True, True, True
     out = []
     for lab in range(1, int(labels.max()) + 1):
         ys, xs = np.nonzero(labels == lab)
@@ -379,21 +383,19 @@ def _components(labels: np.ndarray, weight: np.ndarray) -> list[Component]:
                 y1,
                 x1,
                 (y0 == 0, y1 == h, x0 == 0, x1 == w),
+                float(band[ys, xs].mean()),
             )  # fmt: skip
         )
     return out
 
 
 def is_border_clutter(c: Component, h: int, w: int) -> bool:
-    """A blob that is the edge of something else: a shadow or paper edge running along a border,
-    or a huge region (the table around the paper) touching the border."""
-    top, bottom, left, right = c.touches
+    """A blob that is the edge of something else: a shadow or paper edge lying (almost) all in
+    the outer band of the image, or a huge region (the table around the paper) at the border.
+    A digit cropped tightly also touches the border, but most of it lies inside."""
     if not any(c.touches):
         return False
-    along_h = (top or bottom) and c.height <= 0.1 * h and c.width >= 0.4 * w
-    along_v = (left or right) and c.width <= 0.1 * w and c.height >= 0.4 * h
-    huge = c.area > 0.35 * h * w
-    return along_h or along_v or huge
+    return c.edge_fraction >= 0.8 or c.area > 0.35 * h * w
 
 
 def _gap(a: tuple[int, int, int, int], c: Component) -> int:
