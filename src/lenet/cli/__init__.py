@@ -17,6 +17,7 @@ COMMANDS = [
     "eval",
     "show",
     "predict",
+    "serve",
     "summary",
     "viz",
     "filters",

@@ -1,0 +1,347 @@
+"""The HTTP prediction service: a FastAPI app around one :class:`~lenet.predictor.Predictor`.
+
+Routes: ``GET /`` (the drawing page, served from ``lenet/static``), ``POST /api/predict``,
+``GET /api/health``, ``GET /api/model`` and FastAPI's ``/docs`` + ``/openapi.json``.
+Request bodies are size-limited before they are read whole, client bytes only ever reach
+Pillow through ``lenet.preprocess.load_image`` (nothing is unpickled), and every error is JSON.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import anyio
+from fastapi import FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
+from starlette.requests import Request as StarletteRequest
+
+from lenet import __version__
+from lenet.errors import LenetError
+from lenet.predictor import png_base64
+
+if TYPE_CHECKING:
+    from lenet.predictor import Prediction, Predictor
+
+log = logging.getLogger("lenet.server")
+
+STATIC_DIR = Path(__file__).with_name("static")
+DEFAULT_MAX_BYTES = 5_000_000
+# Content types accepted as a raw image body (besides multipart/form-data with a ``file`` part).
+RAW_TYPES = ("image/", "application/octet-stream")
+# Only the drawing page gets this policy: everything it loads comes from this server.
+PAGE_CSP = (
+    "default-src 'self'; img-src 'self' data: blob:; style-src 'self'; script-src 'self'; "
+    "connect-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'"
+)
+
+
+class ApiError(Exception):
+    """An error answered as ``{"error": message}`` with an HTTP status (never a traceback)."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+async def read_body_limited(request: Request, max_bytes: int) -> bytes:
+    """The request body, or 413 as soon as it is known to exceed ``max_bytes``.
+
+    A declared ``Content-Length`` over the limit is refused before a byte is read; a body
+    without one (chunked) is counted while it streams in and refused the moment it crosses.
+    """
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        try:
+            n = int(declared)
+        except ValueError:
+            raise ApiError(400, "Content-Length is not a number") from None
+        if n > max_bytes:
+            raise ApiError(413, f"request body of {n:,} bytes is over the {max_bytes:,}-byte limit")
+    chunks: list[bytes] = []
+    total = 0
+    try:
+        async for chunk in request.stream():
+            total += len(chunk)
+            if total > max_bytes:
+                raise ApiError(413, f"request body is over the {max_bytes:,}-byte limit")
+            chunks.append(chunk)
+    except ClientDisconnect:  # the client went away mid-upload: nobody to answer, not a bug
+        raise ApiError(400, "client disconnected before the body was complete") from None
+    return b"".join(chunks)
+
+
+async def image_bytes_from_request(request: Request, max_bytes: int) -> bytes:
+    """The uploaded image: the ``file`` part of a multipart form, or a raw ``image/*`` body."""
+    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if ctype != "multipart/form-data" and not ctype.startswith(RAW_TYPES):
+        raise ApiError(
+            415,
+            "send the image as multipart/form-data with a 'file' field, or as the raw body "
+            f"with an image/* Content-Type (got {ctype or 'no Content-Type'!r})",
+        )
+    body = await read_body_limited(request, max_bytes)
+    if ctype != "multipart/form-data":
+        if not body:
+            raise ApiError(400, "empty request body: send an image")
+        return body
+
+    # Parse the already size-checked body from memory (Starlette's parser, python-multipart).
+    sent = False
+
+    async def replay() -> dict:
+        nonlocal sent
+        if sent:
+            return {"type": "http.disconnect"}
+        sent = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    form_request = StarletteRequest(request.scope, replay)
+    try:
+        async with form_request.form(max_files=1, max_fields=20) as form:
+            upload = form.get("file")
+            if upload is None or isinstance(upload, str):
+                raise ApiError(400, "multipart body has no file field named 'file'")
+            data = await upload.read()
+    except StarletteHTTPException as e:  # malformed multipart
+        raise ApiError(400, f"bad multipart body: {e.detail}") from None
+    if not data:
+        raise ApiError(400, "the uploaded file is empty")
+    return data
+
+
+def _finite(x: Any) -> float | None:
+    """JSON has no NaN/inf: such a value becomes null."""
+    if x is None:
+        return None
+    x = float(x)
+    return x if math.isfinite(x) else None
+
+
+def prediction_json(p: Prediction, model: str, elapsed_ms: float) -> dict:
+    """The ``/api/predict`` answer for one successful :class:`Prediction`."""
+    return {
+        "digit": None if p.digit is None else int(p.digit),
+        "confidence": _finite(p.confidence),
+        "probabilities": None if p.probabilities is None else [_finite(v) for v in p.probabilities],
+        "top_k": [[int(d), _finite(q)] for d, q in (p.top_k or [])],
+        "reason": p.reason,
+        "preprocessed_png_base64": None if p.preprocessed is None else png_base64(p.preprocessed),
+        "model": model,
+        "elapsed_ms": round(elapsed_ms, 2),
+    }
+
+
+def model_json(predictor: Predictor) -> dict:
+    """``/api/model``: the predictor's info, with the checkpoint path reduced to its file name."""
+    info = dict(getattr(predictor, "info", {}) or {})
+    if info.get("path"):
+        info["path"] = Path(str(info["path"])).name  # don't reveal the server's file layout
+    info.setdefault("name", predictor.name)
+    norm = getattr(predictor, "normalization", None)
+    if norm is not None and hasattr(norm, "to_dict"):
+        info.setdefault("normalization", norm.to_dict())
+    return info
+
+
+class RequestLog:
+    """Pure ASGI middleware: one log line per HTTP request (method, path, status, ms, extra)."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        status = 500
+
+        async def send_wrapper(message):
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        finally:
+            ms = 1000 * (time.perf_counter() - start)
+            client = scope.get("client") or ("-", 0)
+            extra = scope.get("state", {}).get("log_extra", "")
+            log.info(
+                "%s %s %s %d %.1fms%s",
+                client[0],
+                scope["method"],
+                scope["path"],
+                status,
+                ms,
+                f" {extra}" if extra else "",
+            )
+
+
+def create_app(
+    predictor: Predictor,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+    top_k: int = 3,
+    min_confidence: float | None = None,
+    max_concurrency: int | None = None,
+    static_dir: str | os.PathLike | None = None,
+) -> FastAPI:
+    """The service around one loaded predictor.
+
+    ``max_bytes`` caps every request body; ``top_k``/``min_confidence`` are the defaults a
+    request can override with query parameters; ``max_concurrency`` caps how many predictions
+    run at once in worker threads (default: the CPU count), so a burst queues instead of
+    oversubscribing the cores.
+    """
+    if max_bytes <= 0:
+        raise ValueError("max_bytes must be positive")
+    static = Path(static_dir) if static_dir else STATIC_DIR
+    limiter = anyio.CapacityLimiter(max_concurrency or os.cpu_count() or 1)
+    started = time.time()
+
+    app = FastAPI(
+        title="lenet",
+        version=__version__,
+        summary="Handwritten-digit recognition with the LeNet family",
+        description="Draw a digit at `/`, or POST an image to `/api/predict`.",
+    )
+    app.state.predictor = predictor
+    app.state.max_bytes = max_bytes
+
+    @app.exception_handler(ApiError)
+    async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
+        headers = {"Connection": "close"} if exc.status == 413 else None
+        return JSONResponse({"error": exc.message}, status_code=exc.status, headers=headers)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return JSONResponse(
+            {"error": str(exc.detail)}, status_code=exc.status_code, headers=exc.headers
+        )
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0] if exc.errors() else {}
+        where = ".".join(str(x) for x in first.get("loc", ()) if x not in ("query", "body"))
+        msg = f"{where}: {first.get('msg', 'invalid')}" if where else first.get("msg", "invalid")
+        return JSONResponse({"error": msg}, status_code=422)
+
+    @app.exception_handler(Exception)
+    async def _internal_error(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("internal error on %s %s", request.method, request.url.path)
+        return JSONResponse({"error": "internal server error"}, status_code=500)
+
+    @app.get("/", include_in_schema=False)
+    async def index() -> FileResponse:
+        return FileResponse(
+            static / "index.html",
+            headers={"Content-Security-Policy": PAGE_CSP, "Cache-Control": "no-cache"},
+        )
+
+    @app.get("/api/health", summary="Liveness: the model is loaded and the server answers")
+    async def health() -> dict:
+        return {
+            "status": "ok",
+            "model": predictor.name,
+            "version": __version__,
+            "uptime_s": round(time.time() - started, 1),
+        }
+
+    @app.get("/api/model", summary="The loaded model: name, parameters, test accuracy, sha256")
+    async def model() -> dict:
+        return {**model_json(predictor), "max_bytes": max_bytes}
+
+    @app.post(
+        "/api/predict",
+        summary="Recognise the digit in an image",
+        description=(
+            "Send an image (PNG, JPEG, BMP, GIF, TIFF, WebP: a photo, a scan or a canvas "
+            "export) as multipart/form-data field `file`, or as the raw body with an `image/*` "
+            "Content-Type. It goes through the same MNIST-style preprocessing as `lenet "
+            "predict`. A blank image answers 200 with `digit: null` and a `reason`; a body over "
+            "the size limit answers 413; something that is not a usable image answers 400."
+        ),
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {
+                    "multipart/form-data": {
+                        "schema": {
+                            "type": "object",
+                            "properties": {"file": {"type": "string", "format": "binary"}},
+                            "required": ["file"],
+                        }
+                    },
+                    "image/*": {"schema": {"type": "string", "format": "binary"}},
+                },
+            }
+        },
+    )
+    async def predict(
+        request: Request,
+        top_k_: int = Query(top_k, alias="top_k", ge=1, le=10, description="classes in top_k"),
+        min_confidence_: float | None = Query(
+            min_confidence,
+            alias="min_confidence",
+            ge=0.0,
+            le=1.0,
+            description='below this confidence answer digit null, reason "unsure"',
+        ),
+    ) -> dict:
+        t0 = time.perf_counter()
+        data = await image_bytes_from_request(request, max_bytes)
+        try:
+            p = await anyio.to_thread.run_sync(
+                lambda: predictor.predict_one(data, top_k=top_k_, min_confidence=min_confidence_),
+                limiter=limiter,
+            )
+        except LenetError as e:  # the predictor reports per-input errors in .error; be safe
+            raise ApiError(400, str(e)) from None
+        if p.error:
+            request.state.log_extra = f"error={p.error[:80]!r}"
+            if p.error.startswith("internal error"):  # the Predictor caught a bug, not bad input
+                log.error("prediction failed: %s", p.error)
+                raise ApiError(500, "internal server error")
+            raise ApiError(400, p.error)
+        out = prediction_json(p, predictor.name, 1000 * (time.perf_counter() - t0))
+        request.state.log_extra = (
+            f"digit={out['digit']} p={out['confidence']:.3f}"
+            if out["digit"] is not None
+            else f"digit=None reason={p.reason!r}"
+        )
+        return out
+
+    app.mount("/static", StaticFiles(directory=static), name="static")
+    app.add_middleware(RequestLog)
+    return app
+
+
+def app_from_env() -> FastAPI:
+    """Factory for ``uvicorn --factory`` (each ``--workers`` process loads the model once)."""
+    import torch
+
+    from lenet.predictor import Predictor
+
+    if not logging.getLogger().handlers:  # a fresh worker process: log like the CLI does
+        logging.basicConfig(level=logging.INFO, format="lenet: %(message)s")
+    torch.set_num_threads(int(os.environ.get("LENET_SERVE_THREADS", 1)))
+    checkpoint = os.environ.get("LENET_SERVE_MODEL") or None
+    predictor = Predictor(checkpoint, device=os.environ.get("LENET_SERVE_DEVICE", "cpu"))
+    min_conf = os.environ.get("LENET_SERVE_MIN_CONFIDENCE")
+    return create_app(
+        predictor,
+        max_bytes=int(os.environ.get("LENET_SERVE_MAX_BYTES", DEFAULT_MAX_BYTES)),
+        top_k=int(os.environ.get("LENET_SERVE_TOP_K", 3)),
+        min_confidence=float(min_conf) if min_conf else None,
+    )
