@@ -15,8 +15,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lenet import distributed as dist
 from lenet.augment import make_augmenter
-from lenet.checkpoint import make_payload, read_checkpoint, save_checkpoint
+from lenet.checkpoint import clean_state_dict, make_payload, read_checkpoint, save_checkpoint
 from lenet.config import TrainConfig, make_config, validate
 from lenet.data import load_split
 from lenet.errors import LenetError
@@ -195,12 +196,15 @@ def train(
     overwrite: bool = False,
     progress: bool = True,
     on_epoch: Callable[[EpochResult, TrainResult], None] | None = None,
+    dist_timeout: float | None = None,
     **overrides,
 ) -> TrainResult:
     """Train a model (``lenet train``): returns the run folder with best.pt / last.pt / curves.
 
     ``config`` or ``recipe=...`` plus keyword overrides pick the settings; ``resume`` continues a
     run from its ``last.pt`` (overrides such as ``epochs`` or ``device`` still apply).
+    Under torchrun it trains data-parallel (see :mod:`lenet.distributed`; ``dist_timeout`` bounds
+    every collective); only rank 0 writes files.
     """
     state = None
     if resume is not None:
@@ -222,13 +226,21 @@ def train(
             config = replace(config, **{k: v for k, v in overrides.items() if v is not None})
         cfg = config
         validate(cfg)
-        run_dir = _new_run_dir(cfg, overwrite)
+        run_dir = None  # chosen below by rank 0 alone: ranks may start in different seconds
+
+    # [distributed] join torchrun's process group (a world of one without torchrun); rank 0
+    # names the run folder; --batch-size stays the global batch.
+    ctx = dist.setup(resolve_device(cfg.device), dist_timeout)
+    if run_dir is None:
+        run_dir = dist.from_main(ctx, lambda: _new_run_dir(cfg, overwrite))
+    dist.check_global_batch(cfg.batch_size, ctx)
+    progress = progress and ctx.is_main
 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     # Denormal floats make fp32 CPU training several times slower (sigmoid/avg-pool tails).
     torch.set_flush_denormal(True)
-    device = resolve_device(cfg.device)
+    device = ctx.device
     norm = resolve_normalization(cfg)
 
     # Data: each split loaded once, normalized once, resident on the device.
@@ -247,6 +259,8 @@ def train(
         y_sel = full.labels[n_train:].to(device)
     else:
         x_sel = y_sel = None
+    if x_sel is not None:  # [distributed] each rank validates its part; sums are reduced
+        x_sel, y_sel = dist.shard(x_sel, ctx), dist.shard(y_sel, ctx)
 
     torch.manual_seed(cfg.seed)
     mcfg = model_config(cfg.model)
@@ -260,7 +274,7 @@ def train(
     )
     start_epoch = 0
     if state is not None:
-        model.load_state_dict(state["state_dict"])
+        model.load_state_dict(clean_state_dict(state["state_dict"]))
         opt.load_state_dict(state["optimizer"])
         if sched is not None and state.get("scheduler"):
             sched.load_state_dict(state["scheduler"])
@@ -275,8 +289,10 @@ def train(
             f"{resume}: already trained {start_epoch} epochs; pass --epochs > {start_epoch}"
         )
 
-    run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(run_dir / "config.json", json.dumps(cfg.to_dict(), indent=2) + "\n")
+    net = dist.wrap_model(model, ctx)  # [distributed] DDP; `model` stays the one saved
+    if ctx.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(run_dir / "config.json", json.dumps(cfg.to_dict(), indent=2) + "\n")
     log.info(
         "training %s (%s recipe) on %s: %d train images, select on %s -> %s",
         cfg.model, cfg.recipe, device, n_used, cfg.select_on, run_dir,
@@ -304,20 +320,21 @@ def train(
                 leave=False, disable=None if progress else True, mininterval=0.5,
             )  # fmt: skip
             for i in range(0, n_used, cfg.batch_size):
-                idx = perm[i : i + cfg.batch_size]
+                gidx = perm[i : i + cfg.batch_size]  # the global batch
+                idx = dist.shard(gidx, ctx)  # [distributed] this rank's disjoint part of it
                 xb, yb = x_train[idx], y_train[idx]
                 if augment is not None:
                     xb = augment(xb)
-                out = model(xb)
-                loss = F.cross_entropy(out, yb)
+                out = net(xb)
+                loss = dist.batch_loss(out, yb, len(gidx), ctx)  # mean over the global batch
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
                 if per_step:
                     sched.step()
-                loss_sum += loss.detach() * len(idx)
+                loss_sum += loss.detach() * (len(gidx) / ctx.world_size)  # this rank's sum
                 correct += (out.detach().argmax(1) == yb).sum()
-                bar.update(len(idx))
+                bar.update(len(gidx))
             bar.close()
             if sched is not None and not per_step:
                 sched.step()
@@ -329,40 +346,48 @@ def train(
 
             val_loss = val_acc = None
             if x_sel is not None:
-                val_loss, val_acc = loss_and_accuracy(
-                    predict_logits(model, x_sel, cfg.eval_batch_size), y_sel
+                val_loss, val_acc = dist.reduced_loss_and_accuracy(
+                    predict_logits(model, x_sel, cfg.eval_batch_size), y_sel, ctx
                 )
+            train_loss_sum, train_correct = dist.sum_values(ctx, loss_sum, correct)
             score = val_acc if cfg.select_on in ("val", "test") else float(epoch)
             is_best = result.best_acc is None or score > result.best_acc
             row = EpochResult(
-                epoch + 1, loss_sum.item() / n_used, correct.item() / n_used, val_loss, val_acc,
+                epoch + 1, train_loss_sum / n_used, train_correct / n_used, val_loss, val_acc,
                 lr, seconds, n_used / seconds, is_best,
             )  # fmt: skip
             result.history.append(row)
             metrics = asdict(row)
             if is_best:
                 result.best_acc, result.best_epoch = score, epoch + 1
-                save_checkpoint(result.best_path, payload(epoch + 1, metrics))
-            save_checkpoint(
-                result.last_path,
-                {
-                    **payload(epoch + 1, metrics),
-                    "optimizer": opt.state_dict(),
-                    "scheduler": sched.state_dict() if sched is not None else None,
-                    "rng": _rng_state(),
-                    "best": {"acc": result.best_acc, "epoch": result.best_epoch},
-                    "history": [asdict(r) for r in result.history],
-                },
-            )
-            _write_metrics(run_dir, result.history)
+            if ctx.is_main:  # [distributed] rank 0 alone writes files
+                if is_best:
+                    save_checkpoint(result.best_path, payload(epoch + 1, metrics))
+                save_checkpoint(
+                    result.last_path,
+                    {
+                        **payload(epoch + 1, metrics),
+                        "optimizer": opt.state_dict(),
+                        "scheduler": sched.state_dict() if sched is not None else None,
+                        "rng": _rng_state(),
+                        "best": {"acc": result.best_acc, "epoch": result.best_epoch},
+                        "history": [asdict(r) for r in result.history],
+                    },
+                )
+                _write_metrics(run_dir, result.history)
             if on_epoch is not None:
                 on_epoch(row, result)
+    except Exception as e:  # [distributed] a dead or hung peer: one clear line, not a trace
+        if ctx.enabled and dist.is_collective_failure(e):
+            raise dist.failure(e, ctx, result.last_path) from e
+        raise
     finally:
-        if result.history:
+        if result.history and ctx.is_main:
             try:
                 from lenet.plots import plot_curves
 
                 plot_curves(result.history, run_dir / "curves.png", select_on=cfg.select_on)
             except Exception as e:  # a plotting failure must never lose the run
                 log.warning("could not draw curves.png: %s", e)
+    dist.finish(ctx)  # [distributed] every rank returns once rank 0's files exist
     return result

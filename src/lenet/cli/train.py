@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
+import os
+import sys
+from pathlib import Path
 
 from lenet.cli import add_data_dir
-from lenet.config import AUGMENT, NORMALIZE, OPTIMIZERS, RECIPES, SCHEDULERS, SELECT_ON
+from lenet.config import AUGMENT, NORMALIZE, OPTIMIZERS, RECIPES, SCHEDULERS, SELECT_ON, make_config
+from lenet.errors import LenetError
 from lenet.models import list_models
 
 
@@ -53,6 +58,21 @@ def register(sub) -> None:
     p.add_argument("--overwrite", action="store_true", help="reuse an existing --name folder")
     p.add_argument("--resume", metavar="LAST_PT", help="continue a run from its last.pt")
     p.add_argument("--json", action="store_true", help="print a JSON summary at the end")
+    d = p.add_argument_group(
+        "distributed",
+        "Data-parallel training: run under `torchrun --nproc-per-node N -m lenet train ...` "
+        "(or use --nproc). --batch-size is the global batch, split evenly over the processes.",
+    )
+    d.add_argument(
+        "--nproc", type=int, metavar="N",
+        help="launch N training processes on this machine through torchrun (gloo on CPU, "
+        "NCCL on GPUs; CPU threads are split between them)",
+    )  # fmt: skip
+    d.add_argument(
+        "--dist-timeout", type=float, metavar="SECONDS",
+        help="how long a process waits for a dead or hung peer before stopping with an error "
+        "(default: $LENET_DIST_TIMEOUT or 300)",
+    )  # fmt: skip
     p.set_defaults(func=run)
 
 
@@ -67,9 +87,66 @@ def _fmt_epoch(row, epochs: int, sel: str) -> str:
     )
 
 
+# Flags forwarded as they are to each process that --nproc launches.
+_FORWARD = ["recipe", "model", "epochs", "batch_size", "lr", "optimizer", "momentum",
+            "weight_decay", "scheduler", "step_size", "gamma", "val_size", "select_on",
+            "normalize", "seed", "device", "threads", "limit", "data_dir", "out", "name",
+            "resume", "dist_timeout"]  # fmt: skip
+
+
+def _launch(args: argparse.Namespace) -> int:
+    """``--nproc N``: the same command under torchrun on this machine (one node, N processes)."""
+    from lenet import distributed
+
+    n = args.nproc
+    if n < 1:
+        raise LenetError("--nproc must be at least 1")
+    if distributed.env_world_size() > 1:
+        raise LenetError("--nproc launches torchrun itself; under torchrun leave it out")
+    if not args.resume:  # the same check every rank makes, before starting anything
+        batch = args.batch_size or make_config(args.recipe).batch_size
+        distributed.check_global_batch(batch, distributed.DistContext(world_size=n))
+    argv = ["-m", "lenet"] + (["-q"] if args.quiet else []) + ["train"]
+    for key in _FORWARD:
+        value = getattr(args, key)
+        if value is not None:
+            argv += [f"--{key.replace('_', '-')}", str(value)]
+    argv += [f"--{flag}" for flag in ("overwrite", "json") if getattr(args, flag)]
+    if args.threads is None and "OMP_NUM_THREADS" not in os.environ:
+        # Share the cores instead of oversubscribing them (the workers inherit this).
+        os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // n))
+    logging.getLogger(__name__).info("launching %d processes (torchrun, one node)", n)
+    return distributed.launch_local(n, [sys.executable, *argv])
+
+
+def _restart_resume(args: argparse.Namespace) -> None:
+    """Under ``torchrun --max-restarts``, a restarted worker group continues from ``last.pt``.
+
+    torchrun re-runs the same command after a failure; without this the second attempt would
+    refuse the run folder the first one created.
+    """
+    from lenet import distributed
+
+    if args.resume or distributed.restart_count() == 0 or not args.name:
+        return
+    last = Path(args.out) / args.name / "last.pt"
+    if last.is_file():
+        args.resume = str(last)
+    else:  # the first attempt died before finishing an epoch: its folder is ours to reuse
+        args.overwrite = True
+
+
 def run(args: argparse.Namespace) -> int:
     """Build the config from recipe + flags, train, print one line per epoch."""
+    if args.nproc is not None and args.nproc != 1:
+        return _launch(args)
+    from lenet import distributed
     from lenet.engine import train
+
+    _restart_resume(args)
+    main = distributed.is_main()
+    if not main:  # only rank 0 talks; the others still report their errors
+        logging.getLogger().setLevel(logging.WARNING)
 
     keys = ["model", "epochs", "batch_size", "lr", "optimizer", "momentum", "weight_decay",
             "scheduler", "step_size", "gamma", "val_size", "select_on", "normalize", "augment", "seed",
@@ -83,11 +160,21 @@ def run(args: argparse.Namespace) -> int:
         overrides.update(recipe=args.recipe, data_dir=args.data_dir, out=args.out)
 
     def on_epoch(row, res):
-        if not args.json:
+        if main and not args.json:
             sel = "test" if res.select_on == "test" else "val"
             print(_fmt_epoch(row, res.config.epochs, sel), flush=True)
 
-    res = train(resume=args.resume, overwrite=args.overwrite, on_epoch=on_epoch, **overrides)
+    try:
+        res = train(
+            resume=args.resume, overwrite=args.overwrite, on_epoch=on_epoch,
+            dist_timeout=args.dist_timeout, **overrides,
+        )  # fmt: skip
+    except distributed.SameErrorOnEveryRank:
+        if main:
+            raise
+        return 2  # rank 0 prints it
+    if not main:
+        return 0
     summary = {
         "run_dir": str(res.run_dir), "best": str(res.best_path), "last": str(res.last_path),
         "best_epoch": res.best_epoch, "best_acc": res.best_acc, "select_on": res.select_on,
