@@ -109,3 +109,10 @@ def test_tiny_runs_and_config_plus_overrides(mnist_dir, tmp_path):
     res = train(cfg, epochs=1, name="tiny", device="cpu", threads=1, progress=False)
     assert res.config.epochs == 1 and res.config.limit == 200
     assert len(res.history) == 1
+
+
+def test_resume_cannot_stretch_a_one_cycle_schedule(mnist_dir, tmp_path):
+    kw = dict(data_dir=str(mnist_dir), out=str(tmp_path), progress=False, **SMALL)
+    res = train(epochs=1, name="oc", **kw)
+    with pytest.raises(LenetError, match="onecycle schedule is fixed for 1 epochs"):
+        train(resume=res.last_path, epochs=2, progress=False)

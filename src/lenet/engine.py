@@ -103,7 +103,8 @@ def predict_logits(model: nn.Module, x: torch.Tensor, batch_size: int = 1000) ->
     """Logits (N, classes) for already-normalized inputs (N, 1, H, W), in eval mode."""
     was_training = model.training
     model.eval()
-    out = torch.cat([model(x[i : i + batch_size]) for i in range(0, x.shape[0], batch_size)])
+    chunks = [model(x[i : i + batch_size]) for i in range(0, x.shape[0], batch_size)]
+    out = torch.cat(chunks) if chunks else model(x)  # an empty shard still has a (0, 10) shape
     model.train(was_training)
     return out
 
@@ -214,10 +215,17 @@ def train(
                 f"{resume}: not a last.pt written by lenet train (cannot resume from it)"
             )
         cfg = TrainConfig.from_dict(state["train_config"])
+        saved_epochs = cfg.epochs
         for k, v in overrides.items():
             if v is not None:
                 setattr(cfg, k, v)
         validate(cfg)
+        if cfg.epochs != saved_epochs and cfg.scheduler in ("onecycle", "cosine"):
+            # These schedules are laid out over the run's total steps when it starts.
+            raise LenetError(
+                f"{resume}: a {cfg.scheduler} schedule is fixed for {saved_epochs} epochs when "
+                "the run starts; resume without --epochs, or start a new run"
+            )
         run_dir = Path(resume).parent
     else:
         if config is None:
