@@ -11,7 +11,7 @@ from lenet import __version__
 from lenet.errors import LenetError
 
 # One module per verb (lenet/cli/<verb>.py), each with ``register(subparsers)``.
-COMMANDS = ["data", "train", "eval", "show"]
+COMMANDS = ["data", "train", "eval", "show", "export", "bench"]
 
 
 def add_data_dir(p: argparse.ArgumentParser) -> None:
