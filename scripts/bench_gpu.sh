@@ -9,10 +9,10 @@ OUT=${OUT:-bench-out}; DATA=${DATA:-data}
 mkdir -p "$OUT"
 { nvidia-smi -L; python -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())"
   python -c "import onnxruntime; print('onnxruntime', onnxruntime.__version__)"; nproc; } 2>&1
-timeout 330 python -m lenet bench --device cuda --data-dir "$DATA" --json "$OUT/bench-cuda.json"
+timeout 200 python -m lenet bench --device cuda --data-dir "$DATA" --json "$OUT/bench-cuda.json"
 for t in 1 2; do
-  timeout 90 taskset -c 0,1 python -m lenet -q bench --device cpu --threads $t --only train-throughput \
+  timeout 60 taskset -c 0,1 python -m lenet -q bench --device cpu --threads $t --only train-throughput \
     --models lenet5-relu --data-dir "$DATA" --json "$OUT/cpu-2cores-threads$t.json"
 done
-timeout 60 taskset -c 0,1 python -m lenet -q bench --device cpu --threads 2 --only inference-throughput \
+timeout 40 taskset -c 0,1 python -m lenet -q bench --device cpu --threads 2 --only inference-throughput \
   predict-latency data-load --data-dir "$DATA" --json "$OUT/cpu-2cores-infer.json"
