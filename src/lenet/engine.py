@@ -24,6 +24,7 @@ from lenet.errors import LenetError
 from lenet.fileio import atomic_write_text
 from lenet.models import create_model, get_spec, model_config
 from lenet.normalization import MNIST_STATS, TOTENSOR, Normalization, normalize
+from lenet.speed import optimize_model
 
 log = logging.getLogger(__name__)
 
@@ -273,6 +274,7 @@ def train(
     torch.manual_seed(cfg.seed)
     mcfg = model_config(cfg.model)
     model = create_model(cfg.model, **mcfg).to(device)
+    optimize_model(model, device)  # same math; CPU: channels-last + GEMM-shaped c5
     opt = build_optimizer(cfg, model.parameters())
     steps_per_epoch = -(-n_used // cfg.batch_size)
     sched, per_step = build_scheduler(cfg, opt, steps_per_epoch)

@@ -23,6 +23,8 @@ COMMANDS = [
     "filters",
     "augment-preview",
     "reproduce",
+    "export",
+    "bench",
 ]
 
 
