@@ -360,8 +360,10 @@ def train(
                     predict_logits(model, x_sel, cfg.eval_batch_size), y_sel, ctx
                 )
             train_loss_sum, train_correct = dist.sum_values(ctx, loss_sum, correct)
-            score = val_acc if cfg.select_on in ("val", "test") else float(epoch)
-            is_best = result.best_acc is None or score > result.best_acc
+            # "last": every epoch replaces best.pt; best_acc is then that epoch's val (or None).
+            is_best = (
+                cfg.select_on == "last" or result.best_acc is None or val_acc > result.best_acc
+            )
             row = EpochResult(
                 epoch + 1, train_loss_sum / n_used, train_correct / n_used, val_loss, val_acc,
                 lr, seconds, n_used / seconds, is_best,
@@ -369,7 +371,7 @@ def train(
             result.history.append(row)
             metrics = asdict(row)
             if is_best:
-                result.best_acc, result.best_epoch = score, epoch + 1
+                result.best_acc, result.best_epoch = val_acc, epoch + 1
             if ctx.is_main:  # [distributed] rank 0 alone writes files
                 if is_best:
                     save_checkpoint(result.best_path, payload(epoch + 1, metrics))

@@ -53,9 +53,9 @@ ROWS: list[Row] = [
     Row("lenet5-relu", "lenet5-relu", "LeNet-5, ReLU + max pooling", 0.95, "LeNet-5",
         settings=dict(MODERN, epochs=20, batch_size=256, lr=5e-3, weight_decay=1e-4)),
     Row("lenet5-1998", "lenet5-1998", "LeNet-5 as published", 0.95, "LeNet-5",
-        settings=dict(MODERN, epochs=20, lr=2e-3)),
+        settings=dict(MODERN, epochs=20, lr=1e-2)),
     Row("lenet5-1998+distortions", "lenet5-1998", "LeNet-5 as published, affine distortions",
-        0.8, "LeNet-5 [dist]", settings=dict(MODERN, epochs=30, lr=2e-3, augment="affine")),
+        0.8, "LeNet-5 [dist]", settings=dict(MODERN, epochs=30, lr=1e-2, augment="affine")),
     Row("lenet5-plus+distortions", "lenet5-plus", "our lenet5-plus, affine + elastic distortions",
         0.5, "our goal", settings=dict(MODERN, epochs=30, lr=5e-3, weight_decay=1e-4, augment="both")),
 ]  # fmt: skip
