@@ -19,5 +19,6 @@ if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then
 fi
 
 python3 -m pip install -q -c constraints.txt -e ".[all,test]"
-python3 -m ruff check src tests
+python3 -m ruff format --check src tests scripts
+python3 -m ruff check src tests scripts
 python3 -m pytest "$@"

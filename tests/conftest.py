@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 import subprocess
 import sys
@@ -21,6 +22,19 @@ def mnist_dir() -> Path:
     """The real MNIST, fetched and verified on first use (cached across runs in ./data)."""
     ensure_mnist(DATA_DIR)
     return DATA_DIR
+
+
+def require(module: str):
+    """Import an optional dependency: skip without it locally, but FAIL in CI (CI=true), where
+    scripts/test.sh installs every extra and a silent skip would hide a broken install."""
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        if os.environ.get("CI"):
+            pytest.fail(
+                f"{module} is missing in CI: scripts/test.sh must install it", pytrace=False
+            )
+        pytest.skip(f"needs {module}", allow_module_level=True)
 
 
 def write_tiny_mnist(root: Path, n_train: int = 64, n_test: int = 32, seed: int = 0) -> Path:

@@ -45,13 +45,6 @@ def test_note_to_tensor_matches_normalize():
     assert np.allclose(t.numpy()[0], a / 255.0)
 
 
-@pytest.mark.parametrize("verb", ["bench", "export"])
-def test_help(verb):
-    proc = run_cli(verb, "--help")
-    assert proc.returncode == 0
-    assert f"lenet {verb}" in proc.stdout
-
-
 def test_bench_unknown_benchmark_is_usage_error():
     proc = run_cli("bench", "--only", "nope")
     assert proc.returncode == 2

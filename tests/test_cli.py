@@ -48,3 +48,37 @@ def test_missing_checkpoint_is_one_line(tmp_path):
 def test_bad_flag_value_is_one_line(tmp_path):
     p = run_cli("train", "--epochs", "0", "--out", str(tmp_path))
     assert_one_line_error(p, "--epochs must be at least 1")
+
+
+def test_resume_refuses_to_change_settings(mnist_dir, tmp_path):
+    p = run_cli(
+        "train", "--limit", "500", "--epochs", "1", "--val-size", "100", "--threads", "1",
+        "--data-dir", str(mnist_dir), "--out", str(tmp_path), "--name", "r",
+    )  # fmt: skip
+    assert p.returncode == 0, p.stderr
+    p = run_cli(
+        "train", "--resume", str(tmp_path / "r" / "last.pt"), "--lr", "0.1", "--augment", "both"
+    )
+    assert_one_line_error(p, "cannot change --lr, --augment")
+
+
+def test_out_of_range_start_and_unwritable_out_are_one_line(mnist_dir, tmp_path):
+    from lenet.predictor import bundled_checkpoint
+
+    bundled = str(bundled_checkpoint())
+    p = run_cli("show", bundled, "--start", "10000", "--data-dir", str(mnist_dir))
+    assert_one_line_error(p, "--start must be between 0 and 9999")
+    a_file = tmp_path / "not-a-folder"
+    a_file.write_text("x")
+    p = run_cli("eval", bundled, "--out", str(a_file), "--data-dir", str(mnist_dir))
+    assert_one_line_error(p, "not-a-folder")
+
+
+def test_bundled_weights_pictures_go_to_the_current_folder(mnist_dir, tmp_path):
+    from lenet.predictor import bundled_checkpoint
+
+    p = run_cli("show", str(bundled_checkpoint()), "--n", "3", "--data-dir", str(mnist_dir),
+                cwd=tmp_path)  # fmt: skip
+    assert p.returncode == 0, p.stderr
+    assert (tmp_path / "show.png").is_file()
+    assert not (bundled_checkpoint().parent / "show.png").exists()

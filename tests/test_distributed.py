@@ -141,6 +141,7 @@ def test_nproc_rejects_an_uneven_batch_before_starting(tmp_path):
 # ---------------------------------------------------------------------------- 2 ranks vs 1
 
 
+@pytest.mark.slow  # several processes, several epochs
 def test_two_processes_match_one_and_only_rank0_writes(mnist_dir, tmp_path):
     args = [*SUBSET, "--epochs", "3", "--data-dir", str(mnist_dir), "--out", "runs", "--name", "r"]
     one = _popen(_lenet_train(*args), tmp_path, _env())
@@ -172,6 +173,7 @@ def test_two_processes_match_one_and_only_rank0_writes(mnist_dir, tmp_path):
     assert _max_weight_diff(tmp_path / "runs" / "r" / "last.pt", run2 / "last.pt") < 1e-4
 
 
+@pytest.mark.slow  # several processes, several epochs
 def test_nproc_checkpoint_loads_in_one_process_and_back(mnist_dir, tmp_path):
     # --scheduler none: a one-cycle schedule is fixed at its first epoch count (resuming with
     # more epochs is not what this test is about).
@@ -219,6 +221,7 @@ LONGER = ["--limit", "8000", "--val-size", "1000", "--batch-size", "64", "--devi
           "--threads", "1", "--epochs", "3"]  # fmt: skip
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("how", ["kill", "hang"])
 def test_dead_or_hung_rank_stops_the_other_with_one_line(mnist_dir, tmp_path, how):
     args = [*LONGER, "--data-dir", str(mnist_dir), "--out", str(tmp_path), "--name", "k"]
@@ -254,6 +257,7 @@ def test_dead_or_hung_rank_stops_the_other_with_one_line(mnist_dir, tmp_path, ho
         assert [int(r["epoch"]) for r in rows] == [1, 2, 3]
 
 
+@pytest.mark.slow  # several processes, several epochs
 def test_torchrun_max_restarts_resumes_from_last_pt(mnist_dir, tmp_path):
     args = [*LONGER, "--data-dir", str(mnist_dir), "--out", str(tmp_path), "--name", "m"]
     # Without this torchrun's shared rendezvous store can hand the restarted workers their
@@ -305,3 +309,25 @@ def test_two_processes_reach_one_process_accuracy_on_the_fast_recipe(mnist_dir, 
         acc[name] = 100 * json.loads(ev.stdout)["accuracy"]
     assert acc["one"] >= 98.8, acc
     assert abs(acc["one"] - acc["two"]) <= 0.2, acc
+
+
+def test_nproc_forwards_every_given_flag(monkeypatch):
+    """--nproc relaunches the same command: no flag may be dropped on the way (e.g. --augment)."""
+    from lenet import distributed
+    from lenet.cli import build_parser
+    from lenet.cli.train import _FORWARD, _launch
+
+    seen: list[list[str]] = []
+    monkeypatch.setattr(distributed, "launch_local", lambda n, cmd: seen.append(cmd) or 0)
+    argv = ["train", "--nproc", "2", "--augment", "both", "--model", "lenet5-plus", "--lr", "0.01",
+            "--epochs", "3", "--batch-size", "64", "--seed", "5", "--name", "x"]  # fmt: skip
+    args = build_parser().parse_args(argv)
+    assert _launch(args) == 0
+    cmd = " ".join(seen[0])
+    for flag in ("--augment both", "--model lenet5-plus", "--lr 0.01", "--epochs 3",
+                 "--batch-size 64", "--seed 5", "--name x"):  # fmt: skip
+        assert flag in cmd, (flag, cmd)
+    settable = {
+        a.dest for a in build_parser()._subparsers._group_actions[0].choices["train"]._actions
+    }
+    assert set(_FORWARD) <= settable

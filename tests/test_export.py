@@ -8,14 +8,14 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import assert_one_line_error, run_cli
+from conftest import assert_one_line_error, require, run_cli
 from lenet.checkpoint import load_model
 from lenet.data import load_split
 from lenet.engine import train
 from lenet.normalization import normalize
 from lenet.speed import WholeInputConv2d, optimize_model
 
-pytest.importorskip("onnxruntime")
+require("onnxruntime")
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +37,7 @@ def trained(mnist_dir, tmp_path_factory):
 @pytest.mark.parametrize("exporter", ["dynamo", "legacy"])
 def test_onnx_matches_pytorch_on_test_set(trained, tmp_path, exporter):
     if exporter == "dynamo":
-        pytest.importorskip("onnxscript")
+        require("onnxscript")
     from lenet.export import OnnxRunner, export_onnx
 
     ckpt, x, ref, test = trained

@@ -235,12 +235,6 @@ def test_train_with_augment_is_reproducible_and_resumes_exactly(mnist_dir, tmp_p
 # ---------------------------------------------------------------- CLI
 
 
-@pytest.mark.parametrize("verb", ["summary", "viz", "filters", "augment-preview", "reproduce"])
-def test_new_verbs_have_help(verb):
-    p = run_cli(verb, "--help")
-    assert p.returncode == 0 and "usage: lenet" in p.stdout
-
-
 def test_summary_cli_text_and_json():
     p = run_cli("summary", "lenet5-1998")
     assert p.returncode == 0, p.stderr
@@ -252,9 +246,15 @@ def test_summary_cli_text_and_json():
     assert_one_line_error(run_cli("summary", "lenet9"), "neither a model")
 
 
-def test_train_augment_flag_and_bad_value(mnist_dir, tmp_path):
+def test_train_augment_flag_reaches_the_run_and_bad_value_is_refused(mnist_dir, tmp_path):
     p = run_cli("train", "--augment", "wobble", "--out", str(tmp_path))
     assert p.returncode == 2 and "invalid choice" in p.stderr
+    p = run_cli(
+        "train", "--augment", "affine", "--limit", "256", "--epochs", "1", "--val-size", "100",
+        "--threads", "1", "--data-dir", str(mnist_dir), "--out", str(tmp_path), "--name", "a",
+    )  # fmt: skip
+    assert p.returncode == 0, p.stderr
+    assert json.loads((tmp_path / "a" / "config.json").read_text())["augment"] == "affine"
 
 
 @pytest.mark.slow
@@ -298,7 +298,9 @@ def test_reproduce_quick_smoke(mnist_dir, tmp_path):
         "lenet5-1998+distortions", "lenet5-plus+distortions",
     ]  # fmt: skip
     for r in rep["rows"]:
-        assert len(r["runs"]) == 1 and 0 <= r["mean_error"] < 91  # 1 short epoch: above chance
+        assert (
+            len(r["runs"]) == 1 and 0 <= r["mean_error"] < 90
+        )  # 1 short epoch: better than chance
         assert r["config"]["val_size"] == 0 and r["config"]["select_on"] == "last"
     md = (tmp_path / "docs" / "reproduction-quick.md").read_text()
     assert "| `lenet5-1998` |" in md and "0.95%" in md

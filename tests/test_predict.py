@@ -235,3 +235,22 @@ def test_cli_predict_flag_errors(tmp_path):
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"junk")
     assert_one_line_error(run_cli("predict", "x.png", "--model", str(bad)), "not a loadable")
+
+
+def test_one_file_like_is_one_input(predictor, mnist_test):
+    images, labels = mnist_test
+    buf = io.BytesIO()
+    Image.fromarray(images[0]).save(buf, format="PNG")
+    buf.seek(0)
+    res = predictor.predict(buf)  # iterating a file-like would give its lines: must not
+    assert len(res) == 1 and res[0].digit == labels[0]
+
+
+def test_onnx_backend_agrees_with_torch(predictor, mnist_test):
+    images, _ = mnist_test
+    onnx = Predictor(backend="onnx")
+    assert onnx.info["backend"] == "onnx"
+    p_torch = predictor.probabilities(images[:500])
+    p_onnx = onnx.probabilities(images[:500])
+    assert np.abs(p_torch - p_onnx).max() < 1e-4
+    assert (p_torch.argmax(1) == p_onnx.argmax(1)).all()

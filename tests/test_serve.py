@@ -15,11 +15,12 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-pytest.importorskip("fastapi", reason="needs the 'serve' extra")
-httpx = pytest.importorskip("httpx", reason="needs the 'test' extra")
+from conftest import assert_one_line_error, require, run_cli
+
+require("fastapi")  # the 'serve' extra
+httpx = require("httpx")  # the 'test' extra
 import uvicorn  # noqa: E402
 
-from conftest import assert_one_line_error, run_cli  # noqa: E402
 from lenet.bench_serve import ServerProcess, canvas_png, make_bodies, run_benchmark  # noqa: E402
 from lenet.data import load_split  # noqa: E402
 from lenet.predictor import Predictor  # noqa: E402

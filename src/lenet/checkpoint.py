@@ -28,6 +28,14 @@ def versions() -> dict:
     }
 
 
+def output_dir_for(checkpoint: str | os.PathLike) -> Path:
+    """Where pictures about a checkpoint go by default: its own run folder, or the current
+    folder for the weights shipped inside the package (never write into site-packages)."""
+    folder = Path(checkpoint).resolve().parent
+    package = Path(__file__).resolve().parent
+    return Path(".") if folder == package or package in folder.parents else Path(checkpoint).parent
+
+
 def clean_state_dict(state_dict: dict) -> dict:
     """Strip wrapper prefixes (``module.`` from DDP, ``_orig_mod.`` from torch.compile)."""
     out = {}

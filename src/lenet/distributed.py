@@ -292,6 +292,22 @@ def reduced_loss_and_accuracy(
     return loss_sum / max(count, 1), correct / max(count, 1)
 
 
+def once_per_machine(ctx: DistContext, fn: Callable[[], object]) -> None:
+    """Run ``fn`` on each machine's local rank 0 while that machine's other ranks wait.
+
+    For preparing local files (fetching MNIST) without N processes racing to write them; an
+    error there surfaces on the waiting ranks too, when they read the files.
+    """
+    if not ctx.enabled:
+        fn()
+        return
+    try:
+        if ctx.local_rank == 0:
+            fn()
+    finally:
+        barrier(ctx)
+
+
 def from_main(ctx: DistContext, fn: Callable[[], T]) -> T:
     """Run ``fn`` on rank 0 only and hand its (picklable) result, or its LenetError, to every rank.
 

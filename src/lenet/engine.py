@@ -19,7 +19,7 @@ from lenet import distributed as dist
 from lenet.augment import make_augmenter
 from lenet.checkpoint import clean_state_dict, make_payload, read_checkpoint, save_checkpoint
 from lenet.config import TrainConfig, make_config, validate
-from lenet.data import load_split
+from lenet.data import ensure_mnist, load_split
 from lenet.errors import LenetError
 from lenet.fileio import atomic_write_text
 from lenet.models import create_model, get_spec, model_config
@@ -253,6 +253,8 @@ def train(
     norm = resolve_normalization(cfg)
 
     # Data: each split loaded once, normalized once, resident on the device.
+    # [distributed] one process per machine fetches MNIST when it is missing; the rest wait.
+    dist.once_per_machine(ctx, lambda: ensure_mnist(cfg.data_dir))
     full = load_split("train", cfg.data_dir)
     n_train = len(full) - cfg.val_size
     if n_train <= 0:
@@ -321,6 +323,9 @@ def train(
             model.train()
             perm = epoch_permutation(n_used, cfg.seed, epoch).to(device)
             augment = make_augmenter(cfg.augment, cfg.seed, epoch)
+            # Dropout's randomness: a function of (seed, epoch, rank), so resume is exact and
+            # DDP ranks draw different masks.
+            torch.manual_seed(cfg.seed * 1_000_003 + epoch * 1009 + ctx.rank)
             loss_sum = torch.zeros((), device=device)
             correct = torch.zeros((), dtype=torch.long, device=device)
             lr = opt.param_groups[0]["lr"]
@@ -332,9 +337,11 @@ def train(
             for i in range(0, n_used, cfg.batch_size):
                 gidx = perm[i : i + cfg.batch_size]  # the global batch
                 idx = dist.shard(gidx, ctx)  # [distributed] this rank's disjoint part of it
-                xb, yb = x_train[idx], y_train[idx]
-                if augment is not None:
-                    xb = augment(xb)
+                if augment is None:
+                    xb = x_train[idx]
+                else:  # distort the global batch, keep this rank's part: N ranks = 1 process
+                    xb = dist.shard(augment(x_train[gidx]), ctx)
+                yb = y_train[idx]
                 out = net(xb)
                 loss = dist.batch_loss(out, yb, len(gidx), ctx)  # mean over the global batch
                 opt.zero_grad(set_to_none=True)

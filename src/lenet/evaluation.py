@@ -10,9 +10,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lenet.checkpoint import load_model
+from lenet.checkpoint import load_model, output_dir_for
 from lenet.data import DEFAULT_DATA_DIR, load_split
 from lenet.engine import loss_and_accuracy, predict_logits, resolve_device
+from lenet.errors import LenetError
 from lenet.normalization import normalize
 
 log = logging.getLogger(__name__)
@@ -137,7 +138,7 @@ def evaluate(
     if plots:
         from lenet.plots import plot_confusion, plot_digit_grid, plot_rejection
 
-        out = Path(out_dir) if out_dir else Path(checkpoint).parent
+        out = Path(out_dir) if out_dir else output_dir_for(checkpoint)
         report.files["confusion"] = str(
             plot_confusion(
                 cm, out / "confusion.png", f"{lm.name} on MNIST {split}: {100 * acc:.2f}%"
@@ -185,6 +186,8 @@ def show(
     dev = resolve_device(device)
     lm = load_model(checkpoint, dev)
     data = load_split("test", data_dir)
+    if not 0 <= start < len(data):
+        raise LenetError(f"--start must be between 0 and {len(data) - 1} (the test set's size)")
     sel = slice(start, min(start + n, len(data)))
     imgs = data.images[sel]
     with torch.no_grad():
@@ -199,7 +202,7 @@ def show(
         from lenet.plots import plot_digit_grid
 
         wrong = sum(p != a for p, a in zip(pred, actual, strict=True))
-        path = Path(out) if out else Path(checkpoint).parent / "show.png"
+        path = Path(out) if out else output_dir_for(checkpoint) / "show.png"
         grid = plot_digit_grid(
             imgs.numpy(), pred, actual, path,
             title=f"{lm.name}: test digits {sel.start}-{sel.stop - 1}, {wrong} wrong",

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 
 from lenet.checkpoint import load_model
 from lenet.errors import LenetError, NoDigitError
@@ -24,6 +25,10 @@ log = logging.getLogger(__name__)
 BUNDLED_NAME = "lenet5-relu.pt"
 NO_DIGIT = "no digit found"
 UNSURE = "unsure"
+
+
+# torch: the checkpoint's model in PyTorch; onnx: the same weights exported to ONNX Runtime.
+BACKENDS = ("torch", "onnx")
 
 
 def bundled_checkpoint() -> Path:
@@ -126,12 +131,26 @@ class Predictor:
         checkpoint: str | os.PathLike | None = None,
         device: str = "cpu",
         batch_size: int = 256,
+        backend: str = "torch",
     ):
         from lenet.engine import resolve_device
 
+        if backend not in BACKENDS:
+            raise LenetError(f"backend must be one of {', '.join(BACKENDS)}")
         path = Path(checkpoint) if checkpoint is not None else bundled_checkpoint()
-        self.device = resolve_device(device)
+        self.device = resolve_device(device) if backend == "torch" else torch.device("cpu")
         lm = load_model(path, self.device)
+        self.backend = backend
+        self._onnx = None
+        if backend == "onnx":
+            # Export once into a private temp folder and run it in ONNX Runtime (CPU); the
+            # normalization below stays the checkpoint's, so inputs are fed exactly as to torch.
+            import tempfile
+
+            from lenet.export import OnnxRunner, export_onnx
+
+            self._onnx_dir = tempfile.TemporaryDirectory(prefix="lenet-onnx-")
+            self._onnx = OnnxRunner(export_onnx(path, Path(self._onnx_dir.name) / "model.onnx"))
         self.model = lm.model
         self.name = lm.name
         self.normalization = lm.normalization
@@ -148,12 +167,13 @@ class Predictor:
             "checkpoint_sha256": sha256_file(path),
             "path": str(path),
             "bundled": checkpoint is None,
+            "backend": backend,
             "normalization": self.normalization.to_dict(),
         }
         log.info("loaded %s from %s", self.name, path)
 
     def __repr__(self) -> str:
-        return f"Predictor({self.name!r}, {str(self.path)!r})"
+        return f"Predictor({self.name!r}, {str(self.path)!r}, backend={self.backend!r})"
 
     def predict_one(
         self, source, top_k: int = 3, min_confidence: float | None = None
@@ -174,9 +194,9 @@ class Predictor:
             raise LenetError("top_k must be between 1 and 10")
         if min_confidence is not None and not 0.0 <= min_confidence <= 1.0:
             raise LenetError("min_confidence must be between 0 and 1")
-        if isinstance(inputs, (str, os.PathLike, bytes, bytearray, np.ndarray)) or not hasattr(
-            inputs, "__iter__"
-        ):
+        single = (str, os.PathLike, bytes, bytearray, np.ndarray, Image.Image)
+        # a file-like is one image too, even though iterating it would yield its lines
+        if isinstance(inputs, single) or hasattr(inputs, "read") or not hasattr(inputs, "__iter__"):
             inputs = [inputs]
         results: list[Prediction] = []
         ready: list[int] = []  # indexes of results whose 28x28 goes to the network
@@ -204,8 +224,11 @@ class Predictor:
     def probabilities(self, images: np.ndarray) -> np.ndarray:
         """Softmax probabilities (N, 10) for preprocessed uint8 images (N, 28, 28)."""
         x = normalize(torch.from_numpy(np.ascontiguousarray(images)), self.normalization)
-        with torch.no_grad():
-            logits = self.model(x.to(self.device)).float()
+        if self._onnx is not None:
+            logits = torch.from_numpy(self._onnx(x))
+        else:
+            with torch.no_grad():
+                logits = self.model(x.to(self.device)).float()
         return torch.softmax(logits, dim=1).cpu().numpy().astype(np.float64)
 
     @staticmethod

@@ -337,7 +337,11 @@ def app_from_env() -> FastAPI:
         logging.basicConfig(level=logging.INFO, format="lenet: %(message)s")
     torch.set_num_threads(int(os.environ.get("LENET_SERVE_THREADS", 1)))
     checkpoint = os.environ.get("LENET_SERVE_MODEL") or None
-    predictor = Predictor(checkpoint, device=os.environ.get("LENET_SERVE_DEVICE", "cpu"))
+    predictor = Predictor(
+        checkpoint,
+        device=os.environ.get("LENET_SERVE_DEVICE", "cpu"),
+        backend=os.environ.get("LENET_SERVE_BACKEND", "torch"),
+    )
     min_conf = os.environ.get("LENET_SERVE_MIN_CONFIDENCE")
     return create_app(
         predictor,

@@ -79,6 +79,10 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # `lenet eval ... | head`: the reader left; not an error of ours
         sys.stderr.close()
         return 0
+    except OSError as e:  # a folder we cannot write, a path that is a file, a full disk...
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"lenet: error: {where}{e.strerror or e}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("lenet: interrupted", file=sys.stderr)
         return 130

@@ -32,7 +32,10 @@ def run(args: argparse.Namespace) -> int:
 
     if not 1 <= args.n <= 100 or not 1 <= args.copies <= 20 or args.start < 0:
         raise LenetError("--n must be 1..100, --copies 1..20 and --start not negative")
-    images = load_split("train", args.data_dir).images[args.start : args.start + args.n]
+    train = load_split("train", args.data_dir)
+    if args.start >= len(train):
+        raise LenetError(f"--start must be below {len(train)} (the training set's size)")
+    images = train.images[args.start : args.start + args.n]
     path = augment_preview(images, args.kind, args.out, copies=args.copies, seed=args.seed)
     print(f"picture: {path}")
     return 0

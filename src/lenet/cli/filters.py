@@ -19,13 +19,12 @@ def register(sub) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Draw and print where the picture went."""
-    from pathlib import Path
 
-    from lenet.checkpoint import load_model
+    from lenet.checkpoint import load_model, output_dir_for
     from lenet.visualize import plot_filters
 
     lm = load_model(args.checkpoint)
-    out = args.out or Path(args.checkpoint).parent / "filters.png"
+    out = args.out or output_dir_for(args.checkpoint) / "filters.png"
     print(
         f"picture: {plot_filters(lm.model, out, title=f'{lm.name}: learned first-layer kernels')}"
     )

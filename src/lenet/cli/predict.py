@@ -44,6 +44,10 @@ def register(sub) -> None:
         "--min-confidence", type=float, metavar="P",
         help='answer "digit": null, "reason": "unsure" when the top probability is below P',
     )  # fmt: skip
+    p.add_argument(
+        "--backend", choices=["torch", "onnx"], default="torch",
+        help="run the network in PyTorch (default) or ONNX Runtime (exported on the fly; CPU)",
+    )  # fmt: skip
     add_device(p)
     p.set_defaults(func=run)
 
@@ -112,7 +116,7 @@ def run(args: argparse.Namespace) -> int:
     inputs = expand_paths(args.paths)
     if not inputs:
         raise LenetError("no image files found in the given paths")
-    predictor = Predictor(args.model, device=args.device)
+    predictor = Predictor(args.model, device=args.device, backend=args.backend)
     save_dir = Path(args.save_preprocessed) if args.save_preprocessed else None
     used: set[str] = set()
     width = min(max(len(n) for n, _ in inputs), 60)

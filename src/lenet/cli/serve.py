@@ -73,6 +73,10 @@ def register(sub) -> None:
         "--threads", type=_positive_int, default=1,
         help="PyTorch threads per worker (default: 1; one small image gains nothing from more)",
     )  # fmt: skip
+    p.add_argument(
+        "--backend", choices=["torch", "onnx"], default="torch",
+        help="run the network in PyTorch (default) or ONNX Runtime",
+    )  # fmt: skip
     p.set_defaults(func=run)
 
 
@@ -102,7 +106,8 @@ def run(args: argparse.Namespace) -> int:
 
     torch.set_num_threads(args.threads)
     _check_host(args.host)
-    predictor = Predictor(args.model, device="cpu")  # bad checkpoint -> one clear line, exit 2
+    # a bad checkpoint -> one clear line, exit 2
+    predictor = Predictor(args.model, device="cpu", backend=args.backend)
     info = predictor.info or {}
     sha = str(info.get("sha256") or info.get("checkpoint_sha256") or "")[:12]
     log.info("model %s loaded%s", predictor.name, f" (sha256 {sha}...)" if sha else "")
@@ -125,6 +130,7 @@ def run(args: argparse.Namespace) -> int:
         LENET_SERVE_TOP_K=str(args.top_k),
         LENET_SERVE_MIN_CONFIDENCE="" if args.min_confidence is None else str(args.min_confidence),
         LENET_SERVE_THREADS=str(args.threads),
+        LENET_SERVE_BACKEND=args.backend,
     )
     uvicorn.run("lenet.server:app_from_env", factory=True, workers=args.workers, **common)
     return 0

@@ -87,11 +87,14 @@ def _fmt_epoch(row, epochs: int, sel: str) -> str:
     )
 
 
+# The TrainConfig settings a flag can set (None = not given: the recipe decides).
+_SETTINGS = ["model", "epochs", "batch_size", "lr", "optimizer", "momentum", "weight_decay",
+             "scheduler", "step_size", "gamma", "val_size", "select_on", "normalize", "augment",
+             "seed", "device", "threads", "limit", "name"]  # fmt: skip
+# What a resumed run may change: everything else is the run's own, saved in last.pt.
+_RESUMABLE = {"epochs", "device", "threads"}
 # Flags forwarded as they are to each process that --nproc launches.
-_FORWARD = ["recipe", "model", "epochs", "batch_size", "lr", "optimizer", "momentum",
-            "weight_decay", "scheduler", "step_size", "gamma", "val_size", "select_on",
-            "normalize", "seed", "device", "threads", "limit", "data_dir", "out", "name",
-            "resume", "dist_timeout"]  # fmt: skip
+_FORWARD = ["recipe", *_SETTINGS, "data_dir", "out", "resume", "dist_timeout"]
 
 
 def _launch(args: argparse.Namespace) -> int:
@@ -132,6 +135,7 @@ def _restart_resume(args: argparse.Namespace) -> None:
     last = Path(args.out) / args.name / "last.pt"
     if last.is_file():
         args.resume = str(last)
+        args.restarted = True  # the flags are the first attempt's: not a change of settings
     else:  # the first attempt died before finishing an epoch: its folder is ours to reuse
         args.overwrite = True
 
@@ -148,14 +152,16 @@ def run(args: argparse.Namespace) -> int:
     if not main:  # only rank 0 talks; the others still report their errors
         logging.getLogger().setLevel(logging.WARNING)
 
-    keys = ["model", "epochs", "batch_size", "lr", "optimizer", "momentum", "weight_decay",
-            "scheduler", "step_size", "gamma", "val_size", "select_on", "normalize", "augment", "seed",
-            "device", "threads", "limit", "name"]  # fmt: skip
-    overrides = {k: getattr(args, k) for k in keys}
+    overrides = {k: getattr(args, k) for k in _SETTINGS}
     if args.resume:
-        # A resumed run keeps its own settings; only these may change.
-        allowed = {"epochs", "device", "threads"}
-        overrides = {k: v for k, v in overrides.items() if k in allowed}
+        changed = [k for k, v in overrides.items() if v is not None and k not in _RESUMABLE]
+        if changed and not getattr(args, "restarted", False):
+            flags = ", ".join(f"--{k.replace('_', '-')}" for k in changed)
+            raise LenetError(
+                f"--resume continues a run with its own settings; it cannot change {flags} "
+                f"(only --epochs, --device, --threads)"
+            )
+        overrides = {k: v for k, v in overrides.items() if k in _RESUMABLE}
     else:
         overrides.update(recipe=args.recipe, data_dir=args.data_dir, out=args.out)
 

@@ -25,14 +25,13 @@ def register(sub) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Draw and print where the picture went."""
-    from pathlib import Path
 
-    from lenet.checkpoint import load_model
+    from lenet.checkpoint import load_model, output_dir_for
     from lenet.visualize import load_digit, viz
 
     lm = load_model(args.checkpoint)
     image, label = load_digit(args.image, args.data_dir)
-    out = args.out or Path(args.checkpoint).parent / "viz.png"
+    out = args.out or output_dir_for(args.checkpoint) / "viz.png"
     res = viz(lm.model, lm.normalization, image, out, title=f"{lm.name} on {label}")
     if args.json:
         print(json.dumps({"picture": str(res.path), "predicted": res.predicted,
