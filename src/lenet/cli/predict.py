@@ -130,7 +130,7 @@ def run(args: argparse.Namespace) -> int:
         )
     elif args.format == "table":
         print(f"{'path'.ljust(width)}  digit  confid.  top {args.top_k}")
-    failed = 0
+    failed = saved = 0
     bar = tqdm(total=len(inputs), unit="img", disable=None if len(inputs) > CHUNK else True,
                file=sys.stderr, leave=False)  # fmt: skip
     for i in range(0, len(inputs), CHUNK):
@@ -143,6 +143,7 @@ def run(args: argparse.Namespace) -> int:
             failed += pr.error is not None
             if save_dir is not None and pr.preprocessed is not None:
                 atomic_write_bytes(_unique_png(save_dir, name, used), png_bytes(pr.preprocessed))
+                saved += 1
             d = pr.to_dict()
             if args.format == "json":
                 print(json.dumps(d))
@@ -158,8 +159,8 @@ def run(args: argparse.Namespace) -> int:
         sys.stdout.flush()
         bar.update(len(chunk))
     bar.close()
-    if save_dir is not None:
-        print(f"lenet: preprocessed 28x28 images written to {save_dir}", file=sys.stderr)
+    if saved:
+        print(f"lenet: {saved} preprocessed 28x28 images written to {save_dir}", file=sys.stderr)
     if failed:
         print(f"lenet: {failed} of {len(inputs)} inputs could not be used", file=sys.stderr)
         return 1

@@ -9,16 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lenet.normalization import Normalization
-
-# LeCun et al. 1998, section II-A: input "normalized so that the background level (white)
-# corresponds to a value of -0.1 and the foreground (black) corresponds to 1.175".
-# (pixel/255 - mean) / std maps 0 -> -0.1 and 1 -> 1.175 when 1/std = 1.275 and mean = 0.1 * std.
-PAPER_BACKGROUND, PAPER_INK = -0.1, 1.175
-PAPER_1998 = Normalization(
-    mean=-PAPER_BACKGROUND / (PAPER_INK - PAPER_BACKGROUND),
-    std=1.0 / (PAPER_INK - PAPER_BACKGROUND),
-)
+from lenet.normalization import PAPER_1998  # noqa: F401  (re-exported for the model files)
 
 # Appendix A: f(a) = A tanh(S a) with A = 1.7159 and S = 2/3, so f(1) = 1 and f(-1) = -1.
 TANH_A, TANH_S = 1.7159, 2.0 / 3.0
