@@ -305,3 +305,16 @@ def test_reproduce_quick_smoke(mnist_dir, tmp_path):
     md = (tmp_path / "docs" / "reproduction-quick.md").read_text()
     assert "| `lenet5-1998` |" in md and "0.95%" in md
     assert not (tmp_path / "docs" / "reproduction.md").exists()  # quick never overwrites
+
+
+def test_reproduce_update_replaces_only_the_rerun_rows(mnist_dir, tmp_path):
+    from lenet.reproduce import reproduce
+
+    kw = dict(quick=True, out_dir=tmp_path, runs_dir=tmp_path / "runs", data_dir=str(mnist_dir),
+              threads=1)  # fmt: skip
+    first = reproduce(rows=["lenet1", "lenet4"], **kw)
+    again = reproduce(rows=["lenet4"], update=True, **kw)
+    assert [r["key"] for r in again["rows"]] == ["lenet1", "lenet4"]
+    assert again["rows"][0] == first["rows"][0]  # lenet1 kept as it was
+    assert again["updates"][0]["rows"] == ["lenet4"]
+    assert "re-run by" in (tmp_path / "reproduction-quick.md").read_text()

@@ -27,6 +27,11 @@ def register(sub) -> None:
     p.add_argument("--jobs", type=int, default=1,
                    help="train this many runs at once in worker processes (default 1; use several "
                    "on a GPU or a many-core machine)")  # fmt: skip
+    p.add_argument(
+        "--update",
+        action="store_true",
+        help="re-run only the --only rows and replace them in the existing report",
+    )
     p.add_argument("--out", default="docs", help="folder for the report (default: docs)")
     p.add_argument("--runs", default="runs/reproduce", help="folder for the training runs")
     add_data_dir(p)
@@ -47,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
     rep = reproduce(
         seeds=args.seeds, quick=args.quick, rows=rows, out_dir=args.out, runs_dir=args.runs,
         data_dir=args.data_dir, device=args.device, threads=args.threads, jobs=args.jobs,
-        on_run=on_run,
+        update=args.update, on_run=on_run,
     )  # fmt: skip
     if args.json:
         print(json.dumps(rep))
