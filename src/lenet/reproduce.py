@@ -56,8 +56,10 @@ ROWS: list[Row] = [
         settings=dict(MODERN, epochs=20, lr=1e-2)),
     Row("lenet5-1998+distortions", "lenet5-1998", "LeNet-5 as published, affine distortions",
         0.8, "LeNet-5 [dist]", settings=dict(MODERN, epochs=30, lr=2e-3, augment="affine")),
-    Row("lenet5-plus+distortions", "lenet5-plus", "our lenet5-plus, affine + elastic distortions",
-        0.5, "our goal", settings=dict(MODERN, epochs=30, lr=5e-3, weight_decay=1e-4, augment="both")),
+    # affine only: with affine + elastic ("both", 30 epochs) lenet5-plus reached just 0.91% and
+    # 1.00% test error (train accuracy on distorted digits stayed under 98%: too strong)
+    Row("lenet5-plus+distortions", "lenet5-plus", "our lenet5-plus, affine distortions",
+        0.5, "our goal", settings=dict(MODERN, epochs=20, lr=5e-3, weight_decay=1e-4, augment="affine")),
 ]  # fmt: skip
 ROW_KEYS = [r.key for r in ROWS]
 # --quick: one short epoch on a subset, just to prove every row runs end to end.
