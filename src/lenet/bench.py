@@ -426,16 +426,12 @@ def bench_predict_latency(ctx: dict) -> dict:
     if runner is not None:
         x_np = x1.cpu().numpy()
         add("1 preprocessed image, ONNX Runtime (CPU)", time_calls(lambda: runner(x_np).argmax(1), calls, device))  # fmt: skip
-    try:
-        from lenet.predictor import Predictor
-    except ImportError:
-        rows.append(row("1 photo, full preprocessing", None, "ms p50",
-                        note="skipped: lenet.predictor is not in this build"))  # fmt: skip
-    else:
-        photo = synthetic_photo(test.images[0].numpy())
-        pred = Predictor(ckpt, device=device.type)
-        n_photo = 5 if quick else 50
-        add("1 photo (640x480 JPEG) through Predictor", time_calls(lambda: pred.predict_one(photo), n_photo, device, warmup=2), with_target=False)  # fmt: skip
+    from lenet.predictor import Predictor
+
+    photo = synthetic_photo(test.images[0].numpy())
+    pred = Predictor(ckpt, device=device.type)
+    n_photo = 5 if quick else 50
+    add("1 photo (640x480 JPEG) through Predictor", time_calls(lambda: pred.predict_one(photo), n_photo, device, warmup=2), with_target=False)  # fmt: skip
     return {"rows": rows}
 
 

@@ -240,8 +240,8 @@ def render_markdown(report: dict) -> str:
             f"{u['started']} ({_fmt_time(u['total_seconds'])}); the table shows those runs.\n"
             for u in report.get("updates", [])
         ],
-        "| model | what | paper error | our error, mean ± std | per seed | params | epochs | train time / seed | at or below paper |",
-        "| --- | --- | ---: | ---: | --- | ---: | ---: | ---: | :---: |",
+        "| row | model | what | paper error | our error, mean ± std | per seed | params | epochs | train time / seed | at or below paper |",
+        "| --- | --- | --- | ---: | ---: | --- | ---: | ---: | ---: | :---: |",
     ]
     for r in report["rows"]:
         std = f" ± {r['std_error']:.2f}" if r["std_error"] is not None else ""
@@ -249,7 +249,7 @@ def render_markdown(report: dict) -> str:
         paper = f"{r['paper_error']:.2f}% ({r['paper_row']})" if r["paper_error"] else "—"
         ok = {True: "yes", False: "**no**", None: "—"}[r["beats_paper"]]
         lines.append(
-            f"| `{r['model']}` | {r['what']} | {paper} | {r['mean_error']:.2f}%{std} | {per} | "
+            f"| `{r['key']}` | `{r['model']}` | {r['what']} | {paper} | {r['mean_error']:.2f}%{std} | {per} | "
             f"{r['params']:,} | {r['config']['epochs']} | {_fmt_time(r['train_seconds_mean'])} | {ok} |"
         )
     lines += ["", "Recipes (everything else is the `fast` recipe's default):", ""]
