@@ -183,7 +183,7 @@ def reproduce(
             "config": row_config(row, 0, quick).to_dict(), "runs": runs,
             "mean_error": mean, "std_error": statistics.stdev(errs) if len(errs) > 1 else None,
             "train_seconds_mean": statistics.fmean(r["train_seconds"] for r in runs),
-            "beats_paper": None if row.paper_error is None else mean <= row.paper_error,
+            "beats_paper": None if row.paper_error is None else round(mean, 6) <= row.paper_error,
         })  # fmt: skip
     report["total_seconds"] = time.perf_counter() - t_all
     stem = "reproduction-quick" if quick else "reproduction"
