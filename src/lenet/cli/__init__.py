@@ -41,6 +41,14 @@ def add_device(p: argparse.ArgumentParser) -> None:
     )  # fmt: skip
 
 
+def add_backend(p: argparse.ArgumentParser) -> None:
+    """``--backend``: run the network in PyTorch or in ONNX Runtime (``lenet.predictor.BACKENDS``)."""
+    p.add_argument(
+        "--backend", choices=["torch", "onnx"], default="torch",
+        help="run the network in PyTorch (default) or ONNX Runtime (exported on the fly; CPU)",
+    )  # fmt: skip
+
+
 def add_json(p: argparse.ArgumentParser) -> None:
     """``--json``: machine-readable output."""
     p.add_argument("--json", action="store_true", help="print one JSON object instead of text")

@@ -10,7 +10,7 @@ import re
 import sys
 from pathlib import Path
 
-from lenet.cli import add_device
+from lenet.cli import add_backend, add_device
 
 # Files taken from folders (explicitly named files are tried whatever their extension).
 IMAGE_SUFFIXES = {
@@ -44,10 +44,7 @@ def register(sub) -> None:
         "--min-confidence", type=float, metavar="P",
         help='answer "digit": null, "reason": "unsure" when the top probability is below P',
     )  # fmt: skip
-    p.add_argument(
-        "--backend", choices=["torch", "onnx"], default="torch",
-        help="run the network in PyTorch (default) or ONNX Runtime (exported on the fly; CPU)",
-    )  # fmt: skip
+    add_backend(p)
     add_device(p)
     p.set_defaults(func=run)
 

@@ -7,6 +7,7 @@ import ipaddress
 import logging
 import os
 
+from lenet.cli import add_backend
 from lenet.errors import LenetError
 
 log = logging.getLogger("lenet.serve")
@@ -73,10 +74,7 @@ def register(sub) -> None:
         "--threads", type=_positive_int, default=1,
         help="PyTorch threads per worker (default: 1; one small image gains nothing from more)",
     )  # fmt: skip
-    p.add_argument(
-        "--backend", choices=["torch", "onnx"], default="torch",
-        help="run the network in PyTorch (default) or ONNX Runtime",
-    )  # fmt: skip
+    add_backend(p)
     p.set_defaults(func=run)
 
 
