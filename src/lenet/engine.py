@@ -178,19 +178,6 @@ def _write_metrics(run_dir: Path, history: list[EpochResult]) -> None:
     atomic_write_text(run_dir / "metrics.csv", buf.getvalue())
 
 
-def _rng_state() -> dict:
-    state = {"torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
 def train(
     config: TrainConfig | None = None,
     *,
@@ -290,7 +277,6 @@ def train(
         opt.load_state_dict(state["optimizer"])
         if sched is not None and state.get("scheduler"):
             sched.load_state_dict(state["scheduler"])
-        _set_rng_state(state["rng"])
         start_epoch = int(state["epoch"])
         result.history = [EpochResult(**r) for r in state.get("history", [])]
         result.best_acc = state.get("best", {}).get("acc")
@@ -388,7 +374,6 @@ def train(
                         **payload(epoch + 1, metrics),
                         "optimizer": opt.state_dict(),
                         "scheduler": sched.state_dict() if sched is not None else None,
-                        "rng": _rng_state(),
                         "best": {"acc": result.best_acc, "epoch": result.best_epoch},
                         "history": [asdict(r) for r in result.history],
                     },
