@@ -1,11 +1,12 @@
-"""CPU speed-ups that keep a model's math and weights: memory layout and GEMM-shaped convolutions.
+"""CPU speed-ups that keep a model's math and weights: layout, GEMM-shaped convs, fused kernels.
 
 LeNet-sized layers are far too small for oneDNN's convolution kernels to run near peak; per-call
 overhead and poorly vectorised shapes dominate. Measured on 2-core Xeons (single thread, CPU time,
 ``docs/benchmarks.md``), the two changes below give about +20% (batch 16) to +40% (batch 256) for
 a training step, with the same parameters, the same ``state_dict`` keys and the same outputs up to
-float32 rounding. Things measured and *not* adopted are listed in ``docs/benchmarks.md``
-(torch.compile, unfold convolutions, bf16 autocast, fused optimizers).
+float32 rounding. On top, LeNet-5's conv blocks (c1 -> s2 -> ReLU, c3 -> s4 -> ReLU) run as fused C kernels
+(:mod:`lenet.kernels`) when it can be built. Things measured and *not* adopted are listed in
+``docs/benchmarks.md`` (torch.compile, unfold convolutions, bf16 autocast, fused optimizers).
 """
 
 from __future__ import annotations
@@ -13,6 +14,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from lenet import kernels
+from lenet.models.lenet5 import LeNet5ReLU
 
 
 class WholeInputConv2d(nn.Conv2d):
@@ -53,14 +57,38 @@ def gemm_convolutions(model: nn.Module) -> int:
     return n
 
 
+class FusedLeNet5ReLU(LeNet5ReLU):
+    """:class:`LeNet5ReLU` whose conv blocks each run as one fused CPU kernel where they can.
+
+    Same modules, parameters and ``state_dict``; only ``block1``/``block2`` change; each falls back to
+    the modules themselves for anything the kernel does not cover (other devices or dtypes, an
+    input that needs a gradient, a machine without a C compiler).
+    """
+
+    def block1(self, x: torch.Tensor) -> torch.Tensor:
+        """relu(s2(c1(x))) in one pass over each image (:func:`lenet.kernels.conv_pool_relu`)."""
+        if kernels.conv_pool_relu_supported(x, self.c1, self.s2):
+            return kernels.conv_pool_relu(x, self.c1)
+        return super().block1(x)
+
+    def block2(self, x: torch.Tensor) -> torch.Tensor:
+        """relu(s4(c3(x))) in one pass over each image (:func:`lenet.kernels.conv16_pool_relu`)."""
+        if kernels.conv16_pool_relu_supported(x, self.c3, self.s4):
+            return kernels.conv16_pool_relu(x, self.c3)
+        return super().block2(x)
+
+
 def optimize_model(model: nn.Module, device: torch.device | str) -> nn.Module:
     """Speed a model up for ``device`` without changing its math (in place; returns it).
 
-    On CPU: channels-last weights (oneDNN's faster NHWC convolution and pooling paths) and
-    GEMM-shaped whole-input convolutions. Elsewhere (CUDA/MPS) cuDNN already handles these
+    On CPU: channels-last weights (oneDNN's faster NHWC convolution and pooling paths),
+    GEMM-shaped whole-input convolutions, and the fused conv blocks for ``lenet5-relu`` when
+    :func:`lenet.kernels.available` (set ``LENET_KERNELS=0`` to turn it off). Elsewhere (CUDA/MPS) cuDNN already handles these
     shapes well, so the model is returned unchanged.
     """
     if torch.device(device).type != "cpu":
         return model
     gemm_convolutions(model)
+    if type(model) is LeNet5ReLU and kernels.available():
+        model.__class__ = FusedLeNet5ReLU
     return model.to(memory_format=torch.channels_last)

@@ -83,8 +83,19 @@ class LeNet5ReLU(nn.Module):
         self.relu = nn.ReLU()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.s2(self.relu(self.c1(x)))  # (N, 6, 14, 14)
-        x = self.s4(self.relu(self.c3(x)))  # (N, 16, 5, 5)
+        x = self.block1(x)  # (N, 6, 14, 14)
+        x = self.block2(x)  # (N, 16, 5, 5)
         x = self.relu(self.c5(x))  # (N, 120, 1, 1)
         x = self.relu(self.f6(self.flatten(x)))  # (N, 84)
         return self.output(x)  # (N, 10)
+
+    # Each block pools, then applies ReLU: the two commute exactly (max is monotone, and the
+    # gradients match too), and the ReLU then touches a 4x smaller map. ``lenet.speed`` may
+    # run each block as one fused CPU kernel.
+    def block1(self, x: torch.Tensor) -> torch.Tensor:
+        """c1 -> s2 -> ReLU: (N, 1, 28, 28) -> (N, 6, 14, 14)."""
+        return self.relu(self.s2(self.c1(x)))
+
+    def block2(self, x: torch.Tensor) -> torch.Tensor:
+        """c3 -> s4 -> ReLU: (N, 6, 14, 14) -> (N, 16, 5, 5)."""
+        return self.relu(self.s4(self.c3(x)))

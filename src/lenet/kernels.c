@@ -1,0 +1,437 @@
+/* Fused CPU kernels for LeNet-5's two conv blocks: conv -> 2x2 max pool -> ReLU.
+ *
+ * Why: at LeNet's sizes that block is the most expensive part of a training step in eager
+ * PyTorch. oneDNN runs a 1-input-channel convolution at a small fraction of the core's FP32
+ * peak, and the 6x28x28 conv output (4.8 MB at batch 256) then makes several trips through
+ * memory (conv write, pool read, pool-grad write, conv-grad read). Here each image is done in
+ * L1: the conv rows are computed 32 columns at a time (two AVX-512 vectors), pooled at once,
+ * and only the pooled map (4x smaller) and a one-byte argmax per pooled value leave the core.
+ *
+ * Semantics are PyTorch's, value for value: F.conv2d (stride 1, zero padding), F.max_pool2d
+ * (2x2, stride 2; the first maximum in row-major window order wins; NaN wins), then F.relu
+ * (relu(max) == max(relu): the two commute, so the ReLU runs on the pooled map). Sums run in a
+ * different order than oneDNN's, so results agree to float32 rounding, not bit for bit.
+ *
+ * Block 1 (c1: 1 input channel): x is (n, h, w); weights (oc, k, k); the pooled output and the
+ * argmax are NHWC, (n, ho/2, wo/2, oc), i.e. PyTorch's channels-last (n, oc, ho/2, wo/2).
+ * Block 2 (c3: 16 output channels, one AVX-512 vector): x is NHWC (n, h, w, ic); weights are
+ * (oc, k, k, ic) (PyTorch's channels-last weight); output and argmax NHWC as above. Its backward
+ * also gives the input gradient, and uses the pooling's sparsity: only the pooled maxima that
+ * survived the ReLU (a quarter of the conv outputs at most) carry a gradient.
+ * Built by lenet/kernels.py with the system C compiler; nothing here depends on Python or torch.
+ */
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#define VW 32               /* conv output columns per row computed at once (wo <= VW) */
+#define KMAX 7              /* largest kernel supported */
+#define OCMAX 16            /* most output channels supported */
+#define PW (VW + KMAX - 1)  /* padded input row width */
+#define HPMAX (VW + KMAX - 1)
+#define NONE 255            /* argmax code: the ReLU zeroed this value, so no gradient flows */
+
+int lenet_kernels_abi(void) { return 1; }
+
+/* The zero-padded image: row r, column c of buf is x[r - pad][c - pad] (0 outside). */
+static void pad_image(const float *restrict img, int64_t h, int64_t w, int64_t pad,
+                      int64_t hp, float *restrict buf) {
+  memset(buf, 0, sizeof(float) * hp * PW);
+  for (int64_t i = 0; i < h; i++) memcpy(buf + (i + pad) * PW + pad, img + i * w, sizeof(float) * w);
+}
+
+/* One vector of 16 floats (an AVX-512 register; GCC/Clang vector extension, so it still builds
+ * for other CPUs). Loads and stores go through memcpy: unaligned, and the compiler emits one
+ * vector move for each. Small arrays of v16 indexed by constants after unrolling stay in
+ * registers, which plain float loops do not (GCC spills those sums to the stack every step). */
+typedef float v16 __attribute__((vector_size(64)));
+static inline v16 ld16(const float *p) {
+  v16 v;
+  memcpy(&v, p, sizeof v);
+  return v;
+}
+static inline void st16(float *p, v16 v) { memcpy(p, &v, sizeof v); }
+
+/* Conv output rows i0 and i0+1 for every channel: acc[r][c][j], j < VW (columns >= wo unused). */
+static inline __attribute__((always_inline)) void conv_pair(
+    const float *restrict buf, const float *restrict wt, const float *restrict bias,
+    const int oc, const int k, const int64_t i0, float acc[2][OCMAX][VW]) {
+  for (int r = 0; r < 2; r++) {
+    v16 a[OCMAX][2]; /* VW = 32 columns = two vectors per channel */
+#pragma GCC unroll 16
+    for (int c = 0; c < OCMAX; c++) a[c][0] = a[c][1] = (v16){0} + (c < oc ? bias[c] : 0.0f);
+    for (int di = 0; di < k; di++) {
+      const float *row = buf + (i0 + r + di) * PW;
+#pragma GCC unroll 7
+      for (int dj = 0; dj < k; dj++) {
+        const v16 x0 = ld16(row + dj), x1 = ld16(row + dj + 16);
+#pragma GCC unroll 16
+        for (int c = 0; c < oc; c++) {
+          const float wv = wt[(c * k + di) * k + dj];
+          a[c][0] += wv * x0;
+          a[c][1] += wv * x1;
+        }
+      }
+    }
+#pragma GCC unroll 16
+    for (int c = 0; c < oc; c++) {
+      st16(acc[r][c], a[c][0]);
+      st16(acc[r][c] + 16, a[c][1]);
+    }
+  }
+}
+
+static inline __attribute__((always_inline)) void forward_image(
+    const float *restrict img, int64_t h, int64_t w, const float *restrict wt,
+    const float *restrict bias, const int oc, const int k, int64_t pad, float *restrict out,
+    uint8_t *restrict arg) {
+  const int64_t hp = h + 2 * pad, ho = hp - k + 1, wo = w + 2 * pad - k + 1;
+  const int64_t wq = wo / 2;
+  float buf[HPMAX * PW];
+  float acc[2][OCMAX][VW];
+  pad_image(img, h, w, pad, hp, buf);
+  for (int64_t r = 0; r < ho / 2; r++) {
+    conv_pair(buf, wt, bias, oc, k, 2 * r, acc);
+    for (int c = 0; c < oc; c++) {
+      /* Branch-free (the comparisons are data-dependent coin flips) and vectorisable over q. */
+      float m[VW / 2];
+      int p[VW / 2];
+      for (int q = 0; q < VW / 2; q++) {
+        const float v0 = acc[0][c][2 * q], v1 = acc[0][c][2 * q + 1];
+        const float v2 = acc[1][c][2 * q], v3 = acc[1][c][2 * q + 1];
+        float mm = v0;
+        int pp = 0;
+        const int s1 = (v1 > mm) | (v1 != v1);
+        mm = s1 ? v1 : mm;
+        pp = s1 ? 1 : pp;
+        const int s2 = (v2 > mm) | (v2 != v2);
+        mm = s2 ? v2 : mm;
+        pp = s2 ? 2 : pp;
+        const int s3 = (v3 > mm) | (v3 != v3);
+        mm = s3 ? v3 : mm;
+        pp = s3 ? 3 : pp;
+        m[q] = mm;
+        p[q] = pp;
+      }
+      for (int64_t q = 0; q < wq; q++) {
+        const int64_t o = (r * wq + q) * oc + c;
+        const float mm = m[q];
+        out[o] = (mm > 0.0f || mm != mm) ? mm : 0.0f; /* relu; NaN stays NaN, as in F.relu */
+        if (arg) arg[o] = mm > 0.0f ? (uint8_t)p[q] : NONE;
+      }
+    }
+  }
+}
+
+static int supported(int64_t h, int64_t w, int64_t oc, int64_t k, int64_t pad) {
+  const int64_t ho = h + 2 * pad - k + 1, wo = w + 2 * pad - k + 1;
+  return oc >= 1 && oc <= OCMAX && k >= 1 && k <= KMAX && pad >= 0 && ho >= 2 && wo >= 2 &&
+         ho % 2 == 0 && wo % 2 == 0 && wo <= VW && h + 2 * pad <= HPMAX;
+}
+
+/* relu(max_pool2d(conv2d(x, w, b, padding=pad), 2)) for n one-channel images.
+ * arg may be NULL (inference); otherwise it receives the window position 0..3 of each
+ * pooled maximum, or NONE where the ReLU zeroed it. Returns 0, or -1 for unsupported sizes. */
+int lenet_conv_pool_relu_fwd(const float *x, int64_t n, int64_t h, int64_t w, const float *wt,
+                             const float *bias, int64_t oc, int64_t k, int64_t pad, float *out,
+                             uint8_t *arg) {
+  if (!supported(h, w, oc, k, pad)) return -1;
+  const int64_t ho = h + 2 * pad - k + 1, wo = w + 2 * pad - k + 1;
+  const int64_t per_out = (ho / 2) * (wo / 2) * oc;
+#pragma omp parallel for schedule(static)
+  for (int64_t b = 0; b < n; b++) {
+    uint8_t *a = arg ? arg + b * per_out : NULL;
+    if (oc == 6 && k == 5) /* LeNet-5's c1: constants let the compiler keep sums in registers */
+      forward_image(x + b * h * w, h, w, wt, bias, 6, 5, pad, out + b * per_out, a);
+    else
+      forward_image(x + b * h * w, h, w, wt, bias, (int)oc, (int)k, pad, out + b * per_out, a);
+  }
+  return 0;
+}
+
+/* Weight-gradient partial sums of one image, added to part[c][di][dj][j] (summed over j later).
+ * g[c][i][j] is the gradient at conv output (c, i, j); zero where no gradient flows. */
+static inline __attribute__((always_inline)) void weight_grad_image(
+    const float *restrict buf, const float *restrict g, const int oc, const int k, int64_t ho,
+    float *restrict part) {
+  for (int c = 0; c < oc; c++)
+    for (int di = 0; di < k; di++) {
+      float a[KMAX][VW];
+      for (int dj = 0; dj < k; dj++)
+        for (int j = 0; j < VW; j++) a[dj][j] = 0.0f;
+      for (int64_t i = 0; i < ho; i++) {
+        const float *gr = g + (c * ho + i) * VW;
+        const float *row = buf + (i + di) * PW;
+        for (int dj = 0; dj < k; dj++)
+          for (int j = 0; j < VW; j++) a[dj][j] += gr[j] * row[dj + j];
+      }
+      float *p = part + ((c * k + di) * k) * VW;
+      for (int dj = 0; dj < k; dj++)
+        for (int j = 0; j < VW; j++) p[dj * VW + j] += a[dj][j];
+    }
+}
+
+/* Gradients of the block's weights (gw: oc*k*k, gb: oc) from the gradient of its output gout
+ * (NHWC like the forward output) and the forward's argmax. The input needs no gradient.
+ * Deterministic for a given thread count (per-thread partial sums, added in thread order). */
+int lenet_conv_pool_relu_bwd(const float *x, int64_t n, int64_t h, int64_t w, const float *gout,
+                             const uint8_t *arg, int64_t oc, int64_t k, int64_t pad, float *gw,
+                             float *gb) {
+  if (!supported(h, w, oc, k, pad)) return -1;
+  const int64_t hp = h + 2 * pad, ho = hp - k + 1, wo = w + 2 * pad - k + 1;
+  const int64_t wq = wo / 2, per_out = (ho / 2) * wq * oc;
+  const int64_t wsize = oc * k * k * VW;
+  int nt = 1;
+#ifdef _OPENMP
+  nt = omp_get_max_threads();
+  if (nt > n) nt = n > 0 ? (int)n : 1;
+#endif
+  float *part = calloc((size_t)nt * (wsize + OCMAX), sizeof(float));
+  if (!part) return -2;
+  int failed = 0;
+#pragma omp parallel num_threads(nt)
+  {
+    int t = 0;
+#ifdef _OPENMP
+    t = omp_get_thread_num();
+#endif
+    float *pw = part + t * (wsize + OCMAX), *pb = pw + wsize;
+    float *g = malloc(sizeof(float) * OCMAX * ho * VW);
+    float buf[HPMAX * PW];
+    if (!g) {
+#pragma omp atomic write
+      failed = 1;
+    }
+#pragma omp for schedule(static)
+    for (int64_t b = 0; b < n; b++) {
+      if (!g) continue;
+      const float *go = gout + b * per_out;
+      const uint8_t *a = arg + b * per_out;
+      /* One store per pooled value, at its argmax (branch-free: a NONE writes 0 at position 0). */
+      memset(g, 0, sizeof(float) * oc * ho * VW);
+      for (int64_t r = 0; r < ho / 2; r++)
+        for (int64_t q = 0; q < wq; q++)
+          for (int64_t c = 0; c < oc; c++) {
+            const int64_t o = (r * wq + q) * oc + c;
+            const int p = a[o] == NONE ? 0 : a[o];
+            const float v = a[o] == NONE ? 0.0f : go[o];
+            g[(c * ho + 2 * r + (p >> 1)) * VW + 2 * q + (p & 1)] = v;
+            pb[c] += v;
+          }
+      pad_image(x + b * h * w, h, w, pad, hp, buf);
+      if (oc == 6 && k == 5)
+        weight_grad_image(buf, g, 6, 5, ho, pw);
+      else
+        weight_grad_image(buf, g, (int)oc, (int)k, ho, pw);
+    }
+    free(g);
+  }
+  if (!failed) {
+    for (int64_t i = 0; i < oc * k * k; i++) {
+      float s = 0.0f;
+      for (int t = 0; t < nt; t++) {
+        const float *p = part + t * (wsize + OCMAX) + i * VW;
+        for (int j = 0; j < VW; j++) s += p[j];
+      }
+      gw[i] = s;
+    }
+    for (int64_t c = 0; c < oc; c++) {
+      float s = 0.0f;
+      for (int t = 0; t < nt; t++) s += part[t * (wsize + OCMAX) + wsize + c];
+      gb[c] = s;
+    }
+  }
+  free(part);
+  return failed ? -2 : 0;
+}
+
+/* ---- block 2: conv with OC2 = 16 output channels -> 2x2 max pool -> ReLU ---------------- */
+
+#define OC2 16
+#define WO2MAX 12 /* conv output columns per row held in registers (two rows: 24 vectors) */
+
+static int supported2(int64_t h, int64_t w, int64_t ic, int64_t k) {
+  const int64_t ho = h - k + 1, wo = w - k + 1;
+  return ic >= 1 && ic <= 16 && k >= 1 && k <= KMAX && ho >= 2 && wo >= 2 && ho % 2 == 0 &&
+         wo % 2 == 0 && wo <= WO2MAX;
+}
+
+
+static inline __attribute__((always_inline)) void forward_image2(
+    const float *restrict img, const int h, const int w, const int ic, const int k,
+    const float *restrict wr, const float *restrict bias, float *restrict out,
+    uint8_t *restrict arg) {
+  const int ho = h - k + 1, wo = w - k + 1, wq = wo / 2;
+  (void)ho;
+  const v16 bv = ld16(bias);
+  for (int r = 0; r < ho / 2; r++) {
+    float acc[2][WO2MAX][OC2];
+    for (int rr = 0; rr < 2; rr++) {
+      v16 a[WO2MAX]; /* one output row, all 16 channels: stays in registers */
+      for (int j = 0; j < WO2MAX; j++) a[j] = bv;
+      for (int di = 0; di < k; di++) {
+        const float *row = img + ((2 * r + rr + di) * w) * ic;
+        for (int dj = 0; dj < k; dj++)
+          for (int c = 0; c < ic; c++) {
+            const v16 wv = ld16(wr + ((di * k + dj) * ic + c) * OC2); /* wr: (k, k, ic, 16) */
+#pragma GCC unroll 12
+            for (int j = 0; j < wo; j++) a[j] += row[(j + dj) * ic + c] * wv;
+          }
+      }
+#pragma GCC unroll 12
+      for (int j = 0; j < wo; j++) st16(acc[rr][j], a[j]);
+    }
+    for (int q = 0; q < wq; q++) {
+      float *ov = out + (r * wq + q) * OC2;
+      uint8_t *av = arg ? arg + (r * wq + q) * OC2 : NULL;
+      for (int o = 0; o < OC2; o++) {
+        const float v1 = acc[0][2 * q + 1][o], v2 = acc[1][2 * q][o], v3 = acc[1][2 * q + 1][o];
+        float mm = acc[0][2 * q][o];
+        int pp = 0;
+        const int s1 = (v1 > mm) | (v1 != v1);
+        mm = s1 ? v1 : mm;
+        pp = s1 ? 1 : pp;
+        const int s2 = (v2 > mm) | (v2 != v2);
+        mm = s2 ? v2 : mm;
+        pp = s2 ? 2 : pp;
+        const int s3 = (v3 > mm) | (v3 != v3);
+        mm = s3 ? v3 : mm;
+        pp = s3 ? 3 : pp;
+        ov[o] = (mm > 0.0f || mm != mm) ? mm : 0.0f;
+        if (av) av[o] = mm > 0.0f ? (uint8_t)pp : NONE;
+      }
+    }
+  }
+}
+
+/* relu(max_pool2d(conv2d(x, w, b), 2)) for NHWC x (n, h, w, ic) and 16 output channels, no
+ * padding. wt is (16, k, k, ic). arg as in block 1 (may be NULL). Returns 0, or -1. */
+int lenet_conv16_pool_relu_fwd(const float *x, int64_t n, int64_t h, int64_t w, int64_t ic,
+                               const float *wt, const float *bias, int64_t k, float *out,
+                               uint8_t *arg) {
+  if (!supported2(h, w, ic, k)) return -1;
+  const int64_t ho = h - k + 1, wo = w - k + 1, per_out = (ho / 2) * (wo / 2) * OC2;
+  float *wr = malloc(sizeof(float) * k * k * ic * OC2);
+  if (!wr) return -2;
+  for (int64_t o = 0; o < OC2; o++) /* (16, k, k, ic) -> (k, k, ic, 16): a vector per tap */
+    for (int64_t t = 0; t < k * k * ic; t++) wr[t * OC2 + o] = wt[o * k * k * ic + t];
+#pragma omp parallel for schedule(static)
+  for (int64_t b = 0; b < n; b++) {
+    uint8_t *a = arg ? arg + b * per_out : NULL;
+    if (h == 14 && w == 14 && ic == 6 && k == 5) /* LeNet-5's c3 */
+      forward_image2(x + b * h * w * ic, 14, 14, 6, 5, wr, bias, out + b * per_out, a);
+    else
+      forward_image2(x + b * h * w * ic, (int)h, (int)w, (int)ic, (int)k, wr, bias,
+                     out + b * per_out, a);
+  }
+  free(wr);
+  return 0;
+}
+
+/* Backward of one image: for each pooled maximum that carries a gradient v, the conv output at
+ * (i, j, o) got v; so gw[o] += v * (its k x k x ic input patch) and gx(patch) += v * w[o]. In
+ * NHWC a patch row is k*ic consecutive floats: both are short axpys of nv vectors. xp and gxp
+ * are this image's input and input gradient with nv*16 floats of slack at the end; wp and gw
+ * are (16, k, nv*16) with zeros past k*ic, so the extra lanes only ever add 0. */
+static inline __attribute__((always_inline)) void backward_image2(
+    const float *restrict xp, const int h, const int w, const int ic, const int k, const int nv,
+    const float *restrict wp, const float *restrict go, const uint8_t *restrict a,
+    float *restrict gxp, float *restrict gw, float *restrict gb) {
+  const int ho = h - k + 1, wo = w - k + 1, wq = wo / 2, segp = nv * 16;
+  (void)ho;
+  for (int o = 0; o < OC2; o++) { /* channel by channel: gw[o] stays in registers */
+    v16 acc[KMAX][KMAX];
+    for (int di = 0; di < k; di++)
+#pragma GCC unroll 8
+      for (int u = 0; u < nv; u++) acc[di][u] = ld16(gw + (o * k + di) * segp + 16 * u);
+    float bsum = 0.0f;
+    for (int r = 0; r < ho / 2; r++)
+      for (int q = 0; q < wq; q++) {
+        const int p = a[(r * wq + q) * OC2 + o];
+        if (p == NONE) continue;
+        const float v = go[(r * wq + q) * OC2 + o];
+        const int i = 2 * r + (p >> 1), j = 2 * q + (p & 1);
+        bsum += v;
+        for (int di = 0; di < k; di++) {
+          const float *xs = xp + ((i + di) * w + j) * ic;
+          float *gxs = gxp + ((i + di) * w + j) * ic;
+          const float *ws = wp + (o * k + di) * segp;
+#pragma GCC unroll 8
+          for (int u = 0; u < nv; u++) {
+            acc[di][u] += v * ld16(xs + 16 * u);
+            st16(gxs + 16 * u, ld16(gxs + 16 * u) + v * ld16(ws + 16 * u));
+          }
+        }
+      }
+    for (int di = 0; di < k; di++)
+#pragma GCC unroll 8
+      for (int u = 0; u < nv; u++) st16(gw + (o * k + di) * segp + 16 * u, acc[di][u]);
+    gb[o] += bsum;
+  }
+}
+
+/* Gradients of block 2: gx (n, h, w, ic) for the input, gw (16, k, k, ic) and gb (16) for the
+ * weights, from gout (n, ho/2, wo/2, 16) and the forward's argmax. Deterministic for a given
+ * thread count (per-thread partial sums, added in thread order). */
+int lenet_conv16_pool_relu_bwd(const float *x, int64_t n, int64_t h, int64_t w, int64_t ic,
+                               const float *wt, int64_t k, const float *gout, const uint8_t *arg,
+                               float *gx, float *gw, float *gb) {
+  if (!supported2(h, w, ic, k)) return -1;
+  const int64_t ho = h - k + 1, wo = w - k + 1, per_out = (ho / 2) * (wo / 2) * OC2;
+  const int64_t seg = k * ic, nv = (seg + 15) / 16, segp = nv * 16;
+  const int64_t img = h * w * ic, wsize = OC2 * k * segp, stride = wsize + OC2;
+  int nt = 1;
+#ifdef _OPENMP
+  nt = omp_get_max_threads();
+  if (nt > n) nt = n > 0 ? (int)n : 1;
+#endif
+  float *part = calloc((size_t)nt * stride, sizeof(float));
+  float *wp = calloc((size_t)wsize, sizeof(float));
+  float *scratch = malloc(sizeof(float) * nt * 2 * (img + segp));
+  if (!part || !wp || !scratch) {
+    free(part), free(wp), free(scratch);
+    return -2;
+  }
+  for (int64_t o = 0; o < OC2; o++) /* (16, k, k*ic) -> (16, k, segp), zero-padded */
+    for (int64_t di = 0; di < k; di++)
+      memcpy(wp + (o * k + di) * segp, wt + (o * k + di) * seg, sizeof(float) * seg);
+#pragma omp parallel num_threads(nt)
+  {
+    int t = 0;
+#ifdef _OPENMP
+    t = omp_get_thread_num();
+#endif
+    float *pw = part + t * stride, *pb = pw + wsize;
+    float *xp = scratch + t * 2 * (img + segp), *gxp = xp + img + segp;
+    memset(xp + img, 0, sizeof(float) * segp);
+#pragma omp for schedule(static)
+    for (int64_t b = 0; b < n; b++) {
+      memcpy(xp, x + b * img, sizeof(float) * img);
+      memset(gxp, 0, sizeof(float) * (img + segp));
+      if (h == 14 && w == 14 && ic == 6 && k == 5)
+        backward_image2(xp, 14, 14, 6, 5, 2, wp, gout + b * per_out, arg + b * per_out, gxp,
+                        pw, pb);
+      else
+        backward_image2(xp, (int)h, (int)w, (int)ic, (int)k, (int)nv, wp, gout + b * per_out,
+                        arg + b * per_out, gxp, pw, pb);
+      memcpy(gx + b * img, gxp, sizeof(float) * img);
+    }
+  }
+  for (int64_t o = 0; o < OC2; o++) { /* sum the partials in thread order; drop the padding */
+    for (int64_t di = 0; di < k; di++)
+      for (int64_t t2 = 0; t2 < seg; t2++) {
+        float s = 0.0f;
+        for (int t = 0; t < nt; t++) s += part[t * stride + (o * k + di) * segp + t2];
+        gw[(o * k + di) * seg + t2] = s;
+      }
+    float s = 0.0f;
+    for (int t = 0; t < nt; t++) s += part[t * stride + wsize + o];
+    gb[o] = s;
+  }
+  free(part), free(wp), free(scratch);
+  return 0;
+}

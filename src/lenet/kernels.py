@@ -1,0 +1,299 @@
+"""Fused CPU kernels (``kernels.c``), built on first use with the system C compiler.
+
+LeNet-5's two conv blocks, conv -> 2x2 max pool -> ReLU, are most of a CPU training step in
+eager PyTorch (see ``docs/benchmarks.md``); ``kernels.c`` does each block image by image in L1
+cache, forward and backward, and never materialises the full-size conv output. It is plain C (no Python or torch
+headers), so it compiles in well under a second; the library is cached under
+``$LENET_CACHE_DIR`` (default ``~/.cache/lenet``), named by a hash of the source, the flags and
+the machine, and written atomically. Everything here is optional: without a C compiler, on a
+machine where the build fails, or with ``LENET_KERNELS=0``, :func:`available` is False and
+callers use PyTorch's own operators (same math).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+from importlib import resources
+from pathlib import Path
+
+import torch
+
+log = logging.getLogger(__name__)
+
+ABI = 1  # lenet_kernels_abi() in kernels.c; bump both when a signature changes
+# Tried in order; the first set the compiler accepts wins. -ffp-contract=fast lets the compiler
+# use FMA (ISO C mode would forbid it); no -ffast-math, so NaN and rounding stay IEEE.
+_FLAG_SETS = [
+    ["-O3", "-march=native", "-mprefer-vector-width=512", "-ffp-contract=fast", "-fopenmp"],
+    ["-O3", "-march=native", "-ffp-contract=fast", "-fopenmp"],
+    ["-O3", "-ffp-contract=fast"],
+]
+_lib: ctypes.CDLL | None = None
+_tried = False
+
+
+def cache_dir() -> Path:
+    """Where built kernels are kept: ``$LENET_CACHE_DIR``, else ``$XDG_CACHE_HOME/lenet``."""
+    if os.environ.get("LENET_CACHE_DIR"):
+        return Path(os.environ["LENET_CACHE_DIR"])
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "lenet"
+
+
+def _source() -> bytes:
+    return resources.files("lenet").joinpath("kernels.c").read_bytes()
+
+
+def _build(src: bytes, out_dir: Path) -> Path | None:
+    """Compile ``src`` into a shared library in ``out_dir`` (atomically); None on failure."""
+    cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+    if not cc:
+        log.info("fused CPU kernels off: no C compiler found")
+        return None
+    tag = f"{platform.machine()}-{platform.system()}-{torch.__version__}-abi{ABI}"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for flags in _FLAG_SETS:
+        key = hashlib.sha256(src + repr((cc, flags, tag)).encode()).hexdigest()[:16]
+        target = out_dir / f"kernels-{key}.so"
+        if target.exists():
+            return target
+        with tempfile.TemporaryDirectory(dir=out_dir) as tmp:
+            c_file, so_file = Path(tmp) / "kernels.c", Path(tmp) / "kernels.so"
+            c_file.write_bytes(src)
+            cmd = [cc, *flags, "-std=c11", "-shared", "-fPIC", str(c_file), "-o", str(so_file)]
+            try:
+                done = subprocess.run(cmd, capture_output=True, timeout=120)
+            except (OSError, subprocess.TimeoutExpired) as e:
+                log.info("fused CPU kernels: %s failed: %s", cc, e)
+                return None
+            if done.returncode == 0:
+                os.replace(so_file, target)  # atomic: a concurrent builder sees all or nothing
+                return target
+    log.info("fused CPU kernels off: %s could not build kernels.c", cc)
+    return None
+
+
+def _load() -> ctypes.CDLL | None:
+    if os.environ.get("LENET_KERNELS", "1").strip().lower() in ("0", "false", "no", "off"):
+        return None
+    try:
+        path = _build(_source(), cache_dir())
+    except OSError as e:  # unwritable cache folder and the like: fall back, never fail
+        log.info("fused CPU kernels off: %s", e)
+        return None
+    if path is None:
+        return None
+    try:
+        lib = ctypes.CDLL(str(path))
+    except OSError as e:
+        log.info("fused CPU kernels off: cannot load %s: %s", path, e)
+        return None
+    if lib.lenet_kernels_abi() != ABI:
+        return None
+    p, i64 = ctypes.c_void_p, ctypes.c_int64
+    lib.lenet_conv_pool_relu_fwd.argtypes = [p, i64, i64, i64, p, p, i64, i64, i64, p, p]
+    lib.lenet_conv_pool_relu_bwd.argtypes = [p, i64, i64, i64, p, p, i64, i64, i64, p, p]
+    lib.lenet_conv16_pool_relu_fwd.argtypes = [p, i64, i64, i64, i64, p, p, i64, p, p]
+    lib.lenet_conv16_pool_relu_bwd.argtypes = [p, i64, i64, i64, i64, p, i64, p, p, p, p, p]
+    for f in ("conv_pool_relu_fwd", "conv_pool_relu_bwd", "conv16_pool_relu_fwd",
+              "conv16_pool_relu_bwd"):  # fmt: skip
+        getattr(lib, f"lenet_{f}").restype = ctypes.c_int
+    return lib
+
+
+def available() -> bool:
+    """True when the fused kernels are built and loaded (the first call builds them)."""
+    global _lib, _tried
+    if not _tried:
+        _tried = True
+        _lib = _load()
+    return _lib is not None
+
+
+def _pool_2x2(pool: torch.nn.Module) -> bool:
+    return (
+        isinstance(pool, torch.nn.MaxPool2d)
+        and _pair(pool.kernel_size) == (2, 2)
+        and _pair(pool.stride or pool.kernel_size) == (2, 2)
+        and _pair(pool.padding) == (0, 0)
+        and _pair(pool.dilation) == (1, 1)
+        and not pool.ceil_mode
+        and not pool.return_indices
+    )
+
+
+def _plain_conv(conv: torch.nn.Conv2d) -> bool:
+    k = conv.kernel_size[0]
+    return (
+        conv.kernel_size == (k, k)
+        and k <= 7
+        and conv.stride == (1, 1)
+        and conv.dilation == (1, 1)
+        and conv.groups == 1
+        and conv.padding_mode == "zeros"
+        and isinstance(conv.padding, tuple)
+        and conv.padding[0] == conv.padding[1]
+        and conv.bias is not None
+        and conv.weight.dtype == torch.float32
+    )
+
+
+def _cpu_float(x: torch.Tensor, channels: int) -> bool:
+    return (
+        x.dim() == 4
+        and x.shape[1] == channels
+        and x.dtype == torch.float32
+        and x.device.type == "cpu"
+    )
+
+
+def conv_pool_relu_supported(x: torch.Tensor, conv: torch.nn.Conv2d, pool: torch.nn.Module) -> bool:
+    """Whether :func:`conv_pool_relu` can run ``relu(pool(conv(x)))`` for these modules."""
+    if not (_pool_2x2(pool) and _plain_conv(conv)):
+        return False
+    k = conv.kernel_size[0]
+    if not (conv.in_channels == 1 and conv.out_channels <= 16):
+        return False
+    # The kernel gives no input gradient (saliency maps need one): then use PyTorch's ops.
+    if not (_cpu_float(x, 1) and not x.requires_grad):
+        return False
+    p = conv.padding[0]
+    ho, wo = x.shape[2] + 2 * p - k + 1, x.shape[3] + 2 * p - k + 1
+    return (
+        ho >= 2
+        and wo >= 2
+        and ho % 2 == 0
+        and wo % 2 == 0
+        and wo <= 32
+        and x.shape[2] + 2 * p <= 38
+    ) and available()
+
+
+def _pair(v) -> tuple:
+    return tuple(v) if isinstance(v, (tuple, list)) else (v, v)
+
+
+class _ConvPoolReLU(torch.autograd.Function):
+    """relu(max_pool2d(conv2d(x, w, b, padding), 2)); gradients for w and b (x needs none)."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, padding: int):
+        n, _, h, w = x.shape
+        oc, _, k, _ = weight.shape
+        x = x.detach().contiguous()  # (N, 1, H, W): one channel, so any layout is NCHW
+        wt = weight.detach().reshape(oc, k * k).contiguous()
+        b = bias.detach().contiguous()
+        hq, wq = (h + 2 * padding - k + 1) // 2, (w + 2 * padding - k + 1) // 2
+        # (N, oc, hq, wq) in channels-last memory: NHWC, as the kernel writes it.
+        out = torch.empty((n, oc, hq, wq), memory_format=torch.channels_last)
+        need_grad = weight.requires_grad or bias.requires_grad
+        arg = torch.empty_like(out, dtype=torch.uint8) if need_grad else None
+        rc = _lib.lenet_conv_pool_relu_fwd(
+            x.data_ptr(), n, h, w, wt.data_ptr(), b.data_ptr(), oc, k, padding,
+            out.data_ptr(), arg.data_ptr() if arg is not None else None,
+        )  # fmt: skip
+        if rc != 0:
+            raise RuntimeError(f"lenet_conv_pool_relu_fwd failed ({rc})")
+        if need_grad:
+            ctx.save_for_backward(x, arg)
+            ctx.meta = (oc, k, padding, weight.shape)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        x, arg = ctx.saved_tensors
+        oc, k, padding, wshape = ctx.meta
+        n, _, h, w = x.shape
+        g = grad_out.contiguous(memory_format=torch.channels_last)
+        gw = torch.empty((oc, k * k))
+        gb = torch.empty(oc)
+        rc = _lib.lenet_conv_pool_relu_bwd(
+            x.data_ptr(), n, h, w, g.data_ptr(), arg.data_ptr(), oc, k, padding,
+            gw.data_ptr(), gb.data_ptr(),
+        )  # fmt: skip
+        if rc != 0:
+            raise RuntimeError(f"lenet_conv_pool_relu_bwd failed ({rc})")
+        return None, gw.reshape(wshape), gb, None
+
+
+def conv_pool_relu(x: torch.Tensor, conv: torch.nn.Conv2d) -> torch.Tensor:
+    """``relu(max_pool2d(conv(x), 2))`` as one fused kernel: (N, 1, H, W) -> (N, oc, H', W').
+
+    Call only where :func:`conv_pool_relu_supported` is True. The input gets no gradient (it
+    is the network's input); the conv's weight and bias do.
+    """
+    return _ConvPoolReLU.apply(x, conv.weight, conv.bias, conv.padding[0])
+
+
+def conv16_pool_relu_supported(
+    x: torch.Tensor, conv: torch.nn.Conv2d, pool: torch.nn.Module
+) -> bool:
+    """Whether :func:`conv16_pool_relu` can run ``relu(pool(conv(x)))`` for these modules."""
+    if not (_pool_2x2(pool) and _plain_conv(conv)):
+        return False
+    k = conv.kernel_size[0]
+    if not (conv.out_channels == 16 and conv.in_channels <= 16 and conv.padding == (0, 0)):
+        return False
+    if not _cpu_float(x, conv.in_channels):
+        return False
+    ho, wo = x.shape[2] - k + 1, x.shape[3] - k + 1
+    return ho >= 2 and wo >= 2 and ho % 2 == 0 and wo % 2 == 0 and wo <= 12 and available()
+
+
+class _Conv16PoolReLU(torch.autograd.Function):
+    """relu(max_pool2d(conv2d(x, w, b), 2)) with 16 output channels; gradients for x, w, b."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias):
+        n, ic, h, w = x.shape
+        k = weight.shape[-1]
+        x = x.detach().contiguous(memory_format=torch.channels_last)  # NHWC
+        wt = weight.detach().permute(0, 2, 3, 1).contiguous()  # (16, k, k, ic)
+        b = bias.detach().contiguous()
+        out = torch.empty(
+            (n, 16, (h - k + 1) // 2, (w - k + 1) // 2), memory_format=torch.channels_last
+        )
+        need_grad = x.requires_grad or weight.requires_grad or bias.requires_grad
+        need_grad = need_grad or ctx.needs_input_grad[0]
+        arg = torch.empty_like(out, dtype=torch.uint8) if need_grad else None
+        rc = _lib.lenet_conv16_pool_relu_fwd(
+            x.data_ptr(), n, h, w, ic, wt.data_ptr(), b.data_ptr(), k, out.data_ptr(),
+            arg.data_ptr() if arg is not None else None,
+        )  # fmt: skip
+        if rc != 0:
+            raise RuntimeError(f"lenet_conv16_pool_relu_fwd failed ({rc})")
+        if need_grad:
+            ctx.save_for_backward(x, wt, arg)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        x, wt, arg = ctx.saved_tensors
+        n, ic, h, w = x.shape
+        k = wt.shape[1]
+        g = grad_out.contiguous(memory_format=torch.channels_last)
+        gx = torch.empty((n, ic, h, w), memory_format=torch.channels_last)
+        gw = torch.empty((16, k, k, ic))
+        gb = torch.empty(16)
+        rc = _lib.lenet_conv16_pool_relu_bwd(
+            x.data_ptr(), n, h, w, ic, wt.data_ptr(), k, g.data_ptr(), arg.data_ptr(),
+            gx.data_ptr(), gw.data_ptr(), gb.data_ptr(),
+        )  # fmt: skip
+        if rc != 0:
+            raise RuntimeError(f"lenet_conv16_pool_relu_bwd failed ({rc})")
+        return gx, gw.permute(0, 3, 1, 2), gb  # (16, ic, k, k), channels-last strides
+
+
+def conv16_pool_relu(x: torch.Tensor, conv: torch.nn.Conv2d) -> torch.Tensor:
+    """``relu(max_pool2d(conv(x), 2))`` for a 16-output-channel conv: (N, C, H, W) -> (N, 16, .., ..).
+
+    Call only where :func:`conv16_pool_relu_supported` is True. Output in channels-last memory.
+    """
+    return _Conv16PoolReLU.apply(x, conv.weight, conv.bias)
