@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from lenet import kernels
 from lenet.models import create_model
-from lenet.speed import FusedLeNet5ReLU, optimize_model
+from lenet.speed import FusedLeNet5ReLU, FusedSeedLeNet5, optimize_model
 
 CL = torch.channels_last
 
@@ -42,16 +42,24 @@ def _grads(out: torch.Tensor, params, g: torch.Tensor):
     return torch.autograd.grad(out, params, g)
 
 
+# The two kinds of block: (pool module, PyTorch's own ops for the block).
+KINDS = {
+    "max_relu": (torch.nn.MaxPool2d(2), lambda z: F.relu(F.max_pool2d(z, 2))),
+    "sigmoid_avg": (torch.nn.AvgPool2d(2), lambda z: F.avg_pool2d(torch.sigmoid(z), 2)),
+}
+
+
+@pytest.mark.parametrize("kind", list(KINDS))
 @pytest.mark.parametrize(
     "n,size,cout,k,pad", [(7, 28, 6, 5, 2), (3, 28, 4, 5, 0), (5, 16, 16, 3, 1), (1, 30, 8, 7, 3)]
 )
-def test_block1_matches_pytorch(n, size, cout, k, pad):
+def test_block1_matches_pytorch(kind, n, size, cout, k, pad):
     x = _images(n, 1, size, seed=n)
     conv = _conv(1, cout, k, pad, seed=k)
-    pool = torch.nn.MaxPool2d(2)
-    assert kernels.conv_pool_relu_supported(x, conv, pool)
-    ref = F.relu(pool(conv(x)))
-    out = kernels.conv_pool_relu(x, conv)
+    pool, after = KINDS[kind]
+    assert kernels.block1_supported(x, conv, pool)
+    ref = after(conv(x))
+    out = kernels.block1(x, conv, pool)
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
     assert out.is_contiguous(memory_format=CL)
     g = torch.randn_like(ref)
@@ -70,9 +78,9 @@ def test_block2_matches_pytorch(n, cin, size, k):
     x = F.relu(_images(n, cin, size, seed=cin)).contiguous(memory_format=CL).requires_grad_()
     conv = _conv(cin, 16, k, 0, seed=size)
     pool = torch.nn.MaxPool2d(2)
-    assert kernels.conv16_pool_relu_supported(x, conv, pool)
+    assert kernels.block2_supported(x, conv, pool)
     ref = F.relu(pool(conv(x)))
-    out = kernels.conv16_pool_relu(x, conv)
+    out = kernels.block2(x, conv, pool)
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
     g = torch.randn_like(ref)
     params = (x, conv.weight, conv.bias)
@@ -89,12 +97,12 @@ def test_ties_route_the_gradient_like_max_pool2d():
         conv.weight.fill_(0.1)
         conv.bias.fill_(0.2)
     ref = F.relu(F.max_pool2d(conv(x), 2))
-    out = kernels.conv_pool_relu(x, conv)
+    out = kernels.block1(x, conv, torch.nn.MaxPool2d(2))
     torch.testing.assert_close(out, ref)
     x2 = torch.ones(2, 6, 14, 14, requires_grad=True)
     conv2 = _conv(6, 16, 5, 0, seed=4)
     ref2 = F.relu(F.max_pool2d(conv2(x2), 2))
-    out2 = kernels.conv16_pool_relu(x2, conv2)
+    out2 = kernels.block2(x2, conv2, torch.nn.MaxPool2d(2))
     g = torch.ones_like(ref2)
     (gx_ref,) = torch.autograd.grad(ref2, x2, g)
     (gx,) = torch.autograd.grad(out2, x2, g)
@@ -115,13 +123,16 @@ def test_backward_is_deterministic():
         assert torch.equal(a, b)
 
 
-def test_fused_model_matches_plain_model():
+@pytest.mark.parametrize(
+    "name,cls", [("lenet5-relu", FusedLeNet5ReLU), ("lenet5", FusedSeedLeNet5)]
+)
+def test_fused_model_matches_plain_model(name, cls):
     torch.manual_seed(0)
-    ref = create_model("lenet5-relu")
-    fast = create_model("lenet5-relu")
+    ref = create_model(name)
+    fast = create_model(name)
     fast.load_state_dict(ref.state_dict())
     optimize_model(fast, "cpu")
-    assert type(fast) is FusedLeNet5ReLU
+    assert type(fast) is cls
     assert fast.state_dict().keys() == ref.state_dict().keys()
     x = _images(32, 1, 28, seed=1)
     y = torch.randint(0, 10, (32,))
@@ -141,22 +152,20 @@ def test_unsupported_inputs_fall_back_to_pytorch():
     conv, pool = fast.c1, fast.s2
     # An input that needs a gradient (saliency maps): the kernel has no input gradient.
     x = torch.randn(4, 1, 28, 28, requires_grad=True)
-    assert not kernels.conv_pool_relu_supported(x, conv, pool)
+    assert not kernels.block1_supported(x, conv, pool)
     (gx,) = torch.autograd.grad(fast(x).sum(), x)
     (gx_ref,) = torch.autograd.grad(ref(x).sum(), x)
     torch.testing.assert_close(gx, gx_ref, rtol=1e-4, atol=1e-5)
     # Other dtypes and sizes the kernels do not cover.
-    assert not kernels.conv_pool_relu_supported(torch.randn(2, 1, 28, 28).double(), conv, pool)
-    assert not kernels.conv_pool_relu_supported(torch.randn(2, 1, 27, 27), conv, pool)
-    assert not kernels.conv_pool_relu_supported(torch.randn(2, 1, 64, 64), conv, pool)
-    assert not kernels.conv_pool_relu_supported(torch.randn(2, 3, 28, 28), conv, pool)
-    assert not kernels.conv_pool_relu_supported(
-        torch.randn(2, 1, 28, 28), conv, torch.nn.MaxPool2d(3)
+    assert not kernels.block1_supported(torch.randn(2, 1, 28, 28).double(), conv, pool)
+    assert not kernels.block1_supported(torch.randn(2, 1, 27, 27), conv, pool)
+    assert not kernels.block1_supported(torch.randn(2, 1, 64, 64), conv, pool)
+    assert not kernels.block1_supported(torch.randn(2, 3, 28, 28), conv, pool)
+    assert not kernels.block1_supported(torch.randn(2, 1, 28, 28), conv, torch.nn.MaxPool2d(3))
+    assert not kernels.block2_supported(
+        torch.randn(2, 6, 14, 14), fast.c3, torch.nn.AvgPool2d(2, divisor_override=3)
     )
-    assert not kernels.conv16_pool_relu_supported(
-        torch.randn(2, 6, 14, 14), fast.c3, torch.nn.AvgPool2d(2)
-    )
-    assert not kernels.conv16_pool_relu_supported(torch.randn(2, 6, 30, 30), fast.c3, fast.s4)
+    assert not kernels.block2_supported(torch.randn(2, 6, 30, 30), fast.c3, fast.s4)
     x = torch.randn(2, 6, 30, 30)  # too wide for block 2's kernel: PyTorch's ops run instead
     torch.testing.assert_close(fast.block2(x), ref.block2(x), rtol=1e-5, atol=1e-5)
 

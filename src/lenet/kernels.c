@@ -261,6 +261,27 @@ static int supported2(int64_t h, int64_t w, int64_t ic, int64_t k) {
 }
 
 
+/* Conv output rows 2r and 2r+1, all 16 channels: acc[rr][j][o] for j < wo. */
+static inline __attribute__((always_inline)) void conv_rows2(
+    const float *restrict img, const int w, const int ic, const int k, const int wo, const int r,
+    const float *restrict wr, const v16 bv, float acc[2][WO2MAX][OC2]) {
+  for (int rr = 0; rr < 2; rr++) {
+    v16 a[WO2MAX]; /* one output row, all 16 channels: stays in registers */
+    for (int j = 0; j < WO2MAX; j++) a[j] = bv;
+    for (int di = 0; di < k; di++) {
+      const float *row = img + ((2 * r + rr + di) * w) * ic;
+      for (int dj = 0; dj < k; dj++)
+        for (int c = 0; c < ic; c++) {
+          const v16 wv = ld16(wr + ((di * k + dj) * ic + c) * OC2); /* wr: (k, k, ic, 16) */
+#pragma GCC unroll 12
+          for (int j = 0; j < wo; j++) a[j] += row[(j + dj) * ic + c] * wv;
+        }
+    }
+#pragma GCC unroll 12
+    for (int j = 0; j < wo; j++) st16(acc[rr][j], a[j]);
+  }
+}
+
 static inline __attribute__((always_inline)) void forward_image2(
     const float *restrict img, const int h, const int w, const int ic, const int k,
     const float *restrict wr, const float *restrict bias, float *restrict out,
@@ -270,21 +291,7 @@ static inline __attribute__((always_inline)) void forward_image2(
   const v16 bv = ld16(bias);
   for (int r = 0; r < ho / 2; r++) {
     float acc[2][WO2MAX][OC2];
-    for (int rr = 0; rr < 2; rr++) {
-      v16 a[WO2MAX]; /* one output row, all 16 channels: stays in registers */
-      for (int j = 0; j < WO2MAX; j++) a[j] = bv;
-      for (int di = 0; di < k; di++) {
-        const float *row = img + ((2 * r + rr + di) * w) * ic;
-        for (int dj = 0; dj < k; dj++)
-          for (int c = 0; c < ic; c++) {
-            const v16 wv = ld16(wr + ((di * k + dj) * ic + c) * OC2); /* wr: (k, k, ic, 16) */
-#pragma GCC unroll 12
-            for (int j = 0; j < wo; j++) a[j] += row[(j + dj) * ic + c] * wv;
-          }
-      }
-#pragma GCC unroll 12
-      for (int j = 0; j < wo; j++) st16(acc[rr][j], a[j]);
-    }
+    conv_rows2(img, w, ic, k, wo, r, wr, bv, acc);
     for (int q = 0; q < wq; q++) {
       float *ov = out + (r * wq + q) * OC2;
       uint8_t *av = arg ? arg + (r * wq + q) * OC2 : NULL;
@@ -422,6 +429,325 @@ int lenet_conv16_pool_relu_bwd(const float *x, int64_t n, int64_t h, int64_t w, 
     }
   }
   for (int64_t o = 0; o < OC2; o++) { /* sum the partials in thread order; drop the padding */
+    for (int64_t di = 0; di < k; di++)
+      for (int64_t t2 = 0; t2 < seg; t2++) {
+        float s = 0.0f;
+        for (int t = 0; t < nt; t++) s += part[t * stride + (o * k + di) * segp + t2];
+        gw[(o * k + di) * seg + t2] = s;
+      }
+    float s = 0.0f;
+    for (int t = 0; t < nt; t++) s += part[t * stride + wsize + o];
+    gb[o] = s;
+  }
+  free(part), free(wp), free(scratch);
+  return 0;
+}
+
+/* ---- the study note's blocks: conv -> sigmoid -> 2x2 average pool ------------------------
+ * Same conv code; the epilogue is F.sigmoid then F.avg_pool2d(2) (sum in row-major window
+ * order, then / 4), and the sigmoid outputs are saved for the backward (no sparsity here:
+ * every conv output gets a gradient). */
+
+typedef int32_t v16i __attribute__((vector_size(64)));
+
+/* exp(x) for 16 floats: x = n ln2 + r, |r| <= ln2/2, e^r by its degree-6 Taylor polynomial
+ * (relative error ~1e-7), times 2^n built in the exponent bits. Inputs are clamped to
+ * [-87, 87], far past where the sigmoid below saturates in float32. */
+static inline v16 vexp(v16 x) {
+  const v16 hi = (v16){0} + 87.0f, lo = (v16){0} - 87.0f;
+  v16i m = x > hi;
+  x = (v16)((m & (v16i)hi) | (~m & (v16i)x));
+  m = x < lo;
+  x = (v16)((m & (v16i)lo) | (~m & (v16i)x));
+  const v16 t = x * 1.44269504088896341f + 0.5f;
+  v16i n = __builtin_convertvector(t, v16i); /* truncates toward 0: make it floor(t) */
+  v16 nf = __builtin_convertvector(n, v16);
+  const v16i fix = nf > t; /* t < 0 and not whole: truncation went up by one */
+  n += fix;                /* fix is -1 where true */
+  nf = __builtin_convertvector(n, v16);
+  const v16 r = (x - nf * 0.693359375f) + nf * 2.12194440e-4f;
+  v16 p = (v16){0} + (1.0f / 720.0f);
+  p = p * r + (1.0f / 120.0f);
+  p = p * r + (1.0f / 24.0f);
+  p = p * r + (1.0f / 6.0f);
+  p = p * r + 0.5f;
+  p = p * r + 1.0f;
+  p = p * r + 1.0f;
+  const v16i bits = (n + 127) << 23;
+  return p * (v16)bits;
+}
+
+static inline v16 vsigmoid(v16 z) { return 1.0f / (1.0f + vexp(-z)); }
+
+static inline __attribute__((always_inline)) void forward_image_sa(
+    const float *restrict img, int64_t h, int64_t w, const float *restrict wt,
+    const float *restrict bias, const int oc, const int k, int64_t pad, float *restrict out,
+    float *restrict save) {
+  const int64_t hp = h + 2 * pad, ho = hp - k + 1, wo = w + 2 * pad - k + 1;
+  const int64_t wq = wo / 2;
+  float buf[HPMAX * PW];
+  float acc[2][OCMAX][VW];
+  pad_image(img, h, w, pad, hp, buf);
+  for (int64_t r = 0; r < ho / 2; r++) {
+    conv_pair(buf, wt, bias, oc, k, 2 * r, acc);
+    for (int rr = 0; rr < 2; rr++)
+      for (int c = 0; c < oc; c++)
+        for (int u = 0; u < VW / 16; u++) {
+          const v16 sv = vsigmoid(ld16(acc[rr][c] + 16 * u));
+          st16(acc[rr][c] + 16 * u, sv);
+          if (save) st16(save + (c * ho + 2 * r + rr) * VW + 16 * u, sv); /* (oc, ho, VW) */
+        }
+    for (int64_t q = 0; q < wq; q++)
+      for (int c = 0; c < oc; c++)
+        out[(r * wq + q) * oc + c] =
+            (((acc[0][c][2 * q] + acc[0][c][2 * q + 1]) + acc[1][c][2 * q]) +
+             acc[1][c][2 * q + 1]) / 4.0f;
+  }
+}
+
+/* avg_pool2d(sigmoid(conv2d(x, w, b, padding=pad)), 2) for n one-channel images; output NHWC.
+ * save (may be NULL): the sigmoid outputs, (n, oc, ho, 32) with columns >= wo unused. */
+int lenet_conv_sig_avg_fwd(const float *x, int64_t n, int64_t h, int64_t w, const float *wt,
+                           const float *bias, int64_t oc, int64_t k, int64_t pad, float *out,
+                           float *save) {
+  if (!supported(h, w, oc, k, pad)) return -1;
+  const int64_t ho = h + 2 * pad - k + 1, wo = w + 2 * pad - k + 1;
+  const int64_t per_out = (ho / 2) * (wo / 2) * oc, per_save = oc * ho * VW;
+#pragma omp parallel for schedule(static)
+  for (int64_t b = 0; b < n; b++) {
+    float *sv = save ? save + b * per_save : NULL;
+    if (oc == 6 && k == 5)
+      forward_image_sa(x + b * h * w, h, w, wt, bias, 6, 5, pad, out + b * per_out, sv);
+    else
+      forward_image_sa(x + b * h * w, h, w, wt, bias, (int)oc, (int)k, pad, out + b * per_out,
+                       sv);
+  }
+  return 0;
+}
+
+/* Weight gradients of the block above from gout (NHWC, like its output) and save. */
+int lenet_conv_sig_avg_bwd(const float *x, int64_t n, int64_t h, int64_t w, const float *gout,
+                           const float *save, int64_t oc, int64_t k, int64_t pad, float *gw,
+                           float *gb) {
+  if (!supported(h, w, oc, k, pad)) return -1;
+  const int64_t hp = h + 2 * pad, ho = hp - k + 1, wo = w + 2 * pad - k + 1;
+  const int64_t wq = wo / 2, per_out = (ho / 2) * wq * oc, per_save = oc * ho * VW;
+  const int64_t wsize = oc * k * k * VW;
+  int nt = 1;
+#ifdef _OPENMP
+  nt = omp_get_max_threads();
+  if (nt > n) nt = n > 0 ? (int)n : 1;
+#endif
+  float *part = calloc((size_t)nt * (wsize + OCMAX), sizeof(float));
+  if (!part) return -2;
+  int failed = 0;
+#pragma omp parallel num_threads(nt)
+  {
+    int t = 0;
+#ifdef _OPENMP
+    t = omp_get_thread_num();
+#endif
+    float *pw = part + t * (wsize + OCMAX), *pb = pw + wsize;
+    float *g = calloc((size_t)OCMAX * ho * VW, sizeof(float)); /* columns >= wo stay 0 */
+    float buf[HPMAX * PW];
+    if (!g) {
+#pragma omp atomic write
+      failed = 1;
+    }
+#pragma omp for schedule(static)
+    for (int64_t b = 0; b < n; b++) {
+      if (!g) continue;
+      const float *go = gout + b * per_out, *sv = save + b * per_save;
+      /* avg_pool2d backward (grad / 4 to each of the window's 4), then sigmoid's: * (1-s)s */
+      for (int64_t c = 0; c < oc; c++)
+        for (int64_t i = 0; i < ho; i++) {
+          float bsum = 0.0f;
+          for (int64_t j = 0; j < wo; j++) {
+            const float s = sv[(c * ho + i) * VW + j];
+            const float v = (go[((i / 2) * wq + j / 2) * oc + c] / 4.0f) * ((1.0f - s) * s);
+            g[(c * ho + i) * VW + j] = v;
+            bsum += v;
+          }
+          pb[c] += bsum;
+        }
+      pad_image(x + b * h * w, h, w, pad, hp, buf);
+      if (oc == 6 && k == 5)
+        weight_grad_image(buf, g, 6, 5, ho, pw);
+      else
+        weight_grad_image(buf, g, (int)oc, (int)k, ho, pw);
+    }
+    free(g);
+  }
+  if (!failed) {
+    for (int64_t i = 0; i < oc * k * k; i++) {
+      float s = 0.0f;
+      for (int t = 0; t < nt; t++) {
+        const float *p = part + t * (wsize + OCMAX) + i * VW;
+        for (int j = 0; j < VW; j++) s += p[j];
+      }
+      gw[i] = s;
+    }
+    for (int64_t c = 0; c < oc; c++) {
+      float s = 0.0f;
+      for (int t = 0; t < nt; t++) s += part[t * (wsize + OCMAX) + wsize + c];
+      gb[c] = s;
+    }
+  }
+  free(part);
+  return failed ? -2 : 0;
+}
+
+static inline __attribute__((always_inline)) void forward_image2_sa(
+    const float *restrict img, const int h, const int w, const int ic, const int k,
+    const float *restrict wr, const float *restrict bias, float *restrict out,
+    float *restrict save) {
+  const int ho = h - k + 1, wo = w - k + 1, wq = wo / 2;
+  const v16 bv = ld16(bias);
+  for (int r = 0; r < ho / 2; r++) {
+    float acc[2][WO2MAX][OC2];
+    conv_rows2(img, w, ic, k, wo, r, wr, bv, acc);
+    for (int rr = 0; rr < 2; rr++)
+      for (int j = 0; j < wo; j++) {
+        const v16 sv = vsigmoid(ld16(acc[rr][j]));
+        st16(acc[rr][j], sv);
+        if (save) st16(save + ((2 * r + rr) * wo + j) * OC2, sv); /* (ho, wo, 16) */
+      }
+    (void)ho;
+    for (int q = 0; q < wq; q++)
+      st16(out + (r * wq + q) * OC2,
+           (((ld16(acc[0][2 * q]) + ld16(acc[0][2 * q + 1])) + ld16(acc[1][2 * q])) +
+            ld16(acc[1][2 * q + 1])) / 4.0f);
+  }
+}
+
+/* avg_pool2d(sigmoid(conv2d(x, w, b)), 2) for NHWC x and 16 output channels; output NHWC.
+ * save (may be NULL): the sigmoid outputs, NHWC (n, ho, wo, 16). */
+int lenet_conv16_sig_avg_fwd(const float *x, int64_t n, int64_t h, int64_t w, int64_t ic,
+                             const float *wt, const float *bias, int64_t k, float *out,
+                             float *save) {
+  if (!supported2(h, w, ic, k)) return -1;
+  const int64_t ho = h - k + 1, wo = w - k + 1, per_out = (ho / 2) * (wo / 2) * OC2;
+  const int64_t per_save = ho * wo * OC2;
+  float *wr = malloc(sizeof(float) * k * k * ic * OC2);
+  if (!wr) return -2;
+  for (int64_t o = 0; o < OC2; o++)
+    for (int64_t t = 0; t < k * k * ic; t++) wr[t * OC2 + o] = wt[o * k * k * ic + t];
+#pragma omp parallel for schedule(static)
+  for (int64_t b = 0; b < n; b++) {
+    float *sv = save ? save + b * per_save : NULL;
+    if (h == 14 && w == 14 && ic == 6 && k == 5)
+      forward_image2_sa(x + b * h * w * ic, 14, 14, 6, 5, wr, bias, out + b * per_out, sv);
+    else
+      forward_image2_sa(x + b * h * w * ic, (int)h, (int)w, (int)ic, (int)k, wr, bias,
+                        out + b * per_out, sv);
+  }
+  free(wr);
+  return 0;
+}
+
+/* Dense backward of one image: gz = d(loss)/d(conv output), (ho, wo, 16). For the input, each
+ * output pixel's gradient patch sum_o gz[o] * w[o] is built in registers and added once; for
+ * the weights, channel by channel with gw[o] in registers. */
+static inline __attribute__((always_inline)) void backward_image2_dense(
+    const float *restrict xp, const int h, const int w, const int ic, const int k, const int nv,
+    const float *restrict wp, const float *restrict gz, float *restrict gxp, float *restrict gw) {
+  const int ho = h - k + 1, wo = w - k + 1, segp = nv * 16;
+  for (int i = 0; i < ho; i++)
+    for (int j = 0; j < wo; j++) {
+      v16 G[KMAX][KMAX];
+      for (int di = 0; di < k; di++)
+#pragma GCC unroll 8
+        for (int u = 0; u < nv; u++) G[di][u] = (v16){0};
+      const float *gv = gz + (i * wo + j) * OC2;
+      for (int o = 0; o < OC2; o++) {
+        const float v = gv[o];
+        for (int di = 0; di < k; di++)
+#pragma GCC unroll 8
+          for (int u = 0; u < nv; u++) G[di][u] += v * ld16(wp + (o * k + di) * segp + 16 * u);
+      }
+      for (int di = 0; di < k; di++) {
+        float *gxs = gxp + ((i + di) * w + j) * ic;
+#pragma GCC unroll 8
+        for (int u = 0; u < nv; u++) st16(gxs + 16 * u, ld16(gxs + 16 * u) + G[di][u]);
+      }
+    }
+  for (int o = 0; o < OC2; o++) {
+    v16 acc[KMAX][KMAX];
+    for (int di = 0; di < k; di++)
+#pragma GCC unroll 8
+      for (int u = 0; u < nv; u++) acc[di][u] = ld16(gw + (o * k + di) * segp + 16 * u);
+    for (int i = 0; i < ho; i++)
+      for (int j = 0; j < wo; j++) {
+        const float v = gz[(i * wo + j) * OC2 + o];
+        for (int di = 0; di < k; di++) {
+          const float *xs = xp + ((i + di) * w + j) * ic;
+#pragma GCC unroll 8
+          for (int u = 0; u < nv; u++) acc[di][u] += v * ld16(xs + 16 * u);
+        }
+      }
+    for (int di = 0; di < k; di++)
+#pragma GCC unroll 8
+      for (int u = 0; u < nv; u++) st16(gw + (o * k + di) * segp + 16 * u, acc[di][u]);
+  }
+}
+
+/* Gradients of the block above: gx (NHWC), gw (16, k, k, ic), gb (16), from gout (NHWC) and
+ * the saved sigmoid outputs. Deterministic for a given thread count. */
+int lenet_conv16_sig_avg_bwd(const float *x, int64_t n, int64_t h, int64_t w, int64_t ic,
+                             const float *wt, int64_t k, const float *gout, const float *save,
+                             float *gx, float *gw, float *gb) {
+  if (!supported2(h, w, ic, k)) return -1;
+  const int64_t ho = h - k + 1, wo = w - k + 1, wq = wo / 2, per_out = (ho / 2) * wq * OC2;
+  const int64_t per_save = ho * wo * OC2;
+  const int64_t seg = k * ic, nv = (seg + 15) / 16, segp = nv * 16;
+  const int64_t img = h * w * ic, wsize = OC2 * k * segp, stride = wsize + OC2;
+  int nt = 1;
+#ifdef _OPENMP
+  nt = omp_get_max_threads();
+  if (nt > n) nt = n > 0 ? (int)n : 1;
+#endif
+  float *part = calloc((size_t)nt * stride, sizeof(float));
+  float *wp = calloc((size_t)wsize, sizeof(float));
+  float *scratch = malloc(sizeof(float) * nt * (2 * (img + segp) + per_save));
+  if (!part || !wp || !scratch) {
+    free(part), free(wp), free(scratch);
+    return -2;
+  }
+  for (int64_t o = 0; o < OC2; o++)
+    for (int64_t di = 0; di < k; di++)
+      memcpy(wp + (o * k + di) * segp, wt + (o * k + di) * seg, sizeof(float) * seg);
+#pragma omp parallel num_threads(nt)
+  {
+    int t = 0;
+#ifdef _OPENMP
+    t = omp_get_thread_num();
+#endif
+    float *pw = part + t * stride, *pb = pw + wsize;
+    float *xp = scratch + t * (2 * (img + segp) + per_save), *gxp = xp + img + segp;
+    float *gz = gxp + img + segp;
+    memset(xp + img, 0, sizeof(float) * segp);
+#pragma omp for schedule(static)
+    for (int64_t b = 0; b < n; b++) {
+      const float *go = gout + b * per_out, *sv = save + b * per_save;
+      v16 bsum = (v16){0};
+      for (int64_t i = 0; i < ho; i++) /* avg-pool backward, then sigmoid's */
+        for (int64_t j = 0; j < wo; j++) {
+          const v16 s = ld16(sv + (i * wo + j) * OC2);
+          const v16 v = (ld16(go + ((i / 2) * wq + j / 2) * OC2) / 4.0f) * ((1.0f - s) * s);
+          st16(gz + (i * wo + j) * OC2, v);
+          bsum += v;
+        }
+      st16(pb, ld16(pb) + bsum);
+      memcpy(xp, x + b * img, sizeof(float) * img);
+      memset(gxp, 0, sizeof(float) * (img + segp));
+      if (h == 14 && w == 14 && ic == 6 && k == 5)
+        backward_image2_dense(xp, 14, 14, 6, 5, 2, wp, gz, gxp, pw);
+      else
+        backward_image2_dense(xp, (int)h, (int)w, (int)ic, (int)k, (int)nv, wp, gz, gxp, pw);
+      memcpy(gx + b * img, gxp, sizeof(float) * img);
+    }
+  }
+  for (int64_t o = 0; o < OC2; o++) {
     for (int64_t di = 0; di < k; di++)
       for (int64_t t2 = 0; t2 < seg; t2++) {
         float s = 0.0f;

@@ -102,8 +102,13 @@ def _load() -> ctypes.CDLL | None:
     lib.lenet_conv_pool_relu_bwd.argtypes = [p, i64, i64, i64, p, p, i64, i64, i64, p, p]
     lib.lenet_conv16_pool_relu_fwd.argtypes = [p, i64, i64, i64, i64, p, p, i64, p, p]
     lib.lenet_conv16_pool_relu_bwd.argtypes = [p, i64, i64, i64, i64, p, i64, p, p, p, p, p]
+    lib.lenet_conv_sig_avg_fwd.argtypes = lib.lenet_conv_pool_relu_fwd.argtypes
+    lib.lenet_conv_sig_avg_bwd.argtypes = lib.lenet_conv_pool_relu_bwd.argtypes
+    lib.lenet_conv16_sig_avg_fwd.argtypes = lib.lenet_conv16_pool_relu_fwd.argtypes
+    lib.lenet_conv16_sig_avg_bwd.argtypes = lib.lenet_conv16_pool_relu_bwd.argtypes
     for f in ("conv_pool_relu_fwd", "conv_pool_relu_bwd", "conv16_pool_relu_fwd",
-              "conv16_pool_relu_bwd"):  # fmt: skip
+              "conv16_pool_relu_bwd", "conv_sig_avg_fwd", "conv_sig_avg_bwd",
+              "conv16_sig_avg_fwd", "conv16_sig_avg_bwd"):  # fmt: skip
         getattr(lib, f"lenet_{f}").restype = ctypes.c_int
     return lib
 
@@ -118,15 +123,25 @@ def available() -> bool:
 
 
 def _pool_2x2(pool: torch.nn.Module) -> bool:
+    if isinstance(pool, torch.nn.AvgPool2d):
+        plain = pool.divisor_override is None
+    else:
+        plain = (
+            isinstance(pool, torch.nn.MaxPool2d)
+            and _pair(pool.dilation) == (1, 1)
+            and not pool.return_indices
+        )
     return (
-        isinstance(pool, torch.nn.MaxPool2d)
+        plain
         and _pair(pool.kernel_size) == (2, 2)
         and _pair(pool.stride or pool.kernel_size) == (2, 2)
         and _pair(pool.padding) == (0, 0)
-        and _pair(pool.dilation) == (1, 1)
         and not pool.ceil_mode
-        and not pool.return_indices
     )
+
+
+def _kind(pool: torch.nn.Module) -> str:
+    return "sigmoid_avg" if isinstance(pool, torch.nn.AvgPool2d) else "max_relu"
 
 
 def _plain_conv(conv: torch.nn.Conv2d) -> bool:
@@ -154,8 +169,15 @@ def _cpu_float(x: torch.Tensor, channels: int) -> bool:
     )
 
 
-def conv_pool_relu_supported(x: torch.Tensor, conv: torch.nn.Conv2d, pool: torch.nn.Module) -> bool:
-    """Whether :func:`conv_pool_relu` can run ``relu(pool(conv(x)))`` for these modules."""
+# Two kinds of LeNet block, named by what follows the conv: "max_relu" is
+# relu(max_pool2d(conv(x), 2)) (lenet5-relu; ReLU after the pool, which commutes exactly with
+# it), "sigmoid_avg" is avg_pool2d(sigmoid(conv(x)), 2) (the study note's lenet5). The pool
+# module passed in picks the kind: MaxPool2d -> max_relu, AvgPool2d -> sigmoid_avg.
+KINDS = ("max_relu", "sigmoid_avg")
+
+
+def block1_supported(x: torch.Tensor, conv: torch.nn.Conv2d, pool: torch.nn.Module) -> bool:
+    """Whether :func:`block1` can run this one-input-channel conv block on ``x``."""
     if not (_pool_2x2(pool) and _plain_conv(conv)):
         return False
     k = conv.kernel_size[0]
@@ -166,76 +188,12 @@ def conv_pool_relu_supported(x: torch.Tensor, conv: torch.nn.Conv2d, pool: torch
         return False
     p = conv.padding[0]
     ho, wo = x.shape[2] + 2 * p - k + 1, x.shape[3] + 2 * p - k + 1
-    return (
-        ho >= 2
-        and wo >= 2
-        and ho % 2 == 0
-        and wo % 2 == 0
-        and wo <= 32
-        and x.shape[2] + 2 * p <= 38
-    ) and available()
+    sizes_ok = ho >= 2 and wo >= 2 and ho % 2 == 0 and wo % 2 == 0 and wo <= 32
+    return sizes_ok and x.shape[2] + 2 * p <= 38 and available()
 
 
-def _pair(v) -> tuple:
-    return tuple(v) if isinstance(v, (tuple, list)) else (v, v)
-
-
-class _ConvPoolReLU(torch.autograd.Function):
-    """relu(max_pool2d(conv2d(x, w, b, padding), 2)); gradients for w and b (x needs none)."""
-
-    @staticmethod
-    def forward(ctx, x, weight, bias, padding: int):
-        n, _, h, w = x.shape
-        oc, _, k, _ = weight.shape
-        x = x.detach().contiguous()  # (N, 1, H, W): one channel, so any layout is NCHW
-        wt = weight.detach().reshape(oc, k * k).contiguous()
-        b = bias.detach().contiguous()
-        hq, wq = (h + 2 * padding - k + 1) // 2, (w + 2 * padding - k + 1) // 2
-        # (N, oc, hq, wq) in channels-last memory: NHWC, as the kernel writes it.
-        out = torch.empty((n, oc, hq, wq), memory_format=torch.channels_last)
-        need_grad = weight.requires_grad or bias.requires_grad
-        arg = torch.empty_like(out, dtype=torch.uint8) if need_grad else None
-        rc = _lib.lenet_conv_pool_relu_fwd(
-            x.data_ptr(), n, h, w, wt.data_ptr(), b.data_ptr(), oc, k, padding,
-            out.data_ptr(), arg.data_ptr() if arg is not None else None,
-        )  # fmt: skip
-        if rc != 0:
-            raise RuntimeError(f"lenet_conv_pool_relu_fwd failed ({rc})")
-        if need_grad:
-            ctx.save_for_backward(x, arg)
-            ctx.meta = (oc, k, padding, weight.shape)
-        return out
-
-    @staticmethod
-    def backward(ctx, grad_out):
-        x, arg = ctx.saved_tensors
-        oc, k, padding, wshape = ctx.meta
-        n, _, h, w = x.shape
-        g = grad_out.contiguous(memory_format=torch.channels_last)
-        gw = torch.empty((oc, k * k))
-        gb = torch.empty(oc)
-        rc = _lib.lenet_conv_pool_relu_bwd(
-            x.data_ptr(), n, h, w, g.data_ptr(), arg.data_ptr(), oc, k, padding,
-            gw.data_ptr(), gb.data_ptr(),
-        )  # fmt: skip
-        if rc != 0:
-            raise RuntimeError(f"lenet_conv_pool_relu_bwd failed ({rc})")
-        return None, gw.reshape(wshape), gb, None
-
-
-def conv_pool_relu(x: torch.Tensor, conv: torch.nn.Conv2d) -> torch.Tensor:
-    """``relu(max_pool2d(conv(x), 2))`` as one fused kernel: (N, 1, H, W) -> (N, oc, H', W').
-
-    Call only where :func:`conv_pool_relu_supported` is True. The input gets no gradient (it
-    is the network's input); the conv's weight and bias do.
-    """
-    return _ConvPoolReLU.apply(x, conv.weight, conv.bias, conv.padding[0])
-
-
-def conv16_pool_relu_supported(
-    x: torch.Tensor, conv: torch.nn.Conv2d, pool: torch.nn.Module
-) -> bool:
-    """Whether :func:`conv16_pool_relu` can run ``relu(pool(conv(x)))`` for these modules."""
+def block2_supported(x: torch.Tensor, conv: torch.nn.Conv2d, pool: torch.nn.Module) -> bool:
+    """Whether :func:`block2` can run this 16-output-channel conv block on ``x``."""
     if not (_pool_2x2(pool) and _plain_conv(conv)):
         return False
     k = conv.kernel_size[0]
@@ -247,53 +205,125 @@ def conv16_pool_relu_supported(
     return ho >= 2 and wo >= 2 and ho % 2 == 0 and wo % 2 == 0 and wo <= 12 and available()
 
 
-class _Conv16PoolReLU(torch.autograd.Function):
-    """relu(max_pool2d(conv2d(x, w, b), 2)) with 16 output channels; gradients for x, w, b."""
+def _check(rc: int, name: str) -> None:
+    if rc != 0:
+        raise RuntimeError(f"lenet kernels: {name} failed ({rc})")
+
+
+class _Block1(torch.autograd.Function):
+    """A one-input-channel conv block; gradients for the conv's weight and bias (x needs none)."""
 
     @staticmethod
-    def forward(ctx, x, weight, bias):
+    def forward(ctx, x, weight, bias, padding: int, kind: str):
+        n, _, h, w = x.shape
+        oc, _, k, _ = weight.shape
+        x = x.detach().contiguous()  # (N, 1, H, W): one channel, so any layout is NCHW
+        wt = weight.detach().reshape(oc, k * k).contiguous()
+        b = bias.detach().contiguous()
+        ho, wo = h + 2 * padding - k + 1, w + 2 * padding - k + 1
+        # (N, oc, ho/2, wo/2) in channels-last memory: NHWC, as the kernel writes it.
+        out = torch.empty((n, oc, ho // 2, wo // 2), memory_format=torch.channels_last)
+        need_grad = weight.requires_grad or bias.requires_grad
+        if kind == "max_relu":  # the argmax of each pooled value (uint8)
+            saved = torch.empty_like(out, dtype=torch.uint8) if need_grad else None
+            fwd = _lib.lenet_conv_pool_relu_fwd
+        else:  # the sigmoid outputs, (N, oc, ho, 32) with columns >= wo unused
+            saved = torch.empty((n, oc, ho, 32)) if need_grad else None
+            fwd = _lib.lenet_conv_sig_avg_fwd
+        rc = fwd(
+            x.data_ptr(), n, h, w, wt.data_ptr(), b.data_ptr(), oc, k, padding,
+            out.data_ptr(), saved.data_ptr() if saved is not None else None,
+        )  # fmt: skip
+        _check(rc, fwd.__name__)
+        if need_grad:
+            ctx.save_for_backward(x, saved)
+            ctx.meta = (oc, k, padding, weight.shape, kind)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        x, saved = ctx.saved_tensors
+        oc, k, padding, wshape, kind = ctx.meta
+        n, _, h, w = x.shape
+        g = grad_out.contiguous(memory_format=torch.channels_last)
+        gw = torch.empty((oc, k * k))
+        gb = torch.empty(oc)
+        bwd = _lib.lenet_conv_pool_relu_bwd if kind == "max_relu" else _lib.lenet_conv_sig_avg_bwd
+        rc = bwd(
+            x.data_ptr(), n, h, w, g.data_ptr(), saved.data_ptr(), oc, k, padding,
+            gw.data_ptr(), gb.data_ptr(),
+        )  # fmt: skip
+        _check(rc, bwd.__name__)
+        return None, gw.reshape(wshape), gb, None, None
+
+
+class _Block2(torch.autograd.Function):
+    """A 16-output-channel conv block (no padding); gradients for x, weight and bias."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, kind: str):
         n, ic, h, w = x.shape
         k = weight.shape[-1]
         x = x.detach().contiguous(memory_format=torch.channels_last)  # NHWC
         wt = weight.detach().permute(0, 2, 3, 1).contiguous()  # (16, k, k, ic)
         b = bias.detach().contiguous()
-        out = torch.empty(
-            (n, 16, (h - k + 1) // 2, (w - k + 1) // 2), memory_format=torch.channels_last
-        )
-        need_grad = x.requires_grad or weight.requires_grad or bias.requires_grad
-        need_grad = need_grad or ctx.needs_input_grad[0]
-        arg = torch.empty_like(out, dtype=torch.uint8) if need_grad else None
-        rc = _lib.lenet_conv16_pool_relu_fwd(
+        ho, wo = h - k + 1, w - k + 1
+        out = torch.empty((n, 16, ho // 2, wo // 2), memory_format=torch.channels_last)
+        need_grad = any(ctx.needs_input_grad[:3])
+        if kind == "max_relu":
+            saved = torch.empty_like(out, dtype=torch.uint8) if need_grad else None
+            fwd = _lib.lenet_conv16_pool_relu_fwd
+        else:  # sigmoid outputs, NHWC (N, ho, wo, 16)
+            saved = torch.empty((n, ho, wo, 16)) if need_grad else None
+            fwd = _lib.lenet_conv16_sig_avg_fwd
+        rc = fwd(
             x.data_ptr(), n, h, w, ic, wt.data_ptr(), b.data_ptr(), k, out.data_ptr(),
-            arg.data_ptr() if arg is not None else None,
+            saved.data_ptr() if saved is not None else None,
         )  # fmt: skip
-        if rc != 0:
-            raise RuntimeError(f"lenet_conv16_pool_relu_fwd failed ({rc})")
+        _check(rc, fwd.__name__)
         if need_grad:
-            ctx.save_for_backward(x, wt, arg)
+            ctx.save_for_backward(x, wt, saved)
+            ctx.kind = kind
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
-        x, wt, arg = ctx.saved_tensors
+        x, wt, saved = ctx.saved_tensors
         n, ic, h, w = x.shape
         k = wt.shape[1]
         g = grad_out.contiguous(memory_format=torch.channels_last)
         gx = torch.empty((n, ic, h, w), memory_format=torch.channels_last)
         gw = torch.empty((16, k, k, ic))
         gb = torch.empty(16)
-        rc = _lib.lenet_conv16_pool_relu_bwd(
-            x.data_ptr(), n, h, w, ic, wt.data_ptr(), k, g.data_ptr(), arg.data_ptr(),
+        if ctx.kind == "max_relu":
+            bwd = _lib.lenet_conv16_pool_relu_bwd
+        else:
+            bwd = _lib.lenet_conv16_sig_avg_bwd
+        rc = bwd(
+            x.data_ptr(), n, h, w, ic, wt.data_ptr(), k, g.data_ptr(), saved.data_ptr(),
             gx.data_ptr(), gw.data_ptr(), gb.data_ptr(),
         )  # fmt: skip
-        if rc != 0:
-            raise RuntimeError(f"lenet_conv16_pool_relu_bwd failed ({rc})")
-        return gx, gw.permute(0, 3, 1, 2), gb  # (16, ic, k, k), channels-last strides
+        _check(rc, bwd.__name__)
+        return gx, gw.permute(0, 3, 1, 2), gb, None  # (16, ic, k, k), channels-last strides
 
 
-def conv16_pool_relu(x: torch.Tensor, conv: torch.nn.Conv2d) -> torch.Tensor:
-    """``relu(max_pool2d(conv(x), 2))`` for a 16-output-channel conv: (N, C, H, W) -> (N, 16, .., ..).
+def block1(x: torch.Tensor, conv: torch.nn.Conv2d, pool: torch.nn.Module) -> torch.Tensor:
+    """The block ``conv`` -> ``pool`` (with its activation, see KINDS) as one fused kernel.
 
-    Call only where :func:`conv16_pool_relu_supported` is True. Output in channels-last memory.
+    (N, 1, H, W) -> (N, oc, H'/2, W'/2) in channels-last memory. Call only where
+    :func:`block1_supported` is True. The input gets no gradient (it is the network's input).
     """
-    return _Conv16PoolReLU.apply(x, conv.weight, conv.bias)
+    return _Block1.apply(x, conv.weight, conv.bias, conv.padding[0], _kind(pool))
+
+
+def block2(x: torch.Tensor, conv: torch.nn.Conv2d, pool: torch.nn.Module) -> torch.Tensor:
+    """The block ``conv`` (16 output channels) -> ``pool`` as one fused kernel, like :func:`block1`.
+
+    (N, C, H, W) -> (N, 16, (H-k+1)/2, (W-k+1)/2), channels-last. Call only where
+    :func:`block2_supported` is True; gradients flow to ``x`` too.
+    """
+    return _Block2.apply(x, conv.weight, conv.bias, _kind(pool))
+
+
+def _pair(v) -> tuple:
+    return tuple(v) if isinstance(v, (tuple, list)) else (v, v)

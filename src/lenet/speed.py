@@ -4,7 +4,8 @@ LeNet-sized layers are far too small for oneDNN's convolution kernels to run nea
 overhead and poorly vectorised shapes dominate. Measured on 2-core Xeons (single thread, CPU time,
 ``docs/benchmarks.md``), the two changes below give about +20% (batch 16) to +40% (batch 256) for
 a training step, with the same parameters, the same ``state_dict`` keys and the same outputs up to
-float32 rounding. On top, LeNet-5's conv blocks (c1 -> s2 -> ReLU, c3 -> s4 -> ReLU) run as fused C kernels
+float32 rounding. On top, LeNet-5's conv blocks (``lenet5-relu``: conv -> max pool -> ReLU; the note's ``lenet5``: conv ->
+sigmoid -> average pool) run as fused C kernels
 (:mod:`lenet.kernels`) when it can be built. Things measured and *not* adopted are listed in
 ``docs/benchmarks.md`` (torch.compile, unfold convolutions, bf16 autocast, fused optimizers).
 """
@@ -16,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lenet import kernels
-from lenet.models.lenet5 import LeNet5ReLU
+from lenet.models.lenet5 import LeNet5ReLU, SeedLeNet5
 
 
 class WholeInputConv2d(nn.Conv2d):
@@ -57,38 +58,49 @@ def gemm_convolutions(model: nn.Module) -> int:
     return n
 
 
-class FusedLeNet5ReLU(LeNet5ReLU):
-    """:class:`LeNet5ReLU` whose conv blocks each run as one fused CPU kernel where they can.
+class _FusedBlocks:
+    """Mixin: ``block1``/``block2`` as fused CPU kernels where they apply (:mod:`lenet.kernels`).
 
-    Same modules, parameters and ``state_dict``; only ``block1``/``block2`` change; each falls back to
-    the modules themselves for anything the kernel does not cover (other devices or dtypes, an
-    input that needs a gradient, a machine without a C compiler).
+    Same modules, parameters and ``state_dict``; each block falls back to the model's own
+    modules for anything the kernels do not cover (other devices or dtypes, an input that needs
+    a gradient, a machine without a C compiler).
     """
 
     def block1(self, x: torch.Tensor) -> torch.Tensor:
-        """relu(s2(c1(x))) in one pass over each image (:func:`lenet.kernels.conv_pool_relu`)."""
-        if kernels.conv_pool_relu_supported(x, self.c1, self.s2):
-            return kernels.conv_pool_relu(x, self.c1)
+        """c1 -> s2 (with the block's activation) in one pass over each image."""
+        if kernels.block1_supported(x, self.c1, self.s2):
+            return kernels.block1(x, self.c1, self.s2)
         return super().block1(x)
 
     def block2(self, x: torch.Tensor) -> torch.Tensor:
-        """relu(s4(c3(x))) in one pass over each image (:func:`lenet.kernels.conv16_pool_relu`)."""
-        if kernels.conv16_pool_relu_supported(x, self.c3, self.s4):
-            return kernels.conv16_pool_relu(x, self.c3)
+        """c3 -> s4 (with the block's activation) in one pass over each image."""
+        if kernels.block2_supported(x, self.c3, self.s4):
+            return kernels.block2(x, self.c3, self.s4)
         return super().block2(x)
+
+
+class FusedLeNet5ReLU(_FusedBlocks, LeNet5ReLU):
+    """:class:`LeNet5ReLU` with fused conv -> max pool -> ReLU blocks."""
+
+
+class FusedSeedLeNet5(_FusedBlocks, SeedLeNet5):
+    """The study note's :class:`SeedLeNet5` with fused conv -> sigmoid -> average pool blocks."""
+
+
+_FUSED = {LeNet5ReLU: FusedLeNet5ReLU, SeedLeNet5: FusedSeedLeNet5}
 
 
 def optimize_model(model: nn.Module, device: torch.device | str) -> nn.Module:
     """Speed a model up for ``device`` without changing its math (in place; returns it).
 
     On CPU: channels-last weights (oneDNN's faster NHWC convolution and pooling paths),
-    GEMM-shaped whole-input convolutions, and the fused conv blocks for ``lenet5-relu`` when
+    GEMM-shaped whole-input convolutions, and fused conv blocks for ``lenet5``/``lenet5-relu`` when
     :func:`lenet.kernels.available` (set ``LENET_KERNELS=0`` to turn it off). Elsewhere (CUDA/MPS) cuDNN already handles these
     shapes well, so the model is returned unchanged.
     """
     if torch.device(device).type != "cpu":
         return model
     gemm_convolutions(model)
-    if type(model) is LeNet5ReLU and kernels.available():
-        model.__class__ = FusedLeNet5ReLU
+    if type(model) in _FUSED and kernels.available():
+        model.__class__ = _FUSED[type(model)]
     return model.to(memory_format=torch.channels_last)
