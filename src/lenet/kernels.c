@@ -158,21 +158,60 @@ int lenet_conv_pool_relu_fwd(const float *x, int64_t n, int64_t h, int64_t w, co
 static inline __attribute__((always_inline)) void weight_grad_image(
     const float *restrict buf, const float *restrict g, const int oc, const int k, int64_t ho,
     float *restrict part) {
-  for (int c = 0; c < oc; c++)
+  /* Two channels at a time: each input-row load (unaligned, the costly part) feeds both. */
+  for (int c0 = 0; c0 < oc; c0 += 2) {
+    const int nc = c0 + 1 < oc ? 2 : 1;
     for (int di = 0; di < k; di++) {
-      float a[KMAX][VW];
-      for (int dj = 0; dj < k; dj++)
-        for (int j = 0; j < VW; j++) a[dj][j] = 0.0f;
+      v16 a[2][KMAX][2];
+      for (int cc = 0; cc < 2; cc++)
+#pragma GCC unroll 7
+        for (int dj = 0; dj < KMAX; dj++) a[cc][dj][0] = a[cc][dj][1] = (v16){0};
       for (int64_t i = 0; i < ho; i++) {
-        const float *gr = g + (c * ho + i) * VW;
         const float *row = buf + (i + di) * PW;
-        for (int dj = 0; dj < k; dj++)
-          for (int j = 0; j < VW; j++) a[dj][j] += gr[j] * row[dj + j];
+        const float *g0 = g + (c0 * ho + i) * VW, *g1 = g0 + (nc - 1) * ho * VW;
+        const v16 g00 = ld16(g0), g01 = ld16(g0 + 16), g10 = ld16(g1), g11 = ld16(g1 + 16);
+#pragma GCC unroll 7
+        for (int dj = 0; dj < k; dj++) {
+          const v16 x0 = ld16(row + dj), x1 = ld16(row + dj + 16);
+          a[0][dj][0] += g00 * x0;
+          a[0][dj][1] += g01 * x1;
+          a[1][dj][0] += g10 * x0;
+          a[1][dj][1] += g11 * x1;
+        }
       }
-      float *p = part + ((c * k + di) * k) * VW;
-      for (int dj = 0; dj < k; dj++)
-        for (int j = 0; j < VW; j++) p[dj * VW + j] += a[dj][j];
+      for (int cc = 0; cc < nc; cc++) {
+        float *p = part + (((c0 + cc) * k + di) * k) * VW;
+        for (int dj = 0; dj < k; dj++) {
+          st16(p + dj * VW, ld16(p + dj * VW) + a[cc][dj][0]);
+          st16(p + dj * VW + 16, ld16(p + dj * VW + 16) + a[cc][dj][1]);
+        }
+      }
     }
+  }
+}
+
+/* Backward of one image of block 1: spread each pooled gradient to its argmax in g (the conv
+ * output's gradient; one store per pooled value, branch-free: a NONE writes 0 at position 0),
+ * then the weight-gradient sums. Inlined with LeNet-5's sizes as constants. */
+static inline __attribute__((always_inline)) void backward_image1(
+    const float *restrict go, const uint8_t *restrict a, const float *restrict buf,
+    float *restrict g, const int oc, const int k, const int ho, const int wq,
+    float *restrict pw, float *restrict pb) {
+  float bacc[OCMAX] = {0};
+  memset(g, 0, sizeof(float) * oc * ho * VW);
+  for (int r = 0; r < ho / 2; r++)
+    for (int q = 0; q < wq; q++)
+#pragma GCC unroll 16
+      for (int c = 0; c < oc; c++) {
+        const int o = (r * wq + q) * oc + c;
+        const int none = a[o] == NONE;
+        const int p = none ? 0 : a[o];
+        const float v = none ? 0.0f : go[o];
+        g[(c * ho + 2 * r + (p >> 1)) * VW + 2 * q + (p & 1)] = v;
+        bacc[c] += v;
+      }
+  for (int c = 0; c < oc; c++) pb[c] += bacc[c];
+  weight_grad_image(buf, g, oc, k, ho, pw);
 }
 
 /* Gradients of the block's weights (gw: oc*k*k, gb: oc) from the gradient of its output gout
@@ -211,22 +250,11 @@ int lenet_conv_pool_relu_bwd(const float *x, int64_t n, int64_t h, int64_t w, co
       if (!g) continue;
       const float *go = gout + b * per_out;
       const uint8_t *a = arg + b * per_out;
-      /* One store per pooled value, at its argmax (branch-free: a NONE writes 0 at position 0). */
-      memset(g, 0, sizeof(float) * oc * ho * VW);
-      for (int64_t r = 0; r < ho / 2; r++)
-        for (int64_t q = 0; q < wq; q++)
-          for (int64_t c = 0; c < oc; c++) {
-            const int64_t o = (r * wq + q) * oc + c;
-            const int p = a[o] == NONE ? 0 : a[o];
-            const float v = a[o] == NONE ? 0.0f : go[o];
-            g[(c * ho + 2 * r + (p >> 1)) * VW + 2 * q + (p & 1)] = v;
-            pb[c] += v;
-          }
       pad_image(x + b * h * w, h, w, pad, hp, buf);
-      if (oc == 6 && k == 5)
-        weight_grad_image(buf, g, 6, 5, ho, pw);
+      if (oc == 6 && k == 5 && ho == 28 && wq == 14)
+        backward_image1(go, a, buf, g, 6, 5, 28, 14, pw, pb);
       else
-        weight_grad_image(buf, g, (int)oc, (int)k, ho, pw);
+        backward_image1(go, a, buf, g, (int)oc, (int)k, (int)ho, (int)wq, pw, pb);
     }
     free(g);
   }

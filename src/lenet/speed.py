@@ -38,9 +38,16 @@ class WholeInputConv2d(nn.Conv2d):
             and self.dilation == (1, 1)
         ):
             n = x.shape[0]
-            # (N, C, k, k) -> (N, C*k*k) @ (C*k*k, out) -> (N, out, 1, 1)
-            w = self.weight.reshape(self.out_channels, -1)
-            return F.linear(x.reshape(n, -1), w, self.bias).reshape(n, self.out_channels, 1, 1)
+            cl = torch.channels_last
+            if x.is_contiguous(memory_format=cl) and self.weight.is_contiguous(memory_format=cl):
+                # Both in NHWC memory: flatten in (k, k, C) order, which is then a view of each
+                # (no copies forward or backward); the same sum, in another order.
+                xf = x.permute(0, 2, 3, 1).reshape(n, -1)
+                w = self.weight.permute(0, 2, 3, 1).reshape(self.out_channels, -1)
+            else:
+                xf, w = x.reshape(n, -1), self.weight.reshape(self.out_channels, -1)
+            # (N, C*k*k) @ (C*k*k, out) -> (N, out, 1, 1)
+            return F.linear(xf, w, self.bias).reshape(n, self.out_channels, 1, 1)
         return super().forward(x)
 
 
