@@ -192,3 +192,19 @@ def test_switch_off_and_build_failure_fall_back(tmp_path):
     mtime = built[0].stat().st_mtime_ns
     assert _run(code, fresh).stdout.strip() == "True"
     assert built[0].stat().st_mtime_ns == mtime
+
+
+def test_predictor_uses_the_fused_model_and_agrees_with_the_plain_one():
+    import numpy as np
+
+    from lenet.checkpoint import load_model
+    from lenet.normalization import normalize
+    from lenet.predictor import Predictor
+
+    pred = Predictor()  # the bundled lenet5-relu weights
+    assert type(pred.model) is FusedLeNet5ReLU
+    plain = load_model(pred.path, "cpu").model
+    images = (np.random.default_rng(0).random((64, 28, 28)) * 255).astype(np.uint8)
+    with torch.no_grad():
+        ref = torch.softmax(plain(normalize(torch.from_numpy(images), pred.normalization)), 1)
+    np.testing.assert_allclose(pred.probabilities(images), ref.numpy(), atol=1e-5)

@@ -51,13 +51,28 @@ def _source() -> bytes:
     return resources.files("lenet").joinpath("kernels.c").read_bytes()
 
 
+def _cpu_id() -> str:
+    """The CPU's model and instruction-set flags: -march=native code is only valid on such a CPU.
+
+    Part of the cache key, so a home folder shared between different machines (a cluster's
+    NFS home) never hands one CPU a library built for another's instructions.
+    """
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            lines = [ln for ln in f if ln.startswith(("model name", "flags", "Features"))]
+        info = "".join(dict.fromkeys(lines))  # one copy of each distinct line
+    except OSError:
+        info = platform.processor() or platform.machine()
+    return hashlib.sha256(info.encode()).hexdigest()[:12]
+
+
 def _build(src: bytes, out_dir: Path) -> Path | None:
     """Compile ``src`` into a shared library in ``out_dir`` (atomically); None on failure."""
     cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
     if not cc:
         log.info("fused CPU kernels off: no C compiler found")
         return None
-    tag = f"{platform.machine()}-{platform.system()}-{torch.__version__}-abi{ABI}"
+    tag = f"{platform.machine()}-{platform.system()}-{torch.__version__}-abi{ABI}-{_cpu_id()}"
     out_dir.mkdir(parents=True, exist_ok=True)
     for flags in _FLAG_SETS:
         key = hashlib.sha256(src + repr((cc, flags, tag)).encode()).hexdigest()[:16]
