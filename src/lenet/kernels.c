@@ -1,23 +1,28 @@
-/* Fused CPU kernels for LeNet-5's two conv blocks: conv -> 2x2 max pool -> ReLU.
+/* Fused CPU kernels for LeNet-5's two conv blocks, two kinds of each:
+ *   max-pool blocks (lenet5-relu):     relu(max_pool2d(conv2d(x), 2))
+ *   sigmoid blocks (the note's lenet5): avg_pool2d(sigmoid(conv2d(x)), 2)
  *
- * Why: at LeNet's sizes that block is the most expensive part of a training step in eager
- * PyTorch. oneDNN runs a 1-input-channel convolution at a small fraction of the core's FP32
- * peak, and the 6x28x28 conv output (4.8 MB at batch 256) then makes several trips through
- * memory (conv write, pool read, pool-grad write, conv-grad read). Here each image is done in
- * L1: the conv rows are computed 32 columns at a time (two AVX-512 vectors), pooled at once,
- * and only the pooled map (4x smaller) and a one-byte argmax per pooled value leave the core.
+ * Why: at LeNet's sizes these blocks are most of a training step in eager PyTorch. oneDNN runs
+ * a 1-input-channel convolution at a small fraction of the core's FP32 peak, and the 6x28x28
+ * conv output (4.8 MB at batch 256) then makes several trips through memory (conv write, pool
+ * read, pool-grad write, conv-grad read); at batch 16 the per-call overhead of the four ops per
+ * block dominates instead. Here each image is done in L1: the conv rows are computed in vector
+ * registers, pooled at once, and only the pooled map (4x smaller) and what the backward needs
+ * (a one-byte argmax per pooled value, or the sigmoid outputs) leave the core.
  *
- * Semantics are PyTorch's, value for value: F.conv2d (stride 1, zero padding), F.max_pool2d
+ * Semantics are PyTorch's, value for value: F.conv2d (stride 1, zero padding); F.max_pool2d
  * (2x2, stride 2; the first maximum in row-major window order wins; NaN wins), then F.relu
- * (relu(max) == max(relu): the two commute, so the ReLU runs on the pooled map). Sums run in a
- * different order than oneDNN's, so results agree to float32 rounding, not bit for bit.
+ * (relu(max) == max(relu): the two commute, so the ReLU runs on the pooled map); or
+ * F.sigmoid then F.avg_pool2d (the window's sum in row-major order, / 4). Sums run in a
+ * different order than oneDNN's and exp is our own polynomial, so results agree to float32
+ * rounding, not bit for bit.
  *
  * Block 1 (c1: 1 input channel): x is (n, h, w); weights (oc, k, k); the pooled output and the
  * argmax are NHWC, (n, ho/2, wo/2, oc), i.e. PyTorch's channels-last (n, oc, ho/2, wo/2).
  * Block 2 (c3: 16 output channels, one AVX-512 vector): x is NHWC (n, h, w, ic); weights are
  * (oc, k, k, ic) (PyTorch's channels-last weight); output and argmax NHWC as above. Its backward
- * also gives the input gradient, and uses the pooling's sparsity: only the pooled maxima that
- * survived the ReLU (a quarter of the conv outputs at most) carry a gradient.
+ * also gives the input gradient; for max-pool blocks it uses the pooling's sparsity: only the
+ * pooled maxima that survived the ReLU (a quarter of the conv outputs at most) carry a gradient.
  * Built by lenet/kernels.py with the system C compiler; nothing here depends on Python or torch.
  */
 #include <math.h>
@@ -56,6 +61,37 @@ static inline v16 ld16(const float *p) {
 }
 static inline void st16(float *p, v16 v) { memcpy(p, &v, sizeof v); }
 
+typedef int32_t v16i __attribute__((vector_size(64)));
+
+/* exp(x) for 16 floats: x = n ln2 + r, |r| <= ln2/2, e^r by its degree-6 Taylor polynomial
+ * (relative error ~1e-7), times 2^n built in the exponent bits. Inputs are clamped to
+ * [-87, 87], far past where the sigmoid below saturates in float32. */
+static inline v16 vexp(v16 x) {
+  const v16 hi = (v16){0} + 87.0f, lo = (v16){0} - 87.0f;
+  v16i m = x > hi;
+  x = (v16)((m & (v16i)hi) | (~m & (v16i)x));
+  m = x < lo;
+  x = (v16)((m & (v16i)lo) | (~m & (v16i)x));
+  const v16 t = x * 1.44269504088896341f + 0.5f;
+  v16i n = __builtin_convertvector(t, v16i); /* truncates toward 0: make it floor(t) */
+  v16 nf = __builtin_convertvector(n, v16);
+  const v16i fix = nf > t; /* t < 0 and not whole: truncation went up by one */
+  n += fix;                /* fix is -1 where true */
+  nf = __builtin_convertvector(n, v16);
+  const v16 r = (x - nf * 0.693359375f) + nf * 2.12194440e-4f;
+  v16 p = (v16){0} + (1.0f / 720.0f);
+  p = p * r + (1.0f / 120.0f);
+  p = p * r + (1.0f / 24.0f);
+  p = p * r + (1.0f / 6.0f);
+  p = p * r + 0.5f;
+  p = p * r + 1.0f;
+  p = p * r + 1.0f;
+  const v16i bits = (n + 127) << 23;
+  return p * (v16)bits;
+}
+
+static inline v16 vsigmoid(v16 z) { return 1.0f / (1.0f + vexp(-z)); }
+
 /* Conv output rows i0 and i0+1 for every channel: acc[r][c][j], j < VW (columns >= wo unused). */
 static inline __attribute__((always_inline)) void conv_pair(
     const float *restrict buf, const float *restrict wt, const float *restrict bias,
@@ -85,10 +121,70 @@ static inline __attribute__((always_inline)) void conv_pair(
   }
 }
 
+/* The maximum of a 2x2 window given in row-major order, and its position 0..3: the first
+ * maximum wins and a NaN wins, as in F.max_pool2d. Branch-free (the comparisons are
+ * data-dependent coin flips) so loops over windows vectorise. */
+static inline __attribute__((always_inline)) float max4(const float v0, const float v1,
+                                                        const float v2, const float v3,
+                                                        int *restrict pos) {
+  float m = v0;
+  int p = 0;
+  const int s1 = (v1 > m) | (v1 != v1);
+  m = s1 ? v1 : m;
+  p = s1 ? 1 : p;
+  const int s2 = (v2 > m) | (v2 != v2);
+  m = s2 ? v2 : m;
+  p = s2 ? 2 : p;
+  const int s3 = (v3 > m) | (v3 != v3);
+  m = s3 ? v3 : m;
+  p = s3 ? 3 : p;
+  *pos = p;
+  return m;
+}
+
+/* Max-pool block epilogue for conv rows 2r, 2r+1: pooled row r, then ReLU (NHWC out/arg). */
+static inline __attribute__((always_inline)) void pool_max_relu1(
+    float acc[2][OCMAX][VW], const int64_t r, const int oc, const int64_t wq,
+    float *restrict out, uint8_t *restrict arg) {
+  for (int c = 0; c < oc; c++) {
+    float m[VW / 2]; /* over q: vectorisable */
+    int p[VW / 2];
+    for (int q = 0; q < VW / 2; q++) {
+      m[q] = max4(acc[0][c][2 * q], acc[0][c][2 * q + 1], acc[1][c][2 * q],
+                  acc[1][c][2 * q + 1], &p[q]);
+    }
+    for (int64_t q = 0; q < wq; q++) {
+      const int64_t o = (r * wq + q) * oc + c;
+      const float mm = m[q];
+      out[o] = (mm > 0.0f || mm != mm) ? mm : 0.0f; /* relu; NaN stays NaN, as in F.relu */
+      if (arg) arg[o] = mm > 0.0f ? (uint8_t)p[q] : NONE;
+    }
+  }
+}
+
+/* Sigmoid/average block epilogue: sigmoid of both rows (kept in save, (oc, ho, VW), if given),
+ * then pooled row r = the window's sum in row-major order / 4, as F.avg_pool2d (NHWC out). */
+static inline __attribute__((always_inline)) void sigmoid_avg1(
+    float acc[2][OCMAX][VW], const int64_t r, const int oc, const int64_t ho, const int64_t wq,
+    float *restrict out, float *restrict save) {
+  for (int rr = 0; rr < 2; rr++)
+    for (int c = 0; c < oc; c++)
+      for (int u = 0; u < VW / 16; u++) {
+        const v16 sv = vsigmoid(ld16(acc[rr][c] + 16 * u));
+        st16(acc[rr][c] + 16 * u, sv);
+        if (save) st16(save + (c * ho + 2 * r + rr) * VW + 16 * u, sv);
+      }
+  for (int64_t q = 0; q < wq; q++)
+    for (int c = 0; c < oc; c++)
+      out[(r * wq + q) * oc + c] =
+          (((acc[0][c][2 * q] + acc[0][c][2 * q + 1]) + acc[1][c][2 * q]) +
+           acc[1][c][2 * q + 1]) / 4.0f;
+}
+
 static inline __attribute__((always_inline)) void forward_image(
     const float *restrict img, int64_t h, int64_t w, const float *restrict wt,
     const float *restrict bias, const int oc, const int k, int64_t pad, float *restrict out,
-    uint8_t *restrict arg) {
+    uint8_t *restrict arg, float *restrict save, const int sig) {
   const int64_t hp = h + 2 * pad, ho = hp - k + 1, wo = w + 2 * pad - k + 1;
   const int64_t wq = wo / 2;
   float buf[HPMAX * PW];
@@ -96,34 +192,10 @@ static inline __attribute__((always_inline)) void forward_image(
   pad_image(img, h, w, pad, hp, buf);
   for (int64_t r = 0; r < ho / 2; r++) {
     conv_pair(buf, wt, bias, oc, k, 2 * r, acc);
-    for (int c = 0; c < oc; c++) {
-      /* Branch-free (the comparisons are data-dependent coin flips) and vectorisable over q. */
-      float m[VW / 2];
-      int p[VW / 2];
-      for (int q = 0; q < VW / 2; q++) {
-        const float v0 = acc[0][c][2 * q], v1 = acc[0][c][2 * q + 1];
-        const float v2 = acc[1][c][2 * q], v3 = acc[1][c][2 * q + 1];
-        float mm = v0;
-        int pp = 0;
-        const int s1 = (v1 > mm) | (v1 != v1);
-        mm = s1 ? v1 : mm;
-        pp = s1 ? 1 : pp;
-        const int s2 = (v2 > mm) | (v2 != v2);
-        mm = s2 ? v2 : mm;
-        pp = s2 ? 2 : pp;
-        const int s3 = (v3 > mm) | (v3 != v3);
-        mm = s3 ? v3 : mm;
-        pp = s3 ? 3 : pp;
-        m[q] = mm;
-        p[q] = pp;
-      }
-      for (int64_t q = 0; q < wq; q++) {
-        const int64_t o = (r * wq + q) * oc + c;
-        const float mm = m[q];
-        out[o] = (mm > 0.0f || mm != mm) ? mm : 0.0f; /* relu; NaN stays NaN, as in F.relu */
-        if (arg) arg[o] = mm > 0.0f ? (uint8_t)p[q] : NONE;
-      }
-    }
+    if (sig)
+      sigmoid_avg1(acc, r, oc, ho, wq, out, save);
+    else
+      pool_max_relu1(acc, r, oc, wq, out, arg);
   }
 }
 
@@ -133,24 +205,36 @@ static int supported(int64_t h, int64_t w, int64_t oc, int64_t k, int64_t pad) {
          ho % 2 == 0 && wo % 2 == 0 && wo <= VW && h + 2 * pad <= HPMAX;
 }
 
-/* relu(max_pool2d(conv2d(x, w, b, padding=pad), 2)) for n one-channel images.
- * arg may be NULL (inference); otherwise it receives the window position 0..3 of each
- * pooled maximum, or NONE where the ReLU zeroed it. Returns 0, or -1 for unsupported sizes. */
-int lenet_conv_pool_relu_fwd(const float *x, int64_t n, int64_t h, int64_t w, const float *wt,
-                             const float *bias, int64_t oc, int64_t k, int64_t pad, float *out,
-                             uint8_t *arg) {
+/* Block 1 forward for n one-channel images (sig: 0 = max pool + ReLU, 1 = sigmoid + average
+ * pool). arg / save may be NULL (inference); otherwise arg receives the window position 0..3 of
+ * each pooled maximum (NONE where the ReLU zeroed it), save the sigmoid outputs
+ * (n, oc, ho, 32; columns >= wo unused). Returns 0, or -1 for unsupported sizes. */
+static int block1_fwd(const float *x, int64_t n, int64_t h, int64_t w, const float *wt,
+                      const float *bias, int64_t oc, int64_t k, int64_t pad, float *out,
+                      uint8_t *arg, float *save, const int sig) {
   if (!supported(h, w, oc, k, pad)) return -1;
   const int64_t ho = h + 2 * pad - k + 1, wo = w + 2 * pad - k + 1;
-  const int64_t per_out = (ho / 2) * (wo / 2) * oc;
+  const int64_t per_out = (ho / 2) * (wo / 2) * oc, per_save = oc * ho * VW;
 #pragma omp parallel for schedule(static)
   for (int64_t b = 0; b < n; b++) {
     uint8_t *a = arg ? arg + b * per_out : NULL;
-    if (oc == 6 && k == 5) /* LeNet-5's c1: constants let the compiler keep sums in registers */
-      forward_image(x + b * h * w, h, w, wt, bias, 6, 5, pad, out + b * per_out, a);
+    float *sv = save ? save + b * per_save : NULL;
+    const float *img = x + b * h * w;
+    if (oc == 6 && k == 5 && sig) /* LeNet-5's c1: constants keep the sums in registers */
+      forward_image(img, h, w, wt, bias, 6, 5, pad, out + b * per_out, a, sv, 1);
+    else if (oc == 6 && k == 5)
+      forward_image(img, h, w, wt, bias, 6, 5, pad, out + b * per_out, a, sv, 0);
     else
-      forward_image(x + b * h * w, h, w, wt, bias, (int)oc, (int)k, pad, out + b * per_out, a);
+      forward_image(img, h, w, wt, bias, (int)oc, (int)k, pad, out + b * per_out, a, sv, sig);
   }
   return 0;
+}
+
+/* relu(max_pool2d(conv2d(x, w, b, padding=pad), 2)), output NHWC: see block1_fwd. */
+int lenet_conv_pool_relu_fwd(const float *x, int64_t n, int64_t h, int64_t w, const float *wt,
+                             const float *bias, int64_t oc, int64_t k, int64_t pad, float *out,
+                             uint8_t *arg) {
+  return block1_fwd(x, n, h, w, wt, bias, oc, k, pad, out, arg, NULL, 0);
 }
 
 /* Weight-gradient partial sums of one image, added to part[c][di][dj][j] (summed over j later).
@@ -190,36 +274,51 @@ static inline __attribute__((always_inline)) void weight_grad_image(
   }
 }
 
-/* Backward of one image of block 1: spread each pooled gradient to its argmax in g (the conv
- * output's gradient; one store per pooled value, branch-free: a NONE writes 0 at position 0),
- * then the weight-gradient sums. Inlined with LeNet-5's sizes as constants. */
+/* Backward of one image of block 1: the gradient g of the conv output ((oc, ho, VW), columns
+ * >= wo stay 0), its sums into pb (the bias gradient), then the weight-gradient sums. Max-pool
+ * block (a = argmax): each pooled gradient goes to its argmax, one store per pooled value
+ * (branch-free: a NONE writes 0 at position 0). Sigmoid/average block (sv = sigmoid outputs):
+ * grad / 4 to each of the window's 4 values, times (1 - s) s. Inlined with LeNet-5's sizes. */
 static inline __attribute__((always_inline)) void backward_image1(
-    const float *restrict go, const uint8_t *restrict a, const float *restrict buf,
-    float *restrict g, const int oc, const int k, const int ho, const int wq,
-    float *restrict pw, float *restrict pb) {
+    const float *restrict go, const uint8_t *restrict a, const float *restrict sv,
+    const float *restrict buf, float *restrict g, const int oc, const int k, const int ho,
+    const int wo, float *restrict pw, float *restrict pb) {
+  const int wq = wo / 2;
   float bacc[OCMAX] = {0};
-  memset(g, 0, sizeof(float) * oc * ho * VW);
-  for (int r = 0; r < ho / 2; r++)
-    for (int q = 0; q < wq; q++)
+  if (a) {
+    memset(g, 0, sizeof(float) * oc * ho * VW);
+    for (int r = 0; r < ho / 2; r++)
+      for (int q = 0; q < wq; q++)
 #pragma GCC unroll 16
-      for (int c = 0; c < oc; c++) {
-        const int o = (r * wq + q) * oc + c;
-        const int none = a[o] == NONE;
-        const int p = none ? 0 : a[o];
-        const float v = none ? 0.0f : go[o];
-        g[(c * ho + 2 * r + (p >> 1)) * VW + 2 * q + (p & 1)] = v;
-        bacc[c] += v;
-      }
+        for (int c = 0; c < oc; c++) {
+          const int o = (r * wq + q) * oc + c;
+          const int none = a[o] == NONE;
+          const int p = none ? 0 : a[o];
+          const float v = none ? 0.0f : go[o];
+          g[(c * ho + 2 * r + (p >> 1)) * VW + 2 * q + (p & 1)] = v;
+          bacc[c] += v;
+        }
+  } else {
+    for (int c = 0; c < oc; c++)
+      for (int i = 0; i < ho; i++)
+        for (int j = 0; j < wo; j++) {
+          const float s = sv[(c * ho + i) * VW + j];
+          const float v = (go[((i / 2) * wq + j / 2) * oc + c] / 4.0f) * ((1.0f - s) * s);
+          g[(c * ho + i) * VW + j] = v;
+          bacc[c] += v;
+        }
+  }
   for (int c = 0; c < oc; c++) pb[c] += bacc[c];
   weight_grad_image(buf, g, oc, k, ho, pw);
 }
 
-/* Gradients of the block's weights (gw: oc*k*k, gb: oc) from the gradient of its output gout
- * (NHWC like the forward output) and the forward's argmax. The input needs no gradient.
- * Deterministic for a given thread count (per-thread partial sums, added in thread order). */
-int lenet_conv_pool_relu_bwd(const float *x, int64_t n, int64_t h, int64_t w, const float *gout,
-                             const uint8_t *arg, int64_t oc, int64_t k, int64_t pad, float *gw,
-                             float *gb) {
+/* Gradients of block 1's weights (gw: oc*k*k, gb: oc) from the gradient of its output gout
+ * (NHWC like the forward output) and what its forward saved: the argmax (max-pool block) or
+ * the sigmoid outputs (sigmoid/average block; the other pointer is NULL). The input needs no
+ * gradient. Deterministic for a given thread count (per-thread partials, added in order). */
+static int block1_bwd(const float *x, int64_t n, int64_t h, int64_t w, const float *gout,
+                      const uint8_t *arg, const float *save, int64_t oc, int64_t k, int64_t pad,
+                      float *gw, float *gb) {
   if (!supported(h, w, oc, k, pad)) return -1;
   const int64_t hp = h + 2 * pad, ho = hp - k + 1, wo = w + 2 * pad - k + 1;
   const int64_t wq = wo / 2, per_out = (ho / 2) * wq * oc;
@@ -239,7 +338,7 @@ int lenet_conv_pool_relu_bwd(const float *x, int64_t n, int64_t h, int64_t w, co
     t = omp_get_thread_num();
 #endif
     float *pw = part + t * (wsize + OCMAX), *pb = pw + wsize;
-    float *g = malloc(sizeof(float) * OCMAX * ho * VW);
+    float *g = calloc((size_t)OCMAX * ho * VW, sizeof(float)); /* columns >= wo stay 0 */
     float buf[HPMAX * PW];
     if (!g) {
 #pragma omp atomic write
@@ -249,12 +348,13 @@ int lenet_conv_pool_relu_bwd(const float *x, int64_t n, int64_t h, int64_t w, co
     for (int64_t b = 0; b < n; b++) {
       if (!g) continue;
       const float *go = gout + b * per_out;
-      const uint8_t *a = arg + b * per_out;
+      const uint8_t *a = arg ? arg + b * per_out : NULL;
+      const float *sv = save ? save + b * oc * ho * VW : NULL;
       pad_image(x + b * h * w, h, w, pad, hp, buf);
-      if (oc == 6 && k == 5 && ho == 28 && wq == 14)
-        backward_image1(go, a, buf, g, 6, 5, 28, 14, pw, pb);
+      if (oc == 6 && k == 5 && ho == 28 && wo == 28)
+        backward_image1(go, a, sv, buf, g, 6, 5, 28, 28, pw, pb);
       else
-        backward_image1(go, a, buf, g, (int)oc, (int)k, (int)ho, (int)wq, pw, pb);
+        backward_image1(go, a, sv, buf, g, (int)oc, (int)k, (int)ho, (int)wo, pw, pb);
     }
     free(g);
   }
@@ -277,7 +377,14 @@ int lenet_conv_pool_relu_bwd(const float *x, int64_t n, int64_t h, int64_t w, co
   return failed ? -2 : 0;
 }
 
-/* ---- block 2: conv with OC2 = 16 output channels -> 2x2 max pool -> ReLU ---------------- */
+/* Block 1 (max pool, ReLU) backward: see block1_bwd. */
+int lenet_conv_pool_relu_bwd(const float *x, int64_t n, int64_t h, int64_t w, const float *gout,
+                             const uint8_t *arg, int64_t oc, int64_t k, int64_t pad, float *gw,
+                             float *gb) {
+  return block1_bwd(x, n, h, w, gout, arg, NULL, oc, k, pad, gw, gb);
+}
+
+/* ---- block 2: conv with OC2 = 16 output channels, then either kind of pooling ------------ */
 
 #define OC2 16
 #define WO2MAX 12 /* conv output columns per row held in registers (two rows: 24 vectors) */
@@ -313,29 +420,32 @@ static inline __attribute__((always_inline)) void conv_rows2(
 static inline __attribute__((always_inline)) void forward_image2(
     const float *restrict img, const int h, const int w, const int ic, const int k,
     const float *restrict wr, const float *restrict bias, float *restrict out,
-    uint8_t *restrict arg) {
+    uint8_t *restrict arg, float *restrict save, const int sig) {
   const int ho = h - k + 1, wo = w - k + 1, wq = wo / 2;
-  (void)ho;
   const v16 bv = ld16(bias);
   for (int r = 0; r < ho / 2; r++) {
     float acc[2][WO2MAX][OC2];
     conv_rows2(img, w, ic, k, wo, r, wr, bv, acc);
-    for (int q = 0; q < wq; q++) {
+    if (sig) { /* sigmoid (kept in save, NHWC (ho, wo, 16), if given), then the window mean */
+      for (int rr = 0; rr < 2; rr++)
+        for (int j = 0; j < wo; j++) {
+          const v16 sv = vsigmoid(ld16(acc[rr][j]));
+          st16(acc[rr][j], sv);
+          if (save) st16(save + ((2 * r + rr) * wo + j) * OC2, sv);
+        }
+      for (int q = 0; q < wq; q++)
+        st16(out + (r * wq + q) * OC2,
+             (((ld16(acc[0][2 * q]) + ld16(acc[0][2 * q + 1])) + ld16(acc[1][2 * q])) +
+              ld16(acc[1][2 * q + 1])) / 4.0f);
+      continue;
+    }
+    for (int q = 0; q < wq; q++) { /* max pool (first maximum wins, NaN wins), then ReLU */
       float *ov = out + (r * wq + q) * OC2;
       uint8_t *av = arg ? arg + (r * wq + q) * OC2 : NULL;
       for (int o = 0; o < OC2; o++) {
-        const float v1 = acc[0][2 * q + 1][o], v2 = acc[1][2 * q][o], v3 = acc[1][2 * q + 1][o];
-        float mm = acc[0][2 * q][o];
-        int pp = 0;
-        const int s1 = (v1 > mm) | (v1 != v1);
-        mm = s1 ? v1 : mm;
-        pp = s1 ? 1 : pp;
-        const int s2 = (v2 > mm) | (v2 != v2);
-        mm = s2 ? v2 : mm;
-        pp = s2 ? 2 : pp;
-        const int s3 = (v3 > mm) | (v3 != v3);
-        mm = s3 ? v3 : mm;
-        pp = s3 ? 3 : pp;
+        int pp;
+        const float mm = max4(acc[0][2 * q][o], acc[0][2 * q + 1][o], acc[1][2 * q][o],
+                              acc[1][2 * q + 1][o], &pp);
         ov[o] = (mm > 0.0f || mm != mm) ? mm : 0.0f;
         if (av) av[o] = mm > 0.0f ? (uint8_t)pp : NONE;
       }
@@ -343,28 +453,42 @@ static inline __attribute__((always_inline)) void forward_image2(
   }
 }
 
-/* relu(max_pool2d(conv2d(x, w, b), 2)) for NHWC x (n, h, w, ic) and 16 output channels, no
- * padding. wt is (16, k, k, ic). arg as in block 1 (may be NULL). Returns 0, or -1. */
-int lenet_conv16_pool_relu_fwd(const float *x, int64_t n, int64_t h, int64_t w, int64_t ic,
-                               const float *wt, const float *bias, int64_t k, float *out,
-                               uint8_t *arg) {
+/* Block 2 forward for NHWC x (n, h, w, ic), 16 output channels, no padding; wt is
+ * (16, k, k, ic); output NHWC. sig, arg and save as in block1_fwd (save here is the sigmoid
+ * outputs NHWC, (n, ho, wo, 16)). Returns 0, or -1 for unsupported sizes. */
+static int block2_fwd(const float *x, int64_t n, int64_t h, int64_t w, int64_t ic,
+                      const float *wt, const float *bias, int64_t k, float *out, uint8_t *arg,
+                      float *save, const int sig) {
   if (!supported2(h, w, ic, k)) return -1;
   const int64_t ho = h - k + 1, wo = w - k + 1, per_out = (ho / 2) * (wo / 2) * OC2;
+  const int64_t per_save = ho * wo * OC2;
   float *wr = malloc(sizeof(float) * k * k * ic * OC2);
   if (!wr) return -2;
   for (int64_t o = 0; o < OC2; o++) /* (16, k, k, ic) -> (k, k, ic, 16): a vector per tap */
     for (int64_t t = 0; t < k * k * ic; t++) wr[t * OC2 + o] = wt[o * k * k * ic + t];
+  const int lenet = h == 14 && w == 14 && ic == 6 && k == 5; /* LeNet-5's c3 */
 #pragma omp parallel for schedule(static)
   for (int64_t b = 0; b < n; b++) {
     uint8_t *a = arg ? arg + b * per_out : NULL;
-    if (h == 14 && w == 14 && ic == 6 && k == 5) /* LeNet-5's c3 */
-      forward_image2(x + b * h * w * ic, 14, 14, 6, 5, wr, bias, out + b * per_out, a);
+    float *sv = save ? save + b * per_save : NULL;
+    const float *img = x + b * h * w * ic;
+    if (lenet && sig)
+      forward_image2(img, 14, 14, 6, 5, wr, bias, out + b * per_out, a, sv, 1);
+    else if (lenet)
+      forward_image2(img, 14, 14, 6, 5, wr, bias, out + b * per_out, a, sv, 0);
     else
-      forward_image2(x + b * h * w * ic, (int)h, (int)w, (int)ic, (int)k, wr, bias,
-                     out + b * per_out, a);
+      forward_image2(img, (int)h, (int)w, (int)ic, (int)k, wr, bias, out + b * per_out, a, sv,
+                     sig);
   }
   free(wr);
   return 0;
+}
+
+/* relu(max_pool2d(conv2d(x, w, b), 2)), 16 output channels: see block2_fwd. */
+int lenet_conv16_pool_relu_fwd(const float *x, int64_t n, int64_t h, int64_t w, int64_t ic,
+                               const float *wt, const float *bias, int64_t k, float *out,
+                               uint8_t *arg) {
+  return block2_fwd(x, n, h, w, ic, wt, bias, k, out, arg, NULL, 0);
 }
 
 /* Backward of one image: for each pooled maximum that carries a gradient v, the conv output at
@@ -407,270 +531,6 @@ static inline __attribute__((always_inline)) void backward_image2(
       for (int u = 0; u < nv; u++) st16(gw + (o * k + di) * segp + 16 * u, acc[di][u]);
     gb[o] += bsum;
   }
-}
-
-/* Gradients of block 2: gx (n, h, w, ic) for the input, gw (16, k, k, ic) and gb (16) for the
- * weights, from gout (n, ho/2, wo/2, 16) and the forward's argmax. Deterministic for a given
- * thread count (per-thread partial sums, added in thread order). */
-int lenet_conv16_pool_relu_bwd(const float *x, int64_t n, int64_t h, int64_t w, int64_t ic,
-                               const float *wt, int64_t k, const float *gout, const uint8_t *arg,
-                               float *gx, float *gw, float *gb) {
-  if (!supported2(h, w, ic, k)) return -1;
-  const int64_t ho = h - k + 1, wo = w - k + 1, per_out = (ho / 2) * (wo / 2) * OC2;
-  const int64_t seg = k * ic, nv = (seg + 15) / 16, segp = nv * 16;
-  const int64_t img = h * w * ic, wsize = OC2 * k * segp, stride = wsize + OC2;
-  int nt = 1;
-#ifdef _OPENMP
-  nt = omp_get_max_threads();
-  if (nt > n) nt = n > 0 ? (int)n : 1;
-#endif
-  float *part = calloc((size_t)nt * stride, sizeof(float));
-  float *wp = calloc((size_t)wsize, sizeof(float));
-  float *scratch = malloc(sizeof(float) * nt * 2 * (img + segp));
-  if (!part || !wp || !scratch) {
-    free(part), free(wp), free(scratch);
-    return -2;
-  }
-  for (int64_t o = 0; o < OC2; o++) /* (16, k, k*ic) -> (16, k, segp), zero-padded */
-    for (int64_t di = 0; di < k; di++)
-      memcpy(wp + (o * k + di) * segp, wt + (o * k + di) * seg, sizeof(float) * seg);
-#pragma omp parallel num_threads(nt)
-  {
-    int t = 0;
-#ifdef _OPENMP
-    t = omp_get_thread_num();
-#endif
-    float *pw = part + t * stride, *pb = pw + wsize;
-    float *xp = scratch + t * 2 * (img + segp), *gxp = xp + img + segp;
-    memset(xp + img, 0, sizeof(float) * segp);
-#pragma omp for schedule(static)
-    for (int64_t b = 0; b < n; b++) {
-      memcpy(xp, x + b * img, sizeof(float) * img);
-      memset(gxp, 0, sizeof(float) * (img + segp));
-      if (h == 14 && w == 14 && ic == 6 && k == 5)
-        backward_image2(xp, 14, 14, 6, 5, 2, wp, gout + b * per_out, arg + b * per_out, gxp,
-                        pw, pb);
-      else
-        backward_image2(xp, (int)h, (int)w, (int)ic, (int)k, (int)nv, wp, gout + b * per_out,
-                        arg + b * per_out, gxp, pw, pb);
-      memcpy(gx + b * img, gxp, sizeof(float) * img);
-    }
-  }
-  for (int64_t o = 0; o < OC2; o++) { /* sum the partials in thread order; drop the padding */
-    for (int64_t di = 0; di < k; di++)
-      for (int64_t t2 = 0; t2 < seg; t2++) {
-        float s = 0.0f;
-        for (int t = 0; t < nt; t++) s += part[t * stride + (o * k + di) * segp + t2];
-        gw[(o * k + di) * seg + t2] = s;
-      }
-    float s = 0.0f;
-    for (int t = 0; t < nt; t++) s += part[t * stride + wsize + o];
-    gb[o] = s;
-  }
-  free(part), free(wp), free(scratch);
-  return 0;
-}
-
-/* ---- the study note's blocks: conv -> sigmoid -> 2x2 average pool ------------------------
- * Same conv code; the epilogue is F.sigmoid then F.avg_pool2d(2) (sum in row-major window
- * order, then / 4), and the sigmoid outputs are saved for the backward (no sparsity here:
- * every conv output gets a gradient). */
-
-typedef int32_t v16i __attribute__((vector_size(64)));
-
-/* exp(x) for 16 floats: x = n ln2 + r, |r| <= ln2/2, e^r by its degree-6 Taylor polynomial
- * (relative error ~1e-7), times 2^n built in the exponent bits. Inputs are clamped to
- * [-87, 87], far past where the sigmoid below saturates in float32. */
-static inline v16 vexp(v16 x) {
-  const v16 hi = (v16){0} + 87.0f, lo = (v16){0} - 87.0f;
-  v16i m = x > hi;
-  x = (v16)((m & (v16i)hi) | (~m & (v16i)x));
-  m = x < lo;
-  x = (v16)((m & (v16i)lo) | (~m & (v16i)x));
-  const v16 t = x * 1.44269504088896341f + 0.5f;
-  v16i n = __builtin_convertvector(t, v16i); /* truncates toward 0: make it floor(t) */
-  v16 nf = __builtin_convertvector(n, v16);
-  const v16i fix = nf > t; /* t < 0 and not whole: truncation went up by one */
-  n += fix;                /* fix is -1 where true */
-  nf = __builtin_convertvector(n, v16);
-  const v16 r = (x - nf * 0.693359375f) + nf * 2.12194440e-4f;
-  v16 p = (v16){0} + (1.0f / 720.0f);
-  p = p * r + (1.0f / 120.0f);
-  p = p * r + (1.0f / 24.0f);
-  p = p * r + (1.0f / 6.0f);
-  p = p * r + 0.5f;
-  p = p * r + 1.0f;
-  p = p * r + 1.0f;
-  const v16i bits = (n + 127) << 23;
-  return p * (v16)bits;
-}
-
-static inline v16 vsigmoid(v16 z) { return 1.0f / (1.0f + vexp(-z)); }
-
-static inline __attribute__((always_inline)) void forward_image_sa(
-    const float *restrict img, int64_t h, int64_t w, const float *restrict wt,
-    const float *restrict bias, const int oc, const int k, int64_t pad, float *restrict out,
-    float *restrict save) {
-  const int64_t hp = h + 2 * pad, ho = hp - k + 1, wo = w + 2 * pad - k + 1;
-  const int64_t wq = wo / 2;
-  float buf[HPMAX * PW];
-  float acc[2][OCMAX][VW];
-  pad_image(img, h, w, pad, hp, buf);
-  for (int64_t r = 0; r < ho / 2; r++) {
-    conv_pair(buf, wt, bias, oc, k, 2 * r, acc);
-    for (int rr = 0; rr < 2; rr++)
-      for (int c = 0; c < oc; c++)
-        for (int u = 0; u < VW / 16; u++) {
-          const v16 sv = vsigmoid(ld16(acc[rr][c] + 16 * u));
-          st16(acc[rr][c] + 16 * u, sv);
-          if (save) st16(save + (c * ho + 2 * r + rr) * VW + 16 * u, sv); /* (oc, ho, VW) */
-        }
-    for (int64_t q = 0; q < wq; q++)
-      for (int c = 0; c < oc; c++)
-        out[(r * wq + q) * oc + c] =
-            (((acc[0][c][2 * q] + acc[0][c][2 * q + 1]) + acc[1][c][2 * q]) +
-             acc[1][c][2 * q + 1]) / 4.0f;
-  }
-}
-
-/* avg_pool2d(sigmoid(conv2d(x, w, b, padding=pad)), 2) for n one-channel images; output NHWC.
- * save (may be NULL): the sigmoid outputs, (n, oc, ho, 32) with columns >= wo unused. */
-int lenet_conv_sig_avg_fwd(const float *x, int64_t n, int64_t h, int64_t w, const float *wt,
-                           const float *bias, int64_t oc, int64_t k, int64_t pad, float *out,
-                           float *save) {
-  if (!supported(h, w, oc, k, pad)) return -1;
-  const int64_t ho = h + 2 * pad - k + 1, wo = w + 2 * pad - k + 1;
-  const int64_t per_out = (ho / 2) * (wo / 2) * oc, per_save = oc * ho * VW;
-#pragma omp parallel for schedule(static)
-  for (int64_t b = 0; b < n; b++) {
-    float *sv = save ? save + b * per_save : NULL;
-    if (oc == 6 && k == 5)
-      forward_image_sa(x + b * h * w, h, w, wt, bias, 6, 5, pad, out + b * per_out, sv);
-    else
-      forward_image_sa(x + b * h * w, h, w, wt, bias, (int)oc, (int)k, pad, out + b * per_out,
-                       sv);
-  }
-  return 0;
-}
-
-/* Weight gradients of the block above from gout (NHWC, like its output) and save. */
-int lenet_conv_sig_avg_bwd(const float *x, int64_t n, int64_t h, int64_t w, const float *gout,
-                           const float *save, int64_t oc, int64_t k, int64_t pad, float *gw,
-                           float *gb) {
-  if (!supported(h, w, oc, k, pad)) return -1;
-  const int64_t hp = h + 2 * pad, ho = hp - k + 1, wo = w + 2 * pad - k + 1;
-  const int64_t wq = wo / 2, per_out = (ho / 2) * wq * oc, per_save = oc * ho * VW;
-  const int64_t wsize = oc * k * k * VW;
-  int nt = 1;
-#ifdef _OPENMP
-  nt = omp_get_max_threads();
-  if (nt > n) nt = n > 0 ? (int)n : 1;
-#endif
-  float *part = calloc((size_t)nt * (wsize + OCMAX), sizeof(float));
-  if (!part) return -2;
-  int failed = 0;
-#pragma omp parallel num_threads(nt)
-  {
-    int t = 0;
-#ifdef _OPENMP
-    t = omp_get_thread_num();
-#endif
-    float *pw = part + t * (wsize + OCMAX), *pb = pw + wsize;
-    float *g = calloc((size_t)OCMAX * ho * VW, sizeof(float)); /* columns >= wo stay 0 */
-    float buf[HPMAX * PW];
-    if (!g) {
-#pragma omp atomic write
-      failed = 1;
-    }
-#pragma omp for schedule(static)
-    for (int64_t b = 0; b < n; b++) {
-      if (!g) continue;
-      const float *go = gout + b * per_out, *sv = save + b * per_save;
-      /* avg_pool2d backward (grad / 4 to each of the window's 4), then sigmoid's: * (1-s)s */
-      for (int64_t c = 0; c < oc; c++)
-        for (int64_t i = 0; i < ho; i++) {
-          float bsum = 0.0f;
-          for (int64_t j = 0; j < wo; j++) {
-            const float s = sv[(c * ho + i) * VW + j];
-            const float v = (go[((i / 2) * wq + j / 2) * oc + c] / 4.0f) * ((1.0f - s) * s);
-            g[(c * ho + i) * VW + j] = v;
-            bsum += v;
-          }
-          pb[c] += bsum;
-        }
-      pad_image(x + b * h * w, h, w, pad, hp, buf);
-      if (oc == 6 && k == 5)
-        weight_grad_image(buf, g, 6, 5, ho, pw);
-      else
-        weight_grad_image(buf, g, (int)oc, (int)k, ho, pw);
-    }
-    free(g);
-  }
-  if (!failed) {
-    for (int64_t i = 0; i < oc * k * k; i++) {
-      float s = 0.0f;
-      for (int t = 0; t < nt; t++) {
-        const float *p = part + t * (wsize + OCMAX) + i * VW;
-        for (int j = 0; j < VW; j++) s += p[j];
-      }
-      gw[i] = s;
-    }
-    for (int64_t c = 0; c < oc; c++) {
-      float s = 0.0f;
-      for (int t = 0; t < nt; t++) s += part[t * (wsize + OCMAX) + wsize + c];
-      gb[c] = s;
-    }
-  }
-  free(part);
-  return failed ? -2 : 0;
-}
-
-static inline __attribute__((always_inline)) void forward_image2_sa(
-    const float *restrict img, const int h, const int w, const int ic, const int k,
-    const float *restrict wr, const float *restrict bias, float *restrict out,
-    float *restrict save) {
-  const int ho = h - k + 1, wo = w - k + 1, wq = wo / 2;
-  const v16 bv = ld16(bias);
-  for (int r = 0; r < ho / 2; r++) {
-    float acc[2][WO2MAX][OC2];
-    conv_rows2(img, w, ic, k, wo, r, wr, bv, acc);
-    for (int rr = 0; rr < 2; rr++)
-      for (int j = 0; j < wo; j++) {
-        const v16 sv = vsigmoid(ld16(acc[rr][j]));
-        st16(acc[rr][j], sv);
-        if (save) st16(save + ((2 * r + rr) * wo + j) * OC2, sv); /* (ho, wo, 16) */
-      }
-    (void)ho;
-    for (int q = 0; q < wq; q++)
-      st16(out + (r * wq + q) * OC2,
-           (((ld16(acc[0][2 * q]) + ld16(acc[0][2 * q + 1])) + ld16(acc[1][2 * q])) +
-            ld16(acc[1][2 * q + 1])) / 4.0f);
-  }
-}
-
-/* avg_pool2d(sigmoid(conv2d(x, w, b)), 2) for NHWC x and 16 output channels; output NHWC.
- * save (may be NULL): the sigmoid outputs, NHWC (n, ho, wo, 16). */
-int lenet_conv16_sig_avg_fwd(const float *x, int64_t n, int64_t h, int64_t w, int64_t ic,
-                             const float *wt, const float *bias, int64_t k, float *out,
-                             float *save) {
-  if (!supported2(h, w, ic, k)) return -1;
-  const int64_t ho = h - k + 1, wo = w - k + 1, per_out = (ho / 2) * (wo / 2) * OC2;
-  const int64_t per_save = ho * wo * OC2;
-  float *wr = malloc(sizeof(float) * k * k * ic * OC2);
-  if (!wr) return -2;
-  for (int64_t o = 0; o < OC2; o++)
-    for (int64_t t = 0; t < k * k * ic; t++) wr[t * OC2 + o] = wt[o * k * k * ic + t];
-#pragma omp parallel for schedule(static)
-  for (int64_t b = 0; b < n; b++) {
-    float *sv = save ? save + b * per_save : NULL;
-    if (h == 14 && w == 14 && ic == 6 && k == 5)
-      forward_image2_sa(x + b * h * w * ic, 14, 14, 6, 5, wr, bias, out + b * per_out, sv);
-    else
-      forward_image2_sa(x + b * h * w * ic, (int)h, (int)w, (int)ic, (int)k, wr, bias,
-                        out + b * per_out, sv);
-  }
-  free(wr);
-  return 0;
 }
 
 /* Dense backward of one image: gz = d(loss)/d(conv output), (ho, wo, 16). For the input, each
@@ -719,16 +579,19 @@ static inline __attribute__((always_inline)) void backward_image2_dense(
   }
 }
 
-/* Gradients of the block above: gx (NHWC), gw (16, k, k, ic), gb (16), from gout (NHWC) and
- * the saved sigmoid outputs. Deterministic for a given thread count. */
-int lenet_conv16_sig_avg_bwd(const float *x, int64_t n, int64_t h, int64_t w, int64_t ic,
-                             const float *wt, int64_t k, const float *gout, const float *save,
-                             float *gx, float *gw, float *gb) {
+/* Gradients of block 2: gx (n, h, w, ic) for the input, gw (16, k, k, ic) and gb (16) for the
+ * weights, from gout (n, ho/2, wo/2, 16) and what the forward saved: the argmax (max-pool block)
+ * or the sigmoid outputs, NHWC (sigmoid/average block; the other pointer is NULL).
+ * Deterministic for a given thread count (per-thread partial sums, added in thread order). */
+static int block2_bwd(const float *x, int64_t n, int64_t h, int64_t w, int64_t ic,
+                      const float *wt, int64_t k, const float *gout, const uint8_t *arg,
+                      const float *save, float *gx, float *gw, float *gb) {
   if (!supported2(h, w, ic, k)) return -1;
   const int64_t ho = h - k + 1, wo = w - k + 1, wq = wo / 2, per_out = (ho / 2) * wq * OC2;
   const int64_t per_save = ho * wo * OC2;
   const int64_t seg = k * ic, nv = (seg + 15) / 16, segp = nv * 16;
   const int64_t img = h * w * ic, wsize = OC2 * k * segp, stride = wsize + OC2;
+  const int64_t per_thread = 2 * (img + segp) + per_save;
   int nt = 1;
 #ifdef _OPENMP
   nt = omp_get_max_threads();
@@ -736,14 +599,15 @@ int lenet_conv16_sig_avg_bwd(const float *x, int64_t n, int64_t h, int64_t w, in
 #endif
   float *part = calloc((size_t)nt * stride, sizeof(float));
   float *wp = calloc((size_t)wsize, sizeof(float));
-  float *scratch = malloc(sizeof(float) * nt * (2 * (img + segp) + per_save));
+  float *scratch = malloc(sizeof(float) * nt * per_thread);
   if (!part || !wp || !scratch) {
     free(part), free(wp), free(scratch);
     return -2;
   }
-  for (int64_t o = 0; o < OC2; o++)
+  for (int64_t o = 0; o < OC2; o++) /* (16, k, k*ic) -> (16, k, segp), zero-padded */
     for (int64_t di = 0; di < k; di++)
       memcpy(wp + (o * k + di) * segp, wt + (o * k + di) * seg, sizeof(float) * seg);
+  const int lenet = h == 14 && w == 14 && ic == 6 && k == 5; /* LeNet-5's c3: constants */
 #pragma omp parallel num_threads(nt)
   {
     int t = 0;
@@ -751,31 +615,39 @@ int lenet_conv16_sig_avg_bwd(const float *x, int64_t n, int64_t h, int64_t w, in
     t = omp_get_thread_num();
 #endif
     float *pw = part + t * stride, *pb = pw + wsize;
-    float *xp = scratch + t * (2 * (img + segp) + per_save), *gxp = xp + img + segp;
-    float *gz = gxp + img + segp;
+    float *xp = scratch + t * per_thread, *gxp = xp + img + segp, *gz = gxp + img + segp;
     memset(xp + img, 0, sizeof(float) * segp);
 #pragma omp for schedule(static)
     for (int64_t b = 0; b < n; b++) {
-      const float *go = gout + b * per_out, *sv = save + b * per_save;
-      v16 bsum = (v16){0};
-      for (int64_t i = 0; i < ho; i++) /* avg-pool backward, then sigmoid's */
-        for (int64_t j = 0; j < wo; j++) {
-          const v16 s = ld16(sv + (i * wo + j) * OC2);
-          const v16 v = (ld16(go + ((i / 2) * wq + j / 2) * OC2) / 4.0f) * ((1.0f - s) * s);
-          st16(gz + (i * wo + j) * OC2, v);
-          bsum += v;
-        }
-      st16(pb, ld16(pb) + bsum);
+      const float *go = gout + b * per_out;
       memcpy(xp, x + b * img, sizeof(float) * img);
       memset(gxp, 0, sizeof(float) * (img + segp));
-      if (h == 14 && w == 14 && ic == 6 && k == 5)
-        backward_image2_dense(xp, 14, 14, 6, 5, 2, wp, gz, gxp, pw);
-      else
-        backward_image2_dense(xp, (int)h, (int)w, (int)ic, (int)k, (int)nv, wp, gz, gxp, pw);
+      if (arg) {
+        const uint8_t *a = arg + b * per_out;
+        if (lenet)
+          backward_image2(xp, 14, 14, 6, 5, 2, wp, go, a, gxp, pw, pb);
+        else
+          backward_image2(xp, (int)h, (int)w, (int)ic, (int)k, (int)nv, wp, go, a, gxp, pw, pb);
+      } else {
+        const float *sv = save + b * per_save;
+        v16 bsum = (v16){0};
+        for (int64_t i = 0; i < ho; i++) /* avg-pool backward (grad / 4), then sigmoid's */
+          for (int64_t j = 0; j < wo; j++) {
+            const v16 s = ld16(sv + (i * wo + j) * OC2);
+            const v16 v = (ld16(go + ((i / 2) * wq + j / 2) * OC2) / 4.0f) * ((1.0f - s) * s);
+            st16(gz + (i * wo + j) * OC2, v);
+            bsum += v;
+          }
+        st16(pb, ld16(pb) + bsum);
+        if (lenet)
+          backward_image2_dense(xp, 14, 14, 6, 5, 2, wp, gz, gxp, pw);
+        else
+          backward_image2_dense(xp, (int)h, (int)w, (int)ic, (int)k, (int)nv, wp, gz, gxp, pw);
+      }
       memcpy(gx + b * img, gxp, sizeof(float) * img);
     }
   }
-  for (int64_t o = 0; o < OC2; o++) {
+  for (int64_t o = 0; o < OC2; o++) { /* sum the partials in thread order; drop the padding */
     for (int64_t di = 0; di < k; di++)
       for (int64_t t2 = 0; t2 < seg; t2++) {
         float s = 0.0f;
@@ -788,4 +660,41 @@ int lenet_conv16_sig_avg_bwd(const float *x, int64_t n, int64_t h, int64_t w, in
   }
   free(part), free(wp), free(scratch);
   return 0;
+}
+
+/* Block 2 (max pool, ReLU) backward: see block2_bwd. */
+int lenet_conv16_pool_relu_bwd(const float *x, int64_t n, int64_t h, int64_t w, int64_t ic,
+                               const float *wt, int64_t k, const float *gout, const uint8_t *arg,
+                               float *gx, float *gw, float *gb) {
+  return block2_bwd(x, n, h, w, ic, wt, k, gout, arg, NULL, gx, gw, gb);
+}
+
+/* ---- entry points for the study note's sigmoid blocks (the max-pool ones are above) ---- */
+
+/* avg_pool2d(sigmoid(conv2d(x, w, b, padding=pad)), 2), output NHWC: see block1_fwd. */
+int lenet_conv_sig_avg_fwd(const float *x, int64_t n, int64_t h, int64_t w, const float *wt,
+                           const float *bias, int64_t oc, int64_t k, int64_t pad, float *out,
+                           float *save) {
+  return block1_fwd(x, n, h, w, wt, bias, oc, k, pad, out, NULL, save, 1);
+}
+
+/* Block 1 (sigmoid, average pool) backward: see block1_bwd. */
+int lenet_conv_sig_avg_bwd(const float *x, int64_t n, int64_t h, int64_t w, const float *gout,
+                           const float *save, int64_t oc, int64_t k, int64_t pad, float *gw,
+                           float *gb) {
+  return block1_bwd(x, n, h, w, gout, NULL, save, oc, k, pad, gw, gb);
+}
+
+/* avg_pool2d(sigmoid(conv2d(x, w, b)), 2), 16 output channels: see block2_fwd. */
+int lenet_conv16_sig_avg_fwd(const float *x, int64_t n, int64_t h, int64_t w, int64_t ic,
+                             const float *wt, const float *bias, int64_t k, float *out,
+                             float *save) {
+  return block2_fwd(x, n, h, w, ic, wt, bias, k, out, NULL, save, 1);
+}
+
+/* Block 2 (sigmoid, average pool) backward: see block2_bwd. */
+int lenet_conv16_sig_avg_bwd(const float *x, int64_t n, int64_t h, int64_t w, int64_t ic,
+                             const float *wt, int64_t k, const float *gout, const float *save,
+                             float *gx, float *gw, float *gb) {
+  return block2_bwd(x, n, h, w, ic, wt, k, gout, NULL, save, gx, gw, gb);
 }
