@@ -208,3 +208,54 @@ def test_predictor_uses_the_fused_model_and_agrees_with_the_plain_one():
     with torch.no_grad():
         ref = torch.softmax(plain(normalize(torch.from_numpy(images), pred.normalization)), 1)
     np.testing.assert_allclose(pred.probabilities(images), ref.numpy(), atol=1e-5)
+
+
+ASAN_SCRIPT = """
+import torch
+import torch.nn.functional as F
+from lenet import kernels
+from lenet.models import create_model
+from lenet.speed import optimize_model
+assert kernels.available(), "kernels did not build"
+torch.manual_seed(0)
+for name in ("lenet5-relu", "lenet5"):
+    m = optimize_model(create_model(name), "cpu")
+    for bs in (1, 7, 65):
+        x, y = torch.randn(bs, 1, 28, 28), torch.randint(0, 10, (bs,))
+        F.cross_entropy(m(x), y).backward()
+for kind in (torch.nn.MaxPool2d(2), torch.nn.AvgPool2d(2)):  # generic (non-LeNet) sizes
+    c1, c3 = torch.nn.Conv2d(1, 5, 7, padding=3), torch.nn.Conv2d(3, 16, 3)
+    x = torch.randn(3, 1, 30, 30)
+    kernels.block1(x, c1, kind).sum().backward()
+    h = torch.randn(3, 3, 12, 12, requires_grad=True)
+    kernels.block2(h, c3, kind).sum().backward()
+print("clean")
+"""
+
+
+@pytest.mark.slow
+def test_kernels_are_clean_under_address_sanitizer(tmp_path):
+    """Build the kernels with -fsanitize=address and run forward/backward at several sizes."""
+    import shutil
+
+    gcc = shutil.which("gcc")
+    libasan = (
+        gcc
+        and subprocess.run(
+            [gcc, "-print-file-name=libasan.so"], capture_output=True, text=True
+        ).stdout.strip()
+    )
+    if not gcc or not libasan or not os.path.isabs(libasan):
+        pytest.skip("gcc with AddressSanitizer is not available here")
+    wrapper = tmp_path / "cc"
+    wrapper.write_text(f'#!/bin/sh\nexec {gcc} -fsanitize=address -fno-omit-frame-pointer "$@"\n')
+    wrapper.chmod(0o755)
+    env = {
+        "CC": str(wrapper),
+        "LENET_CACHE_DIR": str(tmp_path / "cache"),
+        "LD_PRELOAD": libasan,
+        "ASAN_OPTIONS": "detect_leaks=0",
+    }
+    done = _run(ASAN_SCRIPT, env)
+    assert "AddressSanitizer" not in done.stderr, done.stderr[-3000:]
+    assert done.returncode == 0 and done.stdout.strip().endswith("clean"), done.stderr[-3000:]
