@@ -259,3 +259,56 @@ def test_kernels_are_clean_under_address_sanitizer(tmp_path):
     done = _run(ASAN_SCRIPT, env)
     assert "AddressSanitizer" not in done.stderr, done.stderr[-3000:]
     assert done.returncode == 0 and done.stdout.strip().endswith("clean"), done.stderr[-3000:]
+
+
+def test_edge_cases_match_pytorch_or_fall_back():
+    conv = _conv(1, 6, 5, 2, seed=0)
+    pool = torch.nn.MaxPool2d(2)
+    # An empty batch.
+    assert kernels.block1(torch.zeros(0, 1, 28, 28), conv, pool).shape == (0, 6, 14, 14)
+    # float64 as the default dtype: the model is still float32, and so is every buffer.
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        x = _images(3, 1, 28, seed=5).float()
+        out = kernels.block1(x, conv, pool)
+        torch.testing.assert_close(out, F.relu(pool(conv(x))), rtol=1e-5, atol=1e-5)
+    finally:
+        torch.set_default_dtype(old)
+    # Weights that are not on the CPU, or a bias of another dtype: PyTorch's ops decide.
+    x = torch.randn(2, 1, 28, 28)
+    assert not kernels.block1_supported(x, torch.nn.Conv2d(1, 6, 5, padding=2, device="meta"), pool)
+    odd = _conv(1, 6, 5, 2, seed=0)
+    odd.bias.data = odd.bias.data.double()
+    assert not kernels.block1_supported(x, odd, pool)
+
+
+def test_nan_after_the_relu_passes_the_gradient_like_pytorch():
+    # F.relu keeps a NaN, and its gradient passes there (NaN <= 0 is false): so must ours.
+    x = torch.zeros(1, 1, 28, 28)
+    x[0, 0, 10, 10] = float("nan")
+    conv = _conv(1, 6, 5, 2, seed=1)
+    pool = torch.nn.MaxPool2d(2)
+    ref = F.relu(pool(conv(x)))
+    out = kernels.block1(x, conv, pool)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5, equal_nan=True)
+    g = torch.ones_like(ref)
+    (gb_ref,) = torch.autograd.grad(ref, conv.bias, g)
+    (gb,) = torch.autograd.grad(kernels.block1(x, conv, pool), conv.bias, g)
+    torch.testing.assert_close(gb, gb_ref, rtol=1e-5, atol=1e-5)
+
+
+def test_double_backward_is_an_error_not_a_silent_zero():
+    x = torch.randn(2, 6, 14, 14, requires_grad=True)
+    conv = _conv(6, 16, 5, 0, seed=2)
+    out = kernels.block2(x, conv, torch.nn.MaxPool2d(2))
+    (gx,) = torch.autograd.grad(out.sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError):
+        gx.pow(2).sum().backward()
+
+
+def test_inference_keeps_no_backward_data():
+    conv = _conv(1, 6, 5, 2, seed=0)
+    with torch.no_grad():
+        out = kernels.block1(torch.randn(2, 1, 28, 28), conv, torch.nn.MaxPool2d(2))
+    assert out.grad_fn is None

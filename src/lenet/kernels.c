@@ -40,7 +40,15 @@
 #define HPMAX (VW + KMAX - 1)
 #define NONE 255            /* argmax code: the ReLU zeroed this value, so no gradient flows */
 
-int lenet_kernels_abi(void) { return 1; }
+int lenet_kernels_abi(void) { return 2; }
+
+/* Threads for one call: the caller's count (torch.get_num_threads(), passed in because OpenMP's
+ * setting is per calling thread), at least 1 and at most one per image. */
+static int team(int64_t nthreads, int64_t n) {
+  int64_t nt = nthreads < 1 ? 1 : nthreads;
+  if (nt > n) nt = n > 0 ? n : 1;
+  return (int)nt;
+}
 
 /* The zero-padded image: row r, column c of buf is x[r - pad][c - pad] (0 outside). */
 static void pad_image(const float *restrict img, int64_t h, int64_t w, int64_t pad,
@@ -157,7 +165,8 @@ static inline __attribute__((always_inline)) void pool_max_relu1(
       const int64_t o = (r * wq + q) * oc + c;
       const float mm = m[q];
       out[o] = (mm > 0.0f || mm != mm) ? mm : 0.0f; /* relu; NaN stays NaN, as in F.relu */
-      if (arg) arg[o] = mm > 0.0f ? (uint8_t)p[q] : NONE;
+      /* relu's gradient passes where its output is not <= 0: positive or NaN */
+      if (arg) arg[o] = (mm > 0.0f || mm != mm) ? (uint8_t)p[q] : NONE;
     }
   }
 }
@@ -211,11 +220,11 @@ static int supported(int64_t h, int64_t w, int64_t oc, int64_t k, int64_t pad) {
  * (n, oc, ho, 32; columns >= wo unused). Returns 0, or -1 for unsupported sizes. */
 static int block1_fwd(const float *x, int64_t n, int64_t h, int64_t w, const float *wt,
                       const float *bias, int64_t oc, int64_t k, int64_t pad, float *out,
-                      uint8_t *arg, float *save, const int sig) {
+                      uint8_t *arg, float *save, const int sig, int64_t nthreads) {
   if (!supported(h, w, oc, k, pad)) return -1;
   const int64_t ho = h + 2 * pad - k + 1, wo = w + 2 * pad - k + 1;
   const int64_t per_out = (ho / 2) * (wo / 2) * oc, per_save = oc * ho * VW;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) num_threads(team(nthreads, n))
   for (int64_t b = 0; b < n; b++) {
     uint8_t *a = arg ? arg + b * per_out : NULL;
     float *sv = save ? save + b * per_save : NULL;
@@ -233,8 +242,8 @@ static int block1_fwd(const float *x, int64_t n, int64_t h, int64_t w, const flo
 /* relu(max_pool2d(conv2d(x, w, b, padding=pad), 2)), output NHWC: see block1_fwd. */
 int lenet_conv_pool_relu_fwd(const float *x, int64_t n, int64_t h, int64_t w, const float *wt,
                              const float *bias, int64_t oc, int64_t k, int64_t pad, float *out,
-                             uint8_t *arg) {
-  return block1_fwd(x, n, h, w, wt, bias, oc, k, pad, out, arg, NULL, 0);
+                             uint8_t *arg, int64_t nthreads) {
+  return block1_fwd(x, n, h, w, wt, bias, oc, k, pad, out, arg, NULL, 0, nthreads);
 }
 
 /* Weight-gradient partial sums of one image, added to part[c][di][dj][j] (summed over j later).
@@ -318,16 +327,12 @@ static inline __attribute__((always_inline)) void backward_image1(
  * gradient. Deterministic for a given thread count (per-thread partials, added in order). */
 static int block1_bwd(const float *x, int64_t n, int64_t h, int64_t w, const float *gout,
                       const uint8_t *arg, const float *save, int64_t oc, int64_t k, int64_t pad,
-                      float *gw, float *gb) {
+                      float *gw, float *gb, int64_t nthreads) {
   if (!supported(h, w, oc, k, pad)) return -1;
   const int64_t hp = h + 2 * pad, ho = hp - k + 1, wo = w + 2 * pad - k + 1;
   const int64_t wq = wo / 2, per_out = (ho / 2) * wq * oc;
   const int64_t wsize = oc * k * k * VW;
-  int nt = 1;
-#ifdef _OPENMP
-  nt = omp_get_max_threads();
-  if (nt > n) nt = n > 0 ? (int)n : 1;
-#endif
+  const int nt = team(nthreads, n);
   float *part = calloc((size_t)nt * (wsize + OCMAX), sizeof(float));
   if (!part) return -2;
   int failed = 0;
@@ -380,8 +385,8 @@ static int block1_bwd(const float *x, int64_t n, int64_t h, int64_t w, const flo
 /* Block 1 (max pool, ReLU) backward: see block1_bwd. */
 int lenet_conv_pool_relu_bwd(const float *x, int64_t n, int64_t h, int64_t w, const float *gout,
                              const uint8_t *arg, int64_t oc, int64_t k, int64_t pad, float *gw,
-                             float *gb) {
-  return block1_bwd(x, n, h, w, gout, arg, NULL, oc, k, pad, gw, gb);
+                             float *gb, int64_t nthreads) {
+  return block1_bwd(x, n, h, w, gout, arg, NULL, oc, k, pad, gw, gb, nthreads);
 }
 
 /* ---- block 2: conv with OC2 = 16 output channels, then either kind of pooling ------------ */
@@ -447,7 +452,7 @@ static inline __attribute__((always_inline)) void forward_image2(
         const float mm = max4(acc[0][2 * q][o], acc[0][2 * q + 1][o], acc[1][2 * q][o],
                               acc[1][2 * q + 1][o], &pp);
         ov[o] = (mm > 0.0f || mm != mm) ? mm : 0.0f;
-        if (av) av[o] = mm > 0.0f ? (uint8_t)pp : NONE;
+        if (av) av[o] = (mm > 0.0f || mm != mm) ? (uint8_t)pp : NONE;
       }
     }
   }
@@ -458,7 +463,7 @@ static inline __attribute__((always_inline)) void forward_image2(
  * outputs NHWC, (n, ho, wo, 16)). Returns 0, or -1 for unsupported sizes. */
 static int block2_fwd(const float *x, int64_t n, int64_t h, int64_t w, int64_t ic,
                       const float *wt, const float *bias, int64_t k, float *out, uint8_t *arg,
-                      float *save, const int sig) {
+                      float *save, const int sig, int64_t nthreads) {
   if (!supported2(h, w, ic, k)) return -1;
   const int64_t ho = h - k + 1, wo = w - k + 1, per_out = (ho / 2) * (wo / 2) * OC2;
   const int64_t per_save = ho * wo * OC2;
@@ -467,7 +472,7 @@ static int block2_fwd(const float *x, int64_t n, int64_t h, int64_t w, int64_t i
   for (int64_t o = 0; o < OC2; o++) /* (16, k, k, ic) -> (k, k, ic, 16): a vector per tap */
     for (int64_t t = 0; t < k * k * ic; t++) wr[t * OC2 + o] = wt[o * k * k * ic + t];
   const int lenet = h == 14 && w == 14 && ic == 6 && k == 5; /* LeNet-5's c3 */
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) num_threads(team(nthreads, n))
   for (int64_t b = 0; b < n; b++) {
     uint8_t *a = arg ? arg + b * per_out : NULL;
     float *sv = save ? save + b * per_save : NULL;
@@ -487,8 +492,8 @@ static int block2_fwd(const float *x, int64_t n, int64_t h, int64_t w, int64_t i
 /* relu(max_pool2d(conv2d(x, w, b), 2)), 16 output channels: see block2_fwd. */
 int lenet_conv16_pool_relu_fwd(const float *x, int64_t n, int64_t h, int64_t w, int64_t ic,
                                const float *wt, const float *bias, int64_t k, float *out,
-                               uint8_t *arg) {
-  return block2_fwd(x, n, h, w, ic, wt, bias, k, out, arg, NULL, 0);
+                               uint8_t *arg, int64_t nthreads) {
+  return block2_fwd(x, n, h, w, ic, wt, bias, k, out, arg, NULL, 0, nthreads);
 }
 
 /* Backward of one image: for each pooled maximum that carries a gradient v, the conv output at
@@ -585,18 +590,14 @@ static inline __attribute__((always_inline)) void backward_image2_dense(
  * Deterministic for a given thread count (per-thread partial sums, added in thread order). */
 static int block2_bwd(const float *x, int64_t n, int64_t h, int64_t w, int64_t ic,
                       const float *wt, int64_t k, const float *gout, const uint8_t *arg,
-                      const float *save, float *gx, float *gw, float *gb) {
+                      const float *save, float *gx, float *gw, float *gb, int64_t nthreads) {
   if (!supported2(h, w, ic, k)) return -1;
   const int64_t ho = h - k + 1, wo = w - k + 1, wq = wo / 2, per_out = (ho / 2) * wq * OC2;
   const int64_t per_save = ho * wo * OC2;
   const int64_t seg = k * ic, nv = (seg + 15) / 16, segp = nv * 16;
   const int64_t img = h * w * ic, wsize = OC2 * k * segp, stride = wsize + OC2;
   const int64_t per_thread = 2 * (img + segp) + per_save;
-  int nt = 1;
-#ifdef _OPENMP
-  nt = omp_get_max_threads();
-  if (nt > n) nt = n > 0 ? (int)n : 1;
-#endif
+  const int nt = team(nthreads, n);
   float *part = calloc((size_t)nt * stride, sizeof(float));
   float *wp = calloc((size_t)wsize, sizeof(float));
   float *scratch = malloc(sizeof(float) * nt * per_thread);
@@ -665,8 +666,8 @@ static int block2_bwd(const float *x, int64_t n, int64_t h, int64_t w, int64_t i
 /* Block 2 (max pool, ReLU) backward: see block2_bwd. */
 int lenet_conv16_pool_relu_bwd(const float *x, int64_t n, int64_t h, int64_t w, int64_t ic,
                                const float *wt, int64_t k, const float *gout, const uint8_t *arg,
-                               float *gx, float *gw, float *gb) {
-  return block2_bwd(x, n, h, w, ic, wt, k, gout, arg, NULL, gx, gw, gb);
+                               float *gx, float *gw, float *gb, int64_t nthreads) {
+  return block2_bwd(x, n, h, w, ic, wt, k, gout, arg, NULL, gx, gw, gb, nthreads);
 }
 
 /* ---- entry points for the study note's sigmoid blocks (the max-pool ones are above) ---- */
@@ -674,27 +675,27 @@ int lenet_conv16_pool_relu_bwd(const float *x, int64_t n, int64_t h, int64_t w, 
 /* avg_pool2d(sigmoid(conv2d(x, w, b, padding=pad)), 2), output NHWC: see block1_fwd. */
 int lenet_conv_sig_avg_fwd(const float *x, int64_t n, int64_t h, int64_t w, const float *wt,
                            const float *bias, int64_t oc, int64_t k, int64_t pad, float *out,
-                           float *save) {
-  return block1_fwd(x, n, h, w, wt, bias, oc, k, pad, out, NULL, save, 1);
+                           float *save, int64_t nthreads) {
+  return block1_fwd(x, n, h, w, wt, bias, oc, k, pad, out, NULL, save, 1, nthreads);
 }
 
 /* Block 1 (sigmoid, average pool) backward: see block1_bwd. */
 int lenet_conv_sig_avg_bwd(const float *x, int64_t n, int64_t h, int64_t w, const float *gout,
                            const float *save, int64_t oc, int64_t k, int64_t pad, float *gw,
-                           float *gb) {
-  return block1_bwd(x, n, h, w, gout, NULL, save, oc, k, pad, gw, gb);
+                           float *gb, int64_t nthreads) {
+  return block1_bwd(x, n, h, w, gout, NULL, save, oc, k, pad, gw, gb, nthreads);
 }
 
 /* avg_pool2d(sigmoid(conv2d(x, w, b)), 2), 16 output channels: see block2_fwd. */
 int lenet_conv16_sig_avg_fwd(const float *x, int64_t n, int64_t h, int64_t w, int64_t ic,
                              const float *wt, const float *bias, int64_t k, float *out,
-                             float *save) {
-  return block2_fwd(x, n, h, w, ic, wt, bias, k, out, NULL, save, 1);
+                             float *save, int64_t nthreads) {
+  return block2_fwd(x, n, h, w, ic, wt, bias, k, out, NULL, save, 1, nthreads);
 }
 
 /* Block 2 (sigmoid, average pool) backward: see block2_bwd. */
 int lenet_conv16_sig_avg_bwd(const float *x, int64_t n, int64_t h, int64_t w, int64_t ic,
                              const float *wt, int64_t k, const float *gout, const float *save,
-                             float *gx, float *gw, float *gb) {
-  return block2_bwd(x, n, h, w, ic, wt, k, gout, NULL, save, gx, gw, gb);
+                             float *gx, float *gw, float *gb, int64_t nthreads) {
+  return block2_bwd(x, n, h, w, ic, wt, k, gout, NULL, save, gx, gw, gb, nthreads);
 }

@@ -17,9 +17,11 @@ import hashlib
 import logging
 import os
 import platform
+import shlex
 import shutil
 import subprocess
 import tempfile
+import threading
 from importlib import resources
 from pathlib import Path
 
@@ -27,16 +29,19 @@ import torch
 
 log = logging.getLogger(__name__)
 
-ABI = 1  # lenet_kernels_abi() in kernels.c; bump both when a signature changes
+ABI = 2  # lenet_kernels_abi() in kernels.c; bump both when a signature changes
 # Tried in order; the first set the compiler accepts wins. -ffp-contract=fast lets the compiler
 # use FMA (ISO C mode would forbid it); no -ffast-math, so NaN and rounding stay IEEE.
 _FLAG_SETS = [
     ["-O3", "-march=native", "-mprefer-vector-width=512", "-ffp-contract=fast", "-fopenmp"],
     ["-O3", "-march=native", "-ffp-contract=fast", "-fopenmp"],
-    ["-O3", "-ffp-contract=fast"],
+    ["-O3", "-ffp-contract=fast", "-fopenmp"],
+    ["-O3", "-ffp-contract=fast"],  # no OpenMP: one thread
 ]
 _lib: ctypes.CDLL | None = None
 _tried = False
+_lock = threading.Lock()
+F32 = dict(dtype=torch.float32, device="cpu")  # every buffer the C code reads or writes
 
 
 def cache_dir() -> Path:
@@ -68,8 +73,8 @@ def _cpu_id() -> str:
 
 def _build(src: bytes, out_dir: Path) -> Path | None:
     """Compile ``src`` into a shared library in ``out_dir`` (atomically); None on failure."""
-    cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
-    if not cc:
+    cc = shlex.split(os.environ.get("CC", "")) or [shutil.which("cc") or shutil.which("gcc")]
+    if not cc[0]:
         log.info("fused CPU kernels off: no C compiler found")
         return None
     tag = f"{platform.machine()}-{platform.system()}-{torch.__version__}-abi{ABI}-{_cpu_id()}"
@@ -82,16 +87,16 @@ def _build(src: bytes, out_dir: Path) -> Path | None:
         with tempfile.TemporaryDirectory(dir=out_dir) as tmp:
             c_file, so_file = Path(tmp) / "kernels.c", Path(tmp) / "kernels.so"
             c_file.write_bytes(src)
-            cmd = [cc, *flags, "-std=c11", "-shared", "-fPIC", str(c_file), "-o", str(so_file)]
+            cmd = [*cc, *flags, "-std=c11", "-shared", "-fPIC", str(c_file), "-o", str(so_file)]
             try:
                 done = subprocess.run(cmd, capture_output=True, timeout=120)
             except (OSError, subprocess.TimeoutExpired) as e:
-                log.info("fused CPU kernels: %s failed: %s", cc, e)
+                log.info("fused CPU kernels: %s failed: %s", " ".join(cc), e)
                 return None
             if done.returncode == 0:
                 os.replace(so_file, target)  # atomic: a concurrent builder sees all or nothing
                 return target
-    log.info("fused CPU kernels off: %s could not build kernels.c", cc)
+    log.info("fused CPU kernels off: %s could not build kernels.c", " ".join(cc))
     return None
 
 
@@ -112,11 +117,11 @@ def _load() -> ctypes.CDLL | None:
         return None
     if lib.lenet_kernels_abi() != ABI:
         return None
-    p, i64 = ctypes.c_void_p, ctypes.c_int64
-    lib.lenet_conv_pool_relu_fwd.argtypes = [p, i64, i64, i64, p, p, i64, i64, i64, p, p]
-    lib.lenet_conv_pool_relu_bwd.argtypes = [p, i64, i64, i64, p, p, i64, i64, i64, p, p]
-    lib.lenet_conv16_pool_relu_fwd.argtypes = [p, i64, i64, i64, i64, p, p, i64, p, p]
-    lib.lenet_conv16_pool_relu_bwd.argtypes = [p, i64, i64, i64, i64, p, i64, p, p, p, p, p]
+    p, i64 = ctypes.c_void_p, ctypes.c_int64  # the last i64 of each: the thread count
+    lib.lenet_conv_pool_relu_fwd.argtypes = [p, i64, i64, i64, p, p, i64, i64, i64, p, p, i64]
+    lib.lenet_conv_pool_relu_bwd.argtypes = [p, i64, i64, i64, p, p, i64, i64, i64, p, p, i64]
+    lib.lenet_conv16_pool_relu_fwd.argtypes = [p, i64, i64, i64, i64, p, p, i64, p, p, i64]
+    lib.lenet_conv16_pool_relu_bwd.argtypes = [p, i64, i64, i64, i64, p, i64, p, p, p, p, p, i64]
     lib.lenet_conv_sig_avg_fwd.argtypes = lib.lenet_conv_pool_relu_fwd.argtypes
     lib.lenet_conv_sig_avg_bwd.argtypes = lib.lenet_conv_pool_relu_bwd.argtypes
     lib.lenet_conv16_sig_avg_fwd.argtypes = lib.lenet_conv16_pool_relu_fwd.argtypes
@@ -131,9 +136,10 @@ def _load() -> ctypes.CDLL | None:
 def available() -> bool:
     """True when the fused kernels are built and loaded (the first call builds them)."""
     global _lib, _tried
-    if not _tried:
-        _tried = True
-        _lib = _load()
+    with _lock:  # one build per process, even when the first calls race
+        if not _tried:
+            _lib = _load()
+            _tried = True
     return _lib is not None
 
 
@@ -171,7 +177,8 @@ def _plain_conv(conv: torch.nn.Conv2d) -> bool:
         and isinstance(conv.padding, tuple)
         and conv.padding[0] == conv.padding[1]
         and conv.bias is not None
-        and conv.weight.dtype == torch.float32
+        and conv.weight.dtype == conv.bias.dtype == torch.float32
+        and conv.weight.device.type == conv.bias.device.type == "cpu"
     )
 
 
@@ -220,6 +227,11 @@ def block2_supported(x: torch.Tensor, conv: torch.nn.Conv2d, pool: torch.nn.Modu
     return ho >= 2 and wo >= 2 and ho % 2 == 0 and wo % 2 == 0 and wo <= 12 and available()
 
 
+def _require() -> None:
+    if not available():
+        raise RuntimeError("lenet kernels are not available (see lenet.kernels.available)")
+
+
 def _check(rc: int, name: str) -> None:
     if rc != 0:
         raise RuntimeError(f"lenet kernels: {name} failed ({rc})")
@@ -229,7 +241,7 @@ class _Block1(torch.autograd.Function):
     """A one-input-channel conv block; gradients for the conv's weight and bias (x needs none)."""
 
     @staticmethod
-    def forward(ctx, x, weight, bias, padding: int, kind: str):
+    def forward(ctx, x, weight, bias, padding: int, kind: str, need_grad: bool):
         n, _, h, w = x.shape
         oc, _, k, _ = weight.shape
         x = x.detach().contiguous()  # (N, 1, H, W): one channel, so any layout is NCHW
@@ -237,17 +249,17 @@ class _Block1(torch.autograd.Function):
         b = bias.detach().contiguous()
         ho, wo = h + 2 * padding - k + 1, w + 2 * padding - k + 1
         # (N, oc, ho/2, wo/2) in channels-last memory: NHWC, as the kernel writes it.
-        out = torch.empty((n, oc, ho // 2, wo // 2), memory_format=torch.channels_last)
-        need_grad = weight.requires_grad or bias.requires_grad
+        out = torch.empty((n, oc, ho // 2, wo // 2), memory_format=torch.channels_last, **F32)
         if kind == "max_relu":  # the argmax of each pooled value (uint8)
             saved = torch.empty_like(out, dtype=torch.uint8) if need_grad else None
             fwd = _lib.lenet_conv_pool_relu_fwd
         else:  # the sigmoid outputs, (N, oc, ho, 32) with columns >= wo unused
-            saved = torch.empty((n, oc, ho, 32)) if need_grad else None
+            saved = torch.empty((n, oc, ho, 32), **F32) if need_grad else None
             fwd = _lib.lenet_conv_sig_avg_fwd
         rc = fwd(
             x.data_ptr(), n, h, w, wt.data_ptr(), b.data_ptr(), oc, k, padding,
             out.data_ptr(), saved.data_ptr() if saved is not None else None,
+            torch.get_num_threads(),
         )  # fmt: skip
         _check(rc, fwd.__name__)
         if need_grad:
@@ -256,44 +268,44 @@ class _Block1(torch.autograd.Function):
         return out
 
     @staticmethod
+    @torch.autograd.function.once_differentiable  # no double backward: an error, never 0
     def backward(ctx, grad_out):
         x, saved = ctx.saved_tensors
         oc, k, padding, wshape, kind = ctx.meta
         n, _, h, w = x.shape
         g = grad_out.contiguous(memory_format=torch.channels_last)
-        gw = torch.empty((oc, k * k))
-        gb = torch.empty(oc)
+        gw = torch.empty((oc, k * k), **F32)
+        gb = torch.empty(oc, **F32)
         bwd = _lib.lenet_conv_pool_relu_bwd if kind == "max_relu" else _lib.lenet_conv_sig_avg_bwd
         rc = bwd(
             x.data_ptr(), n, h, w, g.data_ptr(), saved.data_ptr(), oc, k, padding,
-            gw.data_ptr(), gb.data_ptr(),
+            gw.data_ptr(), gb.data_ptr(), torch.get_num_threads(),
         )  # fmt: skip
         _check(rc, bwd.__name__)
-        return None, gw.reshape(wshape), gb, None, None
+        return None, gw.reshape(wshape), gb, None, None, None
 
 
 class _Block2(torch.autograd.Function):
     """A 16-output-channel conv block (no padding); gradients for x, weight and bias."""
 
     @staticmethod
-    def forward(ctx, x, weight, bias, kind: str):
+    def forward(ctx, x, weight, bias, kind: str, need_grad: bool):
         n, ic, h, w = x.shape
         k = weight.shape[-1]
         x = x.detach().contiguous(memory_format=torch.channels_last)  # NHWC
         wt = weight.detach().permute(0, 2, 3, 1).contiguous()  # (16, k, k, ic)
         b = bias.detach().contiguous()
         ho, wo = h - k + 1, w - k + 1
-        out = torch.empty((n, 16, ho // 2, wo // 2), memory_format=torch.channels_last)
-        need_grad = any(ctx.needs_input_grad[:3])
+        out = torch.empty((n, 16, ho // 2, wo // 2), memory_format=torch.channels_last, **F32)
         if kind == "max_relu":
             saved = torch.empty_like(out, dtype=torch.uint8) if need_grad else None
             fwd = _lib.lenet_conv16_pool_relu_fwd
         else:  # sigmoid outputs, NHWC (N, ho, wo, 16)
-            saved = torch.empty((n, ho, wo, 16)) if need_grad else None
+            saved = torch.empty((n, ho, wo, 16), **F32) if need_grad else None
             fwd = _lib.lenet_conv16_sig_avg_fwd
         rc = fwd(
             x.data_ptr(), n, h, w, ic, wt.data_ptr(), b.data_ptr(), k, out.data_ptr(),
-            saved.data_ptr() if saved is not None else None,
+            saved.data_ptr() if saved is not None else None, torch.get_num_threads(),
         )  # fmt: skip
         _check(rc, fwd.__name__)
         if need_grad:
@@ -302,24 +314,25 @@ class _Block2(torch.autograd.Function):
         return out
 
     @staticmethod
+    @torch.autograd.function.once_differentiable
     def backward(ctx, grad_out):
         x, wt, saved = ctx.saved_tensors
         n, ic, h, w = x.shape
         k = wt.shape[1]
         g = grad_out.contiguous(memory_format=torch.channels_last)
-        gx = torch.empty((n, ic, h, w), memory_format=torch.channels_last)
-        gw = torch.empty((16, k, k, ic))
-        gb = torch.empty(16)
+        gx = torch.empty((n, ic, h, w), memory_format=torch.channels_last, **F32)
+        gw = torch.empty((16, k, k, ic), **F32)
+        gb = torch.empty(16, **F32)
         if ctx.kind == "max_relu":
             bwd = _lib.lenet_conv16_pool_relu_bwd
         else:
             bwd = _lib.lenet_conv16_sig_avg_bwd
         rc = bwd(
             x.data_ptr(), n, h, w, ic, wt.data_ptr(), k, g.data_ptr(), saved.data_ptr(),
-            gx.data_ptr(), gw.data_ptr(), gb.data_ptr(),
+            gx.data_ptr(), gw.data_ptr(), gb.data_ptr(), torch.get_num_threads(),
         )  # fmt: skip
         _check(rc, bwd.__name__)
-        return gx, gw.permute(0, 3, 1, 2), gb, None  # (16, ic, k, k), channels-last strides
+        return gx, gw.permute(0, 3, 1, 2), gb, None, None  # (16, ic, k, k), channels-last
 
 
 def block1(x: torch.Tensor, conv: torch.nn.Conv2d, pool: torch.nn.Module) -> torch.Tensor:
@@ -328,7 +341,10 @@ def block1(x: torch.Tensor, conv: torch.nn.Conv2d, pool: torch.nn.Module) -> tor
     (N, 1, H, W) -> (N, oc, H'/2, W'/2) in channels-last memory. Call only where
     :func:`block1_supported` is True. The input gets no gradient (it is the network's input).
     """
-    return _Block1.apply(x, conv.weight, conv.bias, conv.padding[0], _kind(pool))
+    _require()
+    # Inside forward() grad mode is always off: decide here whether backward data is kept.
+    need = torch.is_grad_enabled() and (conv.weight.requires_grad or conv.bias.requires_grad)
+    return _Block1.apply(x, conv.weight, conv.bias, conv.padding[0], _kind(pool), need)
 
 
 def block2(x: torch.Tensor, conv: torch.nn.Conv2d, pool: torch.nn.Module) -> torch.Tensor:
@@ -337,7 +353,11 @@ def block2(x: torch.Tensor, conv: torch.nn.Conv2d, pool: torch.nn.Module) -> tor
     (N, C, H, W) -> (N, 16, (H-k+1)/2, (W-k+1)/2), channels-last. Call only where
     :func:`block2_supported` is True; gradients flow to ``x`` too.
     """
-    return _Block2.apply(x, conv.weight, conv.bias, _kind(pool))
+    _require()
+    need = torch.is_grad_enabled() and (
+        x.requires_grad or conv.weight.requires_grad or conv.bias.requires_grad
+    )
+    return _Block2.apply(x, conv.weight, conv.bias, _kind(pool), need)
 
 
 def _pair(v) -> tuple:
