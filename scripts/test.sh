@@ -4,31 +4,26 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export PIP_ROOT_USER_ACTION=ignore PIP_DISABLE_PIP_VERSION_CHECK=1
 
-# The browser test drives Debian's Chromium (never a downloaded browser): install it when missing.
-if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then
-  if command -v apt-get >/dev/null 2>&1; then
-    SUDO=""
-    if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
-    echo "test.sh: installing chromium and chromium-driver (apt-get)"
-    $SUDO apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq \
-      chromium chromium-driver >/dev/null
-  else
-    echo "test.sh: no apt-get here; install Chromium at /usr/bin/chromium for the browser test" >&2
+# Debian packages the tests need, installed with apt-get when missing (sudo when not root).
+apt_install() {
+  if ! command -v apt-get >/dev/null 2>&1; then
+    echo "test.sh: no apt-get here; install $* yourself (CI fails without them)" >&2
+    return 0
   fi
-fi
+  SUDO=""
+  if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
+  echo "test.sh: installing $* (apt-get)"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "$@" >/dev/null
+}
 
+# The browser test drives Debian's Chromium (never a downloaded browser).
+if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then
+  apt_install chromium chromium-driver
+fi
 # The fused CPU kernels (src/lenet/kernels.c) are built with the system C compiler; CI tests them.
 if ! command -v cc >/dev/null 2>&1 && ! command -v gcc >/dev/null 2>&1; then
-  if command -v apt-get >/dev/null 2>&1; then
-    SUDO=""
-    if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
-    echo "test.sh: installing gcc (apt-get) for lenet's fused CPU kernels"
-    $SUDO apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq gcc >/dev/null
-  else
-    echo "test.sh: no C compiler and no apt-get: the fused-kernel tests will fail under CI" >&2
-  fi
+  apt_install gcc
 fi
 
 python3 -m pip install -q -c constraints.txt -e ".[all,test]"

@@ -4,10 +4,10 @@ LeNet-sized layers are far too small for oneDNN's convolution kernels to run nea
 overhead and poorly vectorised shapes dominate. Measured on 2-core Xeons (single thread, CPU time,
 ``docs/benchmarks.md``), the two changes below give about +20% (batch 16) to +40% (batch 256) for
 a training step, with the same parameters, the same ``state_dict`` keys and the same outputs up to
-float32 rounding. On top, LeNet-5's conv blocks (``lenet5-relu``: conv -> max pool -> ReLU; the note's ``lenet5``: conv ->
-sigmoid -> average pool) run as fused C kernels
-(:mod:`lenet.kernels`) when it can be built. Things measured and *not* adopted are listed in
-``docs/benchmarks.md`` (torch.compile, unfold convolutions, bf16 autocast, fused optimizers).
+float32 rounding. On top, LeNet-5's conv blocks (``lenet5-relu``: conv -> max pool -> ReLU;
+the note's ``lenet5``: conv -> sigmoid -> average pool) run as fused C kernels
+(:mod:`lenet.kernels`) when those can be built. Things measured and *not* adopted are listed in
+``docs/benchmarks.md`` (torch.compile, unfold convolutions, bf16 autocast).
 """
 
 from __future__ import annotations
@@ -101,9 +101,9 @@ def optimize_model(model: nn.Module, device: torch.device | str) -> nn.Module:
     """Speed a model up for ``device`` without changing its math (in place; returns it).
 
     On CPU: channels-last weights (oneDNN's faster NHWC convolution and pooling paths),
-    GEMM-shaped whole-input convolutions, and fused conv blocks for ``lenet5``/``lenet5-relu`` when
-    :func:`lenet.kernels.available` (set ``LENET_KERNELS=0`` to turn it off). Elsewhere (CUDA/MPS) cuDNN already handles these
-    shapes well, so the model is returned unchanged.
+    GEMM-shaped whole-input convolutions, and fused conv blocks for ``lenet5``/``lenet5-relu``
+    when :func:`lenet.kernels.available` (``LENET_KERNELS=0`` turns them off). Elsewhere
+    (CUDA/MPS) cuDNN already handles these shapes well, so the model is returned unchanged.
     """
     if torch.device(device).type != "cpu":
         return model
