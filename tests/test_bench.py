@@ -7,7 +7,7 @@ import json
 import pytest
 
 from conftest import run_cli
-from lenet.bench import BENCHMARKS, NoteMNIST, format_table
+from lenet.bench.suite import BENCHMARKS, NoteMNIST, format_table
 
 
 @pytest.mark.slow

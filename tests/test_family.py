@@ -13,7 +13,7 @@ from conftest import assert_one_line_error, run_cli
 from lenet.augment import distort, make_augmenter
 from lenet.models import count_parameters, create_model, get_spec, list_models
 from lenet.models.layers import PAPER_1998, PartialConv2d, ScaledTanh, Subsample
-from lenet.models.lenet1998 import C3_TABLE, digit_prototypes
+from lenet.models.lenet5_1998 import C3_TABLE, digit_prototypes
 from lenet.normalization import normalize
 from lenet.summary import summarize
 

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from lenet import kernels
 from lenet.models import create_model
-from lenet.speed import FusedLeNet5ReLU, FusedSeedLeNet5, optimize_model
+from lenet.speed import FusedLeNet5, FusedLeNet5ReLU, optimize_model
 
 CL = torch.channels_last
 
@@ -123,9 +123,7 @@ def test_backward_is_deterministic():
         assert torch.equal(a, b)
 
 
-@pytest.mark.parametrize(
-    "name,cls", [("lenet5-relu", FusedLeNet5ReLU), ("lenet5", FusedSeedLeNet5)]
-)
+@pytest.mark.parametrize("name,cls", [("lenet5-relu", FusedLeNet5ReLU), ("lenet5", FusedLeNet5)])
 def test_fused_model_matches_plain_model(name, cls):
     torch.manual_seed(0)
     ref = create_model(name)

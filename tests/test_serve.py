@@ -21,7 +21,7 @@ require("fastapi")  # the 'serve' extra
 httpx = require("httpx")  # the 'test' extra
 import uvicorn  # noqa: E402
 
-from lenet.bench_serve import ServerProcess, canvas_png, make_bodies, run_benchmark  # noqa: E402
+from lenet.bench.serve_load import ServerProcess, canvas_png, make_bodies, run_benchmark  # noqa: E402
 from lenet.data import load_split  # noqa: E402
 from lenet.predictor import Predictor  # noqa: E402
 from lenet.server import create_app  # noqa: E402

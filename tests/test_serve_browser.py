@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lenet.bench_serve import ServerProcess
+from lenet.bench.serve_load import ServerProcess
 from lenet.data import load_split
 
 pytestmark = pytest.mark.slow

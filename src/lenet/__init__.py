@@ -1,31 +1,47 @@
-"""lenet: handwritten-digit recognition with the LeNet family, on PyTorch."""
+"""lenet: handwritten-digit recognition with the LeNet family, on PyTorch.
 
-__version__ = "0.1.0"
+The public names below are loaded on first use, so ``import lenet`` (and ``lenet --help``) does
+not pay for importing torch.
+"""
 
-from lenet.checkpoint import load_model, read_checkpoint  # noqa: E402
-from lenet.config import TrainConfig, make_config  # noqa: E402
-from lenet.data import ensure_mnist, load_split  # noqa: E402
-from lenet.engine import train  # noqa: E402
-from lenet.errors import ImageError, LenetError, NoDigitError  # noqa: E402
-from lenet.evaluation import evaluate, show  # noqa: E402
-from lenet.models import create_model, list_models  # noqa: E402
-from lenet.predictor import Prediction, Predictor  # noqa: E402
+from __future__ import annotations
 
-__all__ = [
-    "ImageError",
-    "LenetError",
-    "NoDigitError",
-    "TrainConfig",
-    "create_model",
-    "ensure_mnist",
-    "evaluate",
-    "list_models",
-    "load_model",
-    "load_split",
-    "make_config",
-    "Prediction",
-    "Predictor",
-    "read_checkpoint",
-    "show",
-    "train",
-]
+import importlib
+
+from lenet._version import __version__
+
+# public name -> the module that defines it
+_EXPORTS = {
+    "load_model": "lenet.checkpoint",
+    "read_checkpoint": "lenet.checkpoint",
+    "TrainConfig": "lenet.config",
+    "make_config": "lenet.config",
+    "ensure_mnist": "lenet.data",
+    "load_split": "lenet.data",
+    "train": "lenet.engine",
+    "ImageError": "lenet.errors",
+    "LenetError": "lenet.errors",
+    "NoDigitError": "lenet.errors",
+    "evaluate": "lenet.evaluation",
+    "show": "lenet.evaluation",
+    "create_model": "lenet.models",
+    "list_models": "lenet.models",
+    "Prediction": "lenet.predictor",
+    "Predictor": "lenet.predictor",
+}
+
+__all__ = ["__version__", *sorted(_EXPORTS)]
+
+
+def __getattr__(name: str):
+    """Import a public name's module the first time the name is used (PEP 562)."""
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'lenet' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    """The public names, for tab completion."""
+    return sorted(set(globals()) | set(_EXPORTS))

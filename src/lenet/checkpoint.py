@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from lenet import __version__
+from lenet._version import __version__
 from lenet.errors import CheckpointError
 from lenet.fileio import atomic_write
 from lenet.models import create_model, get_spec, model_config

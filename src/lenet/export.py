@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lenet import __version__
+from lenet._version import __version__
 from lenet.checkpoint import load_model
 from lenet.errors import LenetError
 from lenet.fileio import atomic_write, atomic_write_bytes

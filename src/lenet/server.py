@@ -24,7 +24,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 from starlette.requests import Request as StarletteRequest
 
-from lenet import __version__
+from lenet._version import __version__
 from lenet.errors import LenetError
 from lenet.predictor import png_base64
 

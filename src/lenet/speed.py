@@ -17,7 +17,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from lenet import kernels
-from lenet.models.lenet5 import LeNet5ReLU, SeedLeNet5
+from lenet.models.lenet5 import LeNet5
+from lenet.models.lenet5_relu import LeNet5ReLU
 
 
 class WholeInputConv2d(nn.Conv2d):
@@ -90,11 +91,11 @@ class FusedLeNet5ReLU(_FusedBlocks, LeNet5ReLU):
     """:class:`LeNet5ReLU` with fused conv -> max pool -> ReLU blocks."""
 
 
-class FusedSeedLeNet5(_FusedBlocks, SeedLeNet5):
-    """The study note's :class:`SeedLeNet5` with fused conv -> sigmoid -> average pool blocks."""
+class FusedLeNet5(_FusedBlocks, LeNet5):
+    """The study note's :class:`LeNet5` with fused conv -> sigmoid -> average pool blocks."""
 
 
-_FUSED = {LeNet5ReLU: FusedLeNet5ReLU, SeedLeNet5: FusedSeedLeNet5}
+_FUSED = {LeNet5ReLU: FusedLeNet5ReLU, LeNet5: FusedLeNet5}
 
 
 def optimize_model(model: nn.Module, device: torch.device | str) -> nn.Module:

@@ -7,7 +7,7 @@ import importlib
 import logging
 import sys
 
-from lenet import __version__
+from lenet._version import __version__
 from lenet.errors import LenetError
 
 # One module per verb (lenet/cli/<verb>.py), each with ``register(subparsers)``.

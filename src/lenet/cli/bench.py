@@ -10,7 +10,7 @@ from lenet.cli import add_data_dir, add_device
 
 def register(sub) -> None:
     """Add the ``bench`` verb."""
-    from lenet.bench import BENCHMARKS
+    from lenet.bench.suite import BENCHMARKS
 
     p = sub.add_parser(
         "bench", help="measure training/inference speed and time-to-accuracy",
@@ -35,7 +35,7 @@ def register(sub) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run, print each benchmark's seconds as it finishes, then the table; write JSON."""
-    from lenet.bench import format_table, run_benchmarks
+    from lenet.bench.suite import format_table, run_benchmarks
     from lenet.fileio import atomic_write_text
 
     def progress(name: str, result: dict) -> None:

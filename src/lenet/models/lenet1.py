@@ -27,8 +27,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from lenet.models import register_model
 from lenet.models.layers import PAPER_1998, PartialConv2d, ScaledTanh, Subsample, lecun_uniform_
+from lenet.models.registry import register_model
 
 IMAGE_SIZE = 28
 KERNEL = 5

@@ -28,8 +28,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from lenet.models import register_model
 from lenet.models.layers import PAPER_1998, PadTo, ScaledTanh, Subsample, lecun_uniform_
+from lenet.models.registry import register_model
 
 FIELD = 32
 KERNEL = 5

@@ -1,4 +1,4 @@
-"""LeNet-5 as in the study note (``MyLeNet5``) and its modern ReLU/max-pool variant.
+"""LeNet-5 as in the study note (its ``MyLeNet5``), registered as ``lenet5``.
 
 Shapes for one 28x28 MNIST digit (batch dimension N omitted):
 
@@ -17,8 +17,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from lenet.models import register_model
-from lenet.normalization import MNIST_STATS, TOTENSOR
+from lenet.models.registry import register_model
+from lenet.normalization import TOTENSOR
 
 IMAGE_SIZE = 28
 KERNEL = 5
@@ -35,7 +35,7 @@ S4_SIZE = C3_SIZE // 2  # 5  (c5's 5x5 kernel covers it exactly -> 1x1)
     normalization=TOTENSOR,
     num_classes=10,
 )
-class SeedLeNet5(nn.Module):
+class LeNet5(nn.Module):
     """The note's network, module for module, so its saved ``state_dict`` loads unchanged."""
 
     def __init__(self, num_classes: int = 10):
@@ -66,43 +66,3 @@ class SeedLeNet5(nn.Module):
     def block2(self, x: torch.Tensor) -> torch.Tensor:
         """c3 -> sigmoid -> s4: (N, 6, 14, 14) -> (N, 16, 10, 10) -> (N, 16, 5, 5)."""
         return self.s4(self.Sigmoid(self.c3(x)))
-
-
-@register_model(
-    "lenet5-relu",
-    "modern LeNet-5: ReLU after every hidden layer, max pooling (61,706 params; the default)",
-    normalization=MNIST_STATS,
-    num_classes=10,
-)
-class LeNet5ReLU(nn.Module):
-    """Same layers and parameter count as :class:`SeedLeNet5`, with ReLU and max pooling."""
-
-    def __init__(self, num_classes: int = 10):
-        super().__init__()
-        self.c1 = nn.Conv2d(1, C1_MAPS, kernel_size=KERNEL, padding=2)
-        self.s2 = nn.MaxPool2d(kernel_size=2, stride=2)
-        self.c3 = nn.Conv2d(C1_MAPS, C3_MAPS, kernel_size=KERNEL)
-        self.s4 = nn.MaxPool2d(kernel_size=2, stride=2)
-        self.c5 = nn.Conv2d(C3_MAPS, C5_UNITS, kernel_size=KERNEL)
-        self.flatten = nn.Flatten()
-        self.f6 = nn.Linear(C5_UNITS, F6_UNITS)
-        self.output = nn.Linear(F6_UNITS, num_classes)
-        self.relu = nn.ReLU()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.block1(x)  # (N, 6, 14, 14)
-        x = self.block2(x)  # (N, 16, 5, 5)
-        x = self.relu(self.c5(x))  # (N, 120, 1, 1)
-        x = self.relu(self.f6(self.flatten(x)))  # (N, 84)
-        return self.output(x)  # (N, 10)
-
-    # Each block pools, then applies ReLU: the two commute exactly (max is monotone, and the
-    # gradients match too), and the ReLU then touches a 4x smaller map. ``lenet.speed`` may
-    # run each block as one fused CPU kernel.
-    def block1(self, x: torch.Tensor) -> torch.Tensor:
-        """c1 -> s2 -> ReLU: (N, 1, 28, 28) -> (N, 6, 14, 14)."""
-        return self.relu(self.s2(self.c1(x)))
-
-    def block2(self, x: torch.Tensor) -> torch.Tensor:
-        """c3 -> s4 -> ReLU: (N, 6, 14, 14) -> (N, 16, 5, 5)."""
-        return self.relu(self.s4(self.c3(x)))

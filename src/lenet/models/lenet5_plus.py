@@ -22,7 +22,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from lenet.models import register_model
+from lenet.models.registry import register_model
 from lenet.normalization import MNIST_STATS
 
 KERNEL = 5

@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lenet import __version__
+from lenet._version import __version__
 from lenet.checkpoint import load_model, make_payload, save_checkpoint
 from lenet.config import TrainConfig, make_config
 from lenet.data import load_split
@@ -539,14 +539,3 @@ def format_table(record: dict) -> str:
         if i == 0:
             lines.append("  ".join("-" * w for w in widths))
     return "\n".join(lines)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m lenet.bench``: the same as ``lenet bench``."""
-    from lenet.cli import main as cli_main
-
-    return cli_main(["bench", *(sys.argv[1:] if argv is None else argv)])
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

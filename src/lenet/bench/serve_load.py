@@ -1,6 +1,6 @@
 """Load benchmark for ``lenet serve``: N requests at concurrency C against a loopback server.
 
-``python -m lenet.bench_serve [--requests 2000] [--concurrency 16] [--model CKPT] [--workers N]``
+``python -m lenet.bench.serve_load [--requests 2000] [--concurrency 16] [--model CKPT] [--workers N]``
 starts a real ``lenet serve`` subprocess on a free loopback port (or uses ``--url``, loopback
 only), POSTs canvas-like PNGs of MNIST test digits, and reports p50/p90/p99 latency, requests/s,
 the error count and the accuracy of the answers. A benchmark: it asserts nothing about time.
@@ -231,7 +231,7 @@ def format_result(r: BenchResult) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """Command line: start a server (or use --url), run the benchmark, print the numbers."""
-    p = argparse.ArgumentParser(prog="python -m lenet.bench_serve", description=__doc__)
+    p = argparse.ArgumentParser(prog="python -m lenet.bench.serve_load", description=__doc__)
     p.add_argument("--requests", type=int, default=2000)
     p.add_argument("--concurrency", type=int, default=16)
     p.add_argument("--url", help="an already running server (loopback only)")

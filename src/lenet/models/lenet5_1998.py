@@ -34,7 +34,6 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from lenet.models import register_model
 from lenet.models.layers import (
     PAPER_1998,
     EuclideanRBF,
@@ -44,6 +43,7 @@ from lenet.models.layers import (
     Subsample,
     lecun_uniform_,
 )
+from lenet.models.registry import register_model
 
 FIELD = 32  # the paper's input field
 KERNEL = 5
@@ -98,7 +98,7 @@ def digit_prototypes() -> torch.Tensor:
     normalization=PAPER_1998,
     num_classes=10,
 )
-class LeNet5Paper(nn.Module):
+class LeNet5_1998(nn.Module):
     """The 1998 paper's LeNet-5 (see the module docstring for shapes, counts and choices)."""
 
     def __init__(self, num_classes: int = 10):
