@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-AUGMENTS = ("none", "affine", "elastic", "both")
+from lenet.config import AUGMENTS
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,7 @@
-"""Training settings as one typed dataclass, and the named recipes that fill it."""
+"""Settings: every list of choices, the training settings as one typed dataclass, and the recipes.
+
+Imports nothing heavy (no torch), so the command line can build its flags from it quickly.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +14,8 @@ SCHEDULERS = ("none", "step", "onecycle", "cosine")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 SELECT_ON = ("val", "test", "last")
 NORMALIZE = ("model", "totensor", "mnist")
-AUGMENT = ("none", "affine", "elastic", "both")  # see lenet.augment
+AUGMENTS = ("none", "affine", "elastic", "both")  # see lenet.augment
+BACKENDS = ("torch", "onnx")  # what runs the network in predict/serve: PyTorch or ONNX Runtime
 
 
 @dataclass
@@ -104,7 +108,7 @@ def validate(cfg: TrainConfig) -> None:
     choice("device", DEVICES)
     choice("select_on", SELECT_ON)
     choice("normalize", NORMALIZE)
-    choice("augment", AUGMENT)
+    choice("augment", AUGMENTS)
     for name in ("epochs", "batch_size", "eval_batch_size", "step_size"):
         if getattr(cfg, name) < 1:
             raise LenetError(f"--{name.replace('_', '-')} must be at least 1")

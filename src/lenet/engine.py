@@ -12,8 +12,6 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
-from torch import nn
 
 from lenet import distributed as dist
 from lenet.augment import make_augmenter
@@ -24,29 +22,13 @@ from lenet.errors import LenetError
 from lenet.fileio import atomic_write_text
 from lenet.models import create_model, get_spec, model_config
 from lenet.normalization import MNIST_STATS, TOTENSOR, Normalization, normalize
+from lenet.runtime import predict_logits, resolve_device
 from lenet.speed import optimize_model
 
 log = logging.getLogger(__name__)
 
 
 # ---------------------------------------------------------------------------- setup helpers
-
-
-def resolve_device(name: str = "auto") -> torch.device:
-    """``auto`` -> cuda, then mps, then cpu; an explicit device that is absent is a clear error."""
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise LenetError("--device cuda asked for, but PyTorch sees no CUDA GPU")
-    if name == "mps" and not (
-        getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()
-    ):
-        raise LenetError("--device mps asked for, but this PyTorch has no MPS device")
-    return torch.device(name)
 
 
 def resolve_normalization(cfg: TrainConfig) -> Normalization:
@@ -100,27 +82,6 @@ def build_scheduler(
             opt, T_max=cfg.epochs * steps_per_epoch
         ), True
     return None, False
-
-
-# ---------------------------------------------------------------------------- evaluation
-
-
-@torch.no_grad()
-def predict_logits(model: nn.Module, x: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
-    """Logits (N, classes) for already-normalized inputs (N, 1, H, W), in eval mode."""
-    was_training = model.training
-    model.eval()
-    chunks = [model(x[i : i + batch_size]) for i in range(0, x.shape[0], batch_size)]
-    out = torch.cat(chunks) if chunks else model(x)  # an empty shard still has a (0, 10) shape
-    model.train(was_training)
-    return out
-
-
-def loss_and_accuracy(logits: torch.Tensor, labels: torch.Tensor) -> tuple[float, float]:
-    """Mean cross-entropy and accuracy (exact counts, not a mean of batch means)."""
-    loss = F.cross_entropy(logits, labels, reduction="sum").item() / max(len(labels), 1)
-    acc = (logits.argmax(1) == labels).sum().item() / max(len(labels), 1)
-    return loss, acc
 
 
 # ---------------------------------------------------------------------------- the run

@@ -12,9 +12,9 @@ import torch
 
 from lenet.checkpoint import load_model, output_dir_for
 from lenet.data import DEFAULT_DATA_DIR, load_split
-from lenet.engine import loss_and_accuracy, predict_logits, resolve_device
 from lenet.errors import LenetError
 from lenet.normalization import normalize
+from lenet.runtime import loss_and_accuracy, predict_logits, resolve_device
 
 log = logging.getLogger(__name__)
 

@@ -15,10 +15,12 @@ import torch
 from PIL import Image
 
 from lenet.checkpoint import load_model
+from lenet.config import BACKENDS
 from lenet.errors import LenetError, NoDigitError
 from lenet.models import count_parameters
 from lenet.normalization import normalize
 from lenet.preprocess import preprocess
+from lenet.runtime import resolve_device
 from lenet.speed import optimize_model
 
 log = logging.getLogger(__name__)
@@ -29,7 +31,6 @@ UNSURE = "unsure"
 
 
 # torch: the checkpoint's model in PyTorch; onnx: the same weights exported to ONNX Runtime.
-BACKENDS = ("torch", "onnx")
 
 
 def bundled_checkpoint() -> Path:
@@ -134,8 +135,6 @@ class Predictor:
         batch_size: int = 256,
         backend: str = "torch",
     ):
-        from lenet.engine import resolve_device
-
         if backend not in BACKENDS:
             raise LenetError(f"backend must be one of {', '.join(BACKENDS)}")
         path = Path(checkpoint) if checkpoint is not None else bundled_checkpoint()

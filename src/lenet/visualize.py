@@ -13,7 +13,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from lenet.augment import AUGMENTS, augment_generator, distort
+from lenet.augment import augment_generator, distort
+from lenet.config import AUGMENTS
 from lenet.data import DEFAULT_DATA_DIR, load_split
 from lenet.errors import LenetError
 from lenet.models.layers import PartialConv2d

@@ -35,10 +35,10 @@ from lenet._version import __version__
 from lenet.checkpoint import load_model, make_payload, save_checkpoint
 from lenet.config import TrainConfig, make_config
 from lenet.data import load_split
-from lenet.engine import resolve_device
 from lenet.errors import LenetError
 from lenet.models import list_models, model_config
 from lenet.normalization import TOTENSOR, normalize
+from lenet.runtime import resolve_device
 from lenet.speed import optimize_model
 
 log = logging.getLogger(__name__)

@@ -10,7 +10,15 @@ import sys
 from pathlib import Path
 
 from lenet.cli import add_data_dir
-from lenet.config import AUGMENT, NORMALIZE, OPTIMIZERS, RECIPES, SCHEDULERS, SELECT_ON, make_config
+from lenet.config import (
+    AUGMENTS,
+    NORMALIZE,
+    OPTIMIZERS,
+    RECIPES,
+    SCHEDULERS,
+    SELECT_ON,
+    make_config,
+)
 from lenet.errors import LenetError
 from lenet.models import list_models
 
@@ -44,7 +52,7 @@ def register(sub) -> None:
     p.add_argument("--select-on", choices=SELECT_ON, help="split that picks best.pt")
     p.add_argument("--normalize", choices=NORMALIZE, help="input scaling (default: the model's)")
     p.add_argument(
-        "--augment", choices=AUGMENT,
+        "--augment", choices=AUGMENTS,
         help="random distortions of each training batch: affine (rotate/scale/shear/shift, as "
         "the 1998 paper), elastic (Simard et al. 2003), both, or none (default)",
     )  # fmt: skip
