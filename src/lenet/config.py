@@ -12,6 +12,7 @@ from lenet.errors import LenetError
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULERS = ("none", "step", "onecycle", "cosine")
 DEVICES = ("auto", "cpu", "cuda", "mps")
+DATASETS = ("mnist", "fashion-mnist")  # see lenet.data
 SELECT_ON = ("val", "test", "last")
 NORMALIZE = ("model", "totensor", "mnist")
 AUGMENTS = ("none", "affine", "elastic", "both")  # see lenet.augment
@@ -23,6 +24,7 @@ class TrainConfig:
     """Every knob of a training run; saved as plain types in ``config.json`` and each checkpoint."""
 
     model: str = "lenet5-relu"
+    dataset: str = "mnist"
     recipe: str = "fast"
     epochs: int = 3
     batch_size: int = 256
@@ -106,6 +108,7 @@ def validate(cfg: TrainConfig) -> None:
     choice("optimizer", OPTIMIZERS)
     choice("scheduler", SCHEDULERS)
     choice("device", DEVICES)
+    choice("dataset", DATASETS)
     choice("select_on", SELECT_ON)
     choice("normalize", NORMALIZE)
     choice("augment", AUGMENTS)

@@ -256,6 +256,20 @@ def _missing_error(data_dir: str | os.PathLike, missing: list[str]) -> DataError
     )
 
 
+def _only_mnist(dataset: str) -> None:
+    # Placeholder until the dataset layer lands: the signature is the contract.
+    if dataset != "mnist":
+        raise DataError(f"unknown dataset {dataset!r}")
+
+
+def ensure_data(
+    data_dir: str | os.PathLike = DEFAULT_DATA_DIR, dataset: str = "mnist", download: bool = True
+) -> Path:
+    """Make sure ``dataset``'s files exist in ``data_dir`` (fetching them if none are there)."""
+    _only_mnist(dataset)
+    return ensure_mnist(data_dir, download=download)
+
+
 def ensure_mnist(data_dir: str | os.PathLike = DEFAULT_DATA_DIR, download: bool = True) -> Path:
     """Make sure the IDX files exist (fetching them when none are present); return the raw folder."""
     missing = missing_files(data_dir)
@@ -289,11 +303,15 @@ _CACHE: dict[tuple, Split] = {}
 
 
 def load_split(
-    split: str, data_dir: str | os.PathLike = DEFAULT_DATA_DIR, download: bool = True
+    split: str,
+    data_dir: str | os.PathLike = DEFAULT_DATA_DIR,
+    download: bool = True,
+    dataset: str = "mnist",
 ) -> Split:
     """Load ``train`` or ``test`` into memory once (cached per process), validating every file."""
     if split not in SPLIT_SIZES:
         raise DataError(f"unknown split {split!r}; use 'train' or 'test'")
+    _only_mnist(dataset)
     ensure_mnist(data_dir, download=download)
     img_path = find_file(data_dir, FILES[split, "images"])
     lbl_path = find_file(data_dir, FILES[split, "labels"])

@@ -17,7 +17,7 @@ from lenet import distributed as dist
 from lenet.augment import make_augmenter
 from lenet.checkpoint import clean_state_dict, make_payload, read_checkpoint, save_checkpoint
 from lenet.config import TrainConfig, make_config, validate
-from lenet.data import ensure_mnist, load_split
+from lenet.data import ensure_data, load_split
 from lenet.errors import LenetError
 from lenet.fileio import atomic_write_text
 from lenet.models import create_model, get_spec, model_config
@@ -208,8 +208,8 @@ def train(
 
     # Data: each split loaded once, normalized once, resident on the device.
     # [distributed] one process per machine fetches MNIST when it is missing; the rest wait.
-    dist.once_per_machine(ctx, lambda: ensure_mnist(cfg.data_dir))
-    full = load_split("train", cfg.data_dir)
+    dist.once_per_machine(ctx, lambda: ensure_data(cfg.data_dir, cfg.dataset))
+    full = load_split("train", cfg.data_dir, dataset=cfg.dataset)
     n_train = len(full) - cfg.val_size
     if n_train <= 0:
         raise LenetError(f"--val-size {cfg.val_size} leaves no training images (of {len(full)})")
@@ -217,7 +217,7 @@ def train(
     x_train = normalize(full.images[:n_used], norm).to(device)
     y_train = full.labels[:n_used].to(device)
     if cfg.select_on == "test":
-        sel = load_split("test", cfg.data_dir)
+        sel = load_split("test", cfg.data_dir, dataset=cfg.dataset)
         x_sel, y_sel = normalize(sel.images, norm).to(device), sel.labels.to(device)
     elif cfg.val_size:
         x_sel = normalize(full.images[n_train:], norm).to(device)
