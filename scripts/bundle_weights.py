@@ -52,10 +52,15 @@ def main(argv: list[str] | None = None) -> int:
         "epoch": src.get("epoch"),
     }
     payload = make_payload(
-        lm.model, lm.name, lm.config, lm.normalization,
-        epoch=src.get("epoch"), metrics=metrics, train_config=train_cfg,
+        lm.model,
+        lm.name,
+        lm.config,
+        lm.normalization,
+        epoch=src.get("epoch"),
+        metrics=metrics,
+        train_config=train_cfg,
         provenance={"command": COMMAND, "trained_with_torch": src.get("versions", {}).get("torch")},
-    )  # fmt: skip
+    )
     out = save_checkpoint(args.out, payload)
     print(f"{out}: {lm.name}, test accuracy {100 * acc:.2f}% ({metrics['test_errors']} errors)")
     return 0

@@ -43,9 +43,12 @@ def main() -> int:
         y0, x0, y1, x1 = steps["box"]
         shown = [
             np.asarray(Image.open(io.BytesIO(data)).convert("RGB")),
-            steps["gray"], steps["light_on_dark"], steps["background_removed"],
-            steps["ink"][y0:y1, x0:x1], steps["result"],
-        ]  # fmt: skip
+            steps["gray"],
+            steps["light_on_dark"],
+            steps["background_removed"],
+            steps["ink"][y0:y1, x0:x1],
+            steps["result"],
+        ]
         answer = pred.predict_one(data)
         for c, img in enumerate(shown):
             ax = axes[r, c]

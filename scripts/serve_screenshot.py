@@ -14,8 +14,14 @@ from playwright.sync_api import sync_playwright
 from lenet.bench.serve_load import ServerProcess
 
 ROOT = Path(__file__).resolve().parents[1]
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update", "--no-first-run"]  # fmt: skip
+ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+]
 # A "4" drawn in two strokes (fractions of the canvas side).
 FOUR = [[(0.32, 0.15), (0.24, 0.58), (0.74, 0.58)], [(0.62, 0.22), (0.6, 0.88)]]
 
@@ -23,10 +29,13 @@ FOUR = [[(0.32, 0.15), (0.24, 0.58), (0.74, 0.58)], [(0.62, 0.22), (0.6, 0.88)]]
 def main(out: Path) -> None:
     with ServerProcess() as srv, sync_playwright() as pw:
         ctx = pw.chromium.launch_persistent_context(
-            tempfile.mkdtemp(prefix="lenet-chromium-"), executable_path="/usr/bin/chromium",
-            headless=True, args=ARGS, viewport={"width": 860, "height": 640},
+            tempfile.mkdtemp(prefix="lenet-chromium-"),
+            executable_path="/usr/bin/chromium",
+            headless=True,
+            args=ARGS,
+            viewport={"width": 860, "height": 640},
             reduced_motion="reduce",
-        )  # fmt: skip
+        )
         page = ctx.new_page()
         page.goto(srv.url + "/")
         page.wait_for_function("document.getElementById('model').textContent.includes('lenet')")

@@ -13,8 +13,8 @@ from lenet.bench.suite import BENCHMARKS, NoteMNIST, format_table
 @pytest.mark.slow
 def test_bench_quick_writes_all_sections(mnist_dir, tmp_path):
     out = tmp_path / "bench.json"
-    proc = run_cli("bench", "--quick", "--threads", "1", "--device", "cpu",
-                   "--data-dir", str(mnist_dir), "--json", str(out))  # fmt: skip
+    flags = "--quick --threads 1 --device cpu".split()
+    proc = run_cli("bench", *flags, "--data-dir", str(mnist_dir), "--json", str(out))
     assert proc.returncode == 0, proc.stderr[-2000:]
     record = json.loads(out.read_text())
     assert list(record["benchmarks"]) == list(BENCHMARKS)
@@ -55,5 +55,7 @@ def test_python_m_lenet_bench_help():
     import subprocess
     import sys
 
-    proc = subprocess.run([sys.executable, "-m", "lenet.bench", "--help"], capture_output=True, text=True)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-m", "lenet.bench", "--help"], capture_output=True, text=True
+    )
     assert proc.returncode == 0 and "usage: lenet bench" in proc.stdout

@@ -23,9 +23,16 @@ def trained(mnist_dir, tmp_path_factory):
     """A small trained lenet5-relu checkpoint (one short epoch) and the normalized test set."""
     out = tmp_path_factory.mktemp("export")
     res = train(
-        epochs=1, limit=4096, val_size=1000, threads=1, device="cpu", data_dir=str(mnist_dir),
-        out=str(out), name="run", progress=False,
-    )  # fmt: skip
+        epochs=1,
+        limit=4096,
+        val_size=1000,
+        threads=1,
+        device="cpu",
+        data_dir=str(mnist_dir),
+        out=str(out),
+        name="run",
+        progress=False,
+    )
     lm = load_model(res.best_path)
     test = load_split("test", mnist_dir)
     x = normalize(test.images, lm.normalization)

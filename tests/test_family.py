@@ -42,8 +42,10 @@ def test_lenet5_1998_matches_the_paper_exactly():
     }
     for name, (shape, params, conns) in expected.items():
         assert (r[name].output_shape, r[name].params, r[name].connections) == (
-            shape, params, conns,
-        ), name  # fmt: skip
+            shape,
+            params,
+            conns,
+        ), name
     assert r["pad"].output_shape == [1, 32, 32]
 
 
@@ -65,8 +67,11 @@ def test_lenet1_matches_the_1990_papers_totals():
     # LeCun et al. 1990: "98,442 connections, 2,578 independent parameters"
     assert (s.total_params, s.total_connections) == (2_578, 98_442)
     assert [r[k].output_shape for k in ("h1", "h2", "h3", "h4")] == [
-        [4, 24, 24], [4, 12, 12], [12, 8, 8], [12, 4, 4],
-    ]  # fmt: skip
+        [4, 24, 24],
+        [4, 12, 12],
+        [12, 8, 8],
+        [12, 4, 4],
+    ]
 
 
 def test_lenet4_counts_near_the_papers():
@@ -213,8 +218,17 @@ def test_augment_none_is_identity_and_global_rng_untouched():
 def test_train_with_augment_is_reproducible_and_resumes_exactly(mnist_dir, tmp_path):
     from lenet.engine import train
 
-    common = dict(model="lenet5-1998", augment="both", limit=512, batch_size=128, val_size=500,
-                  threads=1, data_dir=str(mnist_dir), out=str(tmp_path), progress=False)  # fmt: skip
+    common = dict(
+        model="lenet5-1998",
+        augment="both",
+        limit=512,
+        batch_size=128,
+        val_size=500,
+        threads=1,
+        data_dir=str(mnist_dir),
+        out=str(tmp_path),
+        progress=False,
+    )
     a = train(name="a", epochs=2, **common)
     b = train(name="b", epochs=2, **common)
 
@@ -249,21 +263,21 @@ def test_summary_cli_text_and_json():
 def test_train_augment_flag_reaches_the_run_and_bad_value_is_refused(mnist_dir, tmp_path):
     p = run_cli("train", "--augment", "wobble", "--out", str(tmp_path))
     assert p.returncode == 2 and "invalid choice" in p.stderr
+    flags = "--augment affine --limit 256 --epochs 1 --val-size 100 --threads 1".split()
     p = run_cli(
-        "train", "--augment", "affine", "--limit", "256", "--epochs", "1", "--val-size", "100",
-        "--threads", "1", "--data-dir", str(mnist_dir), "--out", str(tmp_path), "--name", "a",
-    )  # fmt: skip
+        "train", *flags, "--data-dir", str(mnist_dir), "--out", str(tmp_path), "--name", "a"
+    )
     assert p.returncode == 0, p.stderr
     assert json.loads((tmp_path / "a" / "config.json").read_text())["augment"] == "affine"
 
 
 @pytest.mark.slow
 def test_views_and_summary_of_a_checkpoint(mnist_dir, tmp_path):
+    flags = "--model lenet5-1998 --augment affine --limit 1000 --batch-size 64 --epochs 1".split()
+    flags += "--val-size 500 --threads 1".split()
     p = run_cli(
-        "train", "--model", "lenet5-1998", "--augment", "affine", "--limit", "1000", "--batch-size", "64", "--epochs",
-        "1", "--val-size", "500", "--threads", "1", "--data-dir", str(mnist_dir), "--out",
-        str(tmp_path), "--name", "r",
-    )  # fmt: skip
+        "train", *flags, "--data-dir", str(mnist_dir), "--out", str(tmp_path), "--name", "r"
+    )
     assert p.returncode == 0, p.stderr
     ckpt = tmp_path / "r" / "best.pt"
     p = run_cli("viz", str(ckpt), "test:0", "--json", "--data-dir", str(mnist_dir))
@@ -280,23 +294,28 @@ def test_views_and_summary_of_a_checkpoint(mnist_dir, tmp_path):
         run_cli("viz", str(ckpt), "test:99999", "--data-dir", str(mnist_dir)), "out of range"
     )
     assert_one_line_error(run_cli("viz", str(ckpt), str(tmp_path / "nope.png")), "no such image")
-    p = run_cli("augment-preview", "--n", "3", "--copies", "2", "--out", str(tmp_path / "a.png"),
-                "--data-dir", str(mnist_dir))  # fmt: skip
+    flags = "--n 3 --copies 2".split()
+    p = run_cli(
+        "augment-preview", *flags, "--out", str(tmp_path / "a.png"), "--data-dir", str(mnist_dir)
+    )
     assert p.returncode == 0 and (tmp_path / "a.png").is_file()
 
 
 @pytest.mark.slow
 def test_reproduce_quick_smoke(mnist_dir, tmp_path):
-    p = run_cli(
-        "reproduce", "--quick", "--threads", "1", "--data-dir", str(mnist_dir),
-        "--out", str(tmp_path / "docs"), "--runs", str(tmp_path / "runs"),
-    )  # fmt: skip
+    where = ["--data-dir", str(mnist_dir), "--out", str(tmp_path / "docs")]
+    p = run_cli("reproduce", "--quick", "--threads", "1", *where, "--runs", str(tmp_path / "runs"))
     assert p.returncode == 0, p.stderr
     rep = json.loads((tmp_path / "docs" / "reproduction-quick.json").read_text())
     assert [r["key"] for r in rep["rows"]] == [
-        "lenet1", "lenet4", "lenet5-seed", "lenet5-relu", "lenet5-1998",
-        "lenet5-1998+distortions", "lenet5-plus+distortions",
-    ]  # fmt: skip
+        "lenet1",
+        "lenet4",
+        "lenet5-seed",
+        "lenet5-relu",
+        "lenet5-1998",
+        "lenet5-1998+distortions",
+        "lenet5-plus+distortions",
+    ]
     for r in rep["rows"]:
         assert (
             len(r["runs"]) == 1 and 0 <= r["mean_error"] < 90
@@ -310,8 +329,9 @@ def test_reproduce_quick_smoke(mnist_dir, tmp_path):
 def test_reproduce_update_replaces_only_the_rerun_rows(mnist_dir, tmp_path):
     from lenet.reproduce import reproduce
 
-    kw = dict(quick=True, out_dir=tmp_path, runs_dir=tmp_path / "runs", data_dir=str(mnist_dir),
-              threads=1)  # fmt: skip
+    kw = dict(
+        quick=True, out_dir=tmp_path, runs_dir=tmp_path / "runs", data_dir=str(mnist_dir), threads=1
+    )
     first = reproduce(rows=["lenet1", "lenet4"], **kw)
     again = reproduce(rows=["lenet4"], update=True, **kw)
     assert [r["key"] for r in again["rows"]] == ["lenet1", "lenet4"]

@@ -149,10 +149,8 @@ def test_rejection_curve_by_hand():
 
 
 def test_eval_reports_rejection(mnist_dir, tmp_path):
-    p = run_cli(
-        "eval", str(bundled_checkpoint()), "--json", "--data-dir", str(mnist_dir),
-        "--out", str(tmp_path), "--device", "cpu",
-    )  # fmt: skip
+    where = ["--data-dir", str(mnist_dir), "--out", str(tmp_path)]
+    p = run_cli("eval", str(bundled_checkpoint()), "--json", *where, "--device", "cpu")
     assert p.returncode == 0, p.stderr
     rej = json.loads(p.stdout)["rejection"]
     assert set(rej["error_at"]) == {"0.0", "0.01", "0.05", "0.1"}
@@ -221,8 +219,9 @@ def test_cli_predict_glob_stdin_table_csv(photo_folder):
     png = next(photo_folder.glob("*.png"))
     p = subprocess.run(
         [sys.executable, "-m", "lenet", "predict", "-", "--min-confidence", "0.5"],
-        input=png.read_bytes(), capture_output=True,
-    )  # fmt: skip
+        input=png.read_bytes(),
+        capture_output=True,
+    )
     assert p.returncode == 0, p.stderr
     row = p.stdout.decode().splitlines()[1]
     assert row.startswith("-") and f" {png.stem.split('_')[1]} " in row and "%" in row

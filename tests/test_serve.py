@@ -153,9 +153,14 @@ def test_openapi_docs(client):
 
 def check_answer(j: dict, predictor, top_k: int = 3) -> None:
     assert set(j) >= {
-        "digit", "confidence", "probabilities", "top_k", "preprocessed_png_base64", "model",
+        "digit",
+        "confidence",
+        "probabilities",
+        "top_k",
+        "preprocessed_png_base64",
+        "model",
         "elapsed_ms",
-    }  # fmt: skip
+    }
     assert j["model"] == predictor.name and j["elapsed_ms"] >= 0
     assert len(j["probabilities"]) == 10 and abs(sum(j["probabilities"]) - 1) < 1e-4
     assert j["confidence"] == pytest.approx(max(j["probabilities"]))
@@ -309,11 +314,19 @@ def test_streamed_body_is_counted_and_cut_off(predictor):
         sent.append(message)
 
     scope = {
-        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
-        "scheme": "http", "path": "/api/predict", "raw_path": b"/api/predict", "query_string": b"",
-        "root_path": "", "headers": [(b"content-type", b"image/png"),
-        (b"transfer-encoding", b"chunked")], "client": ("127.0.0.1", 1), "server": ("t", 80),
-    }  # fmt: skip
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/api/predict",
+        "raw_path": b"/api/predict",
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(b"content-type", b"image/png"), (b"transfer-encoding", b"chunked")],
+        "client": ("127.0.0.1", 1),
+        "server": ("t", 80),
+    }
     asyncio.run(app(scope, receive, send))
     assert sent[0]["status"] == 413
     assert consumed == 2  # 64 KB, then 128 KB > 100 KB: stop

@@ -24,11 +24,21 @@ pytestmark = pytest.mark.slow
 CHROMIUM = Path("/usr/bin/chromium")
 # Headless, no sandbox (root in CI containers), no GPU, and nothing phoning home.
 CHROMIUM_ARGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-    "--disable-default-apps", "--disable-extensions", "--disable-domain-reliability",
-    "--disable-breakpad", "--metrics-recording-only", "--no-first-run", "--no-default-browser-check",
-]  # fmt: skip
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-dev-shm-usage",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-default-apps",
+    "--disable-extensions",
+    "--disable-domain-reliability",
+    "--disable-breakpad",
+    "--metrics-recording-only",
+    "--no-first-run",
+    "--no-default-browser-check",
+]
 
 
 def _require_browser() -> None:
@@ -69,9 +79,13 @@ def open_browser(playwright, **context_options):
     profile = tempfile.mkdtemp(prefix="lenet-chromium-")
     # Reduced motion: the bars jump to their length, so what is measured is what is final.
     return playwright.chromium.launch_persistent_context(
-        profile, executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS,
-        reduced_motion="reduce", **context_options,
-    )  # fmt: skip
+        profile,
+        executable_path=str(CHROMIUM),
+        headless=True,
+        args=CHROMIUM_ARGS,
+        reduced_motion="reduce",
+        **context_options,
+    )
 
 
 @pytest.fixture
@@ -221,9 +235,12 @@ def test_upload_not_an_image_shows_error(desktop, tmp_path):
 def test_phone_layout_and_touch(playwright, server, tmp_path):
     """On a phone-sized screen the page fits the width, and a finger draws (touch events)."""
     ctx = open_browser(
-        playwright, viewport={"width": 390, "height": 844}, has_touch=True, is_mobile=True,
+        playwright,
+        viewport={"width": 390, "height": 844},
+        has_touch=True,
+        is_mobile=True,
         device_scale_factor=2,
-    )  # fmt: skip
+    )
     try:
         page = ctx.new_page()
         page.goto(server.url + "/")

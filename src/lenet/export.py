@@ -102,17 +102,27 @@ def _onnx_bytes(model: torch.nn.Module, opset: int, exporter: str) -> tuple[byte
     with _quiet_exporter():
         if exporter == "dynamo":
             prog = torch.onnx.export(
-                model, (example,), dynamo=True, opset_version=opset,
-                input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-                dynamic_shapes=({0: torch.export.Dim("batch")},), verbose=False,
-            )  # fmt: skip
+                model,
+                (example,),
+                dynamo=True,
+                opset_version=opset,
+                input_names=[INPUT_NAME],
+                output_names=[OUTPUT_NAME],
+                dynamic_shapes=({0: torch.export.Dim("batch")},),
+                verbose=False,
+            )
             return prog.model_proto.SerializeToString(), exporter
         buf = io.BytesIO()
         torch.onnx.export(
-            model, (example,), buf, dynamo=False, opset_version=opset,
-            input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+            model,
+            (example,),
+            buf,
+            dynamo=False,
+            opset_version=opset,
+            input_names=[INPUT_NAME],
+            output_names=[OUTPUT_NAME],
             dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
-        )  # fmt: skip
+        )
         return buf.getvalue(), exporter
 
 

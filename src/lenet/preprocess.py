@@ -45,10 +45,9 @@ MIN_CONTRAST = 0.15  # peak ink contrast (on a 0..1 scale) below which the page 
 SPECK_MASS = 0.05  # components with less ink than this fraction of the largest are specks
 MIN_DIGIT_FRACTION = 0.02  # a digit spans at least this fraction of the image's longest side
 
-SUPPORTED_MODES = {
-    "1", "L", "P", "PA", "LA", "La", "RGB", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr", "LAB",
-    "HSV", "I", "I;16", "I;16L", "I;16B", "I;16N", "F",
-}  # fmt: skip
+SUPPORTED_MODES = frozenset(
+    "1 L P PA LA La RGB RGBA RGBa RGBX CMYK YCbCr LAB HSV I I;16 I;16L I;16B I;16N F".split()
+)
 
 
 # ----------------------------------------------------------------------------- 1. reading
@@ -384,7 +383,7 @@ def _components(labels: np.ndarray, weight: np.ndarray) -> list[Component]:
                 x1,
                 (y0 == 0, y1 == h, x0 == 0, x1 == w),
                 float(band[ys, xs].mean()),
-            )  # fmt: skip
+            )
         )
     return out
 
@@ -548,7 +547,13 @@ def preprocess(image, steps: dict | None = None) -> np.ndarray:
     result = np.clip(np.rint(out * 255.0), 0, 255).astype(np.uint8)
     if steps is not None:
         steps.update(
-            gray=gray, dark_ink=dark, light_on_dark=x, background_removed=r, ink=digit.ink,
-            box=digit.box, scaled=patch, result=result,
-        )  # fmt: skip
+            gray=gray,
+            dark_ink=dark,
+            light_on_dark=x,
+            background_removed=r,
+            ink=digit.ink,
+            box=digit.box,
+            scaled=patch,
+            result=result,
+        )
     return result

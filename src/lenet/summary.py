@@ -119,9 +119,11 @@ def trace(model: nn.Module, x: torch.Tensor, keep_outputs: bool = False) -> list
             row.params = count_parameters(m)
             seen.add(id(m))
         passthrough = (
-            row.params == 0 and row.connections == 0 and inp is not None
+            row.params == 0
+            and row.connections == 0
+            and inp is not None
             and tuple(inp.shape) == tuple(out.shape)
-        )  # fmt: skip
+        )
         if passthrough and rows:
             if keep_outputs:
                 rows[-1].activated = out.detach()
@@ -162,10 +164,8 @@ def summarize(model: nn.Module, name: str = "", description: str = "") -> Summar
         rows.append(
             LayerRow("(other)", "Parameter", [], total_params - sum(r.params for r in rows), 0)
         )
-    return Summary(
-        name, description, list(INPUT_SHAPE), rows, total_params,
-        sum(r.connections for r in rows),
-    )  # fmt: skip
+    connections = sum(r.connections for r in rows)
+    return Summary(name, description, list(INPUT_SHAPE), rows, total_params, connections)
 
 
 def shape_str(shape: list[int]) -> str:

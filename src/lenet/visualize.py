@@ -73,9 +73,12 @@ class VizResult:
 
 
 def viz(
-    model: nn.Module, normalization: Normalization, image: torch.Tensor, out: str | os.PathLike,
+    model: nn.Module,
+    normalization: Normalization,
+    image: torch.Tensor,
+    out: str | os.PathLike,
     title: str = "",
-) -> VizResult:  # fmt: skip
+) -> VizResult:
     """One picture: the input digit, every layer's feature maps, the output probabilities."""
     device = next(model.parameters()).device
     x = normalize(image.unsqueeze(0), normalization).to(device)

@@ -42,9 +42,12 @@ class ServerProcess:
         self._ready = threading.Event()
         self.url = ""
         self.proc = subprocess.Popen(
-            cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+            cmd,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
             env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
-        )  # fmt: skip
+        )
         # Drain stderr all the time: one log line per request would otherwise fill the pipe.
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()

@@ -202,17 +202,29 @@ def note_train_throughput(
 
 
 def engine_train_throughput(
-    recipe: str, model: str | None, data_dir: str, device: torch.device, n_images: int,
-    workdir: Path, threads: int,
-) -> dict:  # fmt: skip
+    recipe: str,
+    model: str | None,
+    data_dir: str,
+    device: torch.device,
+    n_images: int,
+    workdir: Path,
+    threads: int,
+) -> dict:
     """Images/s of ``lenet train``'s own epoch loop: two epochs over ``n_images`` images, the
     second one timed (the engine times the loop alone, not evaluation or checkpoint writes)."""
     from lenet.engine import train
 
     overrides = dict(
-        epochs=2, limit=n_images, select_on="last", val_size=0, data_dir=data_dir, device=device.type,
-        threads=threads, out=str(workdir), name=f"train-{recipe}-{model or 'default'}",
-    )  # fmt: skip
+        epochs=2,
+        limit=n_images,
+        select_on="last",
+        val_size=0,
+        data_dir=data_dir,
+        device=device.type,
+        threads=threads,
+        out=str(workdir),
+        name=f"train-{recipe}-{model or 'default'}",
+    )
     if model:
         overrides["model"] = model
     cfg = make_config(recipe, **overrides)
@@ -229,23 +241,45 @@ def bench_train_throughput(ctx: dict) -> dict:
     models = ctx.get("models") or list_models()
     fast_model = TrainConfig().model
     for name in models:
-        r = engine_train_throughput("fast", name, ctx["data_dir"], device, n_fast, ctx["workdir"], ctx["threads"])  # fmt: skip
+        r = engine_train_throughput(
+            "fast", name, ctx["data_dir"], device, n_fast, ctx["workdir"], ctx["threads"]
+        )
         is_default = name == fast_model
-        rows.append(row(
-            f"{name} (fast recipe, batch {r['batch_size']})", round(r["images_per_s"]), "img/s",
-            f">= {TARGETS['train_images_per_s']:,}" if is_default else "",
-            r["images_per_s"] >= TARGETS["train_images_per_s"] if is_default else None,
-            epoch_s=60_000 / r["images_per_s"],
-        ))  # fmt: skip
-    seed = engine_train_throughput("seed", None, ctx["data_dir"], device, n_seed, ctx["workdir"], ctx["threads"])  # fmt: skip
+        rows.append(
+            row(
+                f"{name} (fast recipe, batch {r['batch_size']})",
+                round(r["images_per_s"]),
+                "img/s",
+                f">= {TARGETS['train_images_per_s']:,}" if is_default else "",
+                r["images_per_s"] >= TARGETS["train_images_per_s"] if is_default else None,
+                epoch_s=60_000 / r["images_per_s"],
+            )
+        )
+    seed = engine_train_throughput(
+        "seed", None, ctx["data_dir"], device, n_seed, ctx["workdir"], ctx["threads"]
+    )
     note = note_train_throughput(ctx["data_dir"], device, n_seed, warmup_batches=5 if quick else 20)
     ratio = seed["images_per_s"] / note
-    rows.append(row("seed recipe (lenet5, batch 16), ours", round(seed["images_per_s"]), "img/s", epoch_s=60_000 / seed["images_per_s"]))  # fmt: skip
-    rows.append(row("seed recipe, the note's DataLoader path", round(note), "img/s", epoch_s=60_000 / note))  # fmt: skip
-    rows.append(row(
-        "seed recipe speed-up, ours / note's", round(ratio, 2), "x",
-        f">= {TARGETS['seed_speedup_vs_note']}x", ratio >= TARGETS["seed_speedup_vs_note"],
-    ))  # fmt: skip
+    rows.append(
+        row(
+            "seed recipe (lenet5, batch 16), ours",
+            round(seed["images_per_s"]),
+            "img/s",
+            epoch_s=60_000 / seed["images_per_s"],
+        )
+    )
+    rows.append(
+        row("seed recipe, the note's DataLoader path", round(note), "img/s", epoch_s=60_000 / note)
+    )
+    rows.append(
+        row(
+            "seed recipe speed-up, ours / note's",
+            round(ratio, 2),
+            "x",
+            f">= {TARGETS['seed_speedup_vs_note']}x",
+            ratio >= TARGETS["seed_speedup_vs_note"],
+        )
+    )
     return {"rows": rows, "images_fast": n_fast, "images_seed": n_seed}
 
 
@@ -258,9 +292,8 @@ def bench_time_to_accuracy(ctx: dict) -> dict:
     from lenet.evaluation import evaluate
 
     out = ctx["workdir"] / "tta"
-    cmd = [sys.executable, "-m", "lenet", "-q", "train", "--data-dir", ctx["data_dir"],
-           "--out", str(out), "--name", "run", "--overwrite", "--json",
-           "--device", ctx["device"].type]  # fmt: skip
+    cmd = [sys.executable, "-m", "lenet", "-q", "train", "--name", "run", "--overwrite", "--json"]
+    cmd += ["--data-dir", ctx["data_dir"], "--out", str(out), "--device", ctx["device"].type]
     if ctx["threads"]:
         cmd += ["--threads", str(ctx["threads"])]
     if ctx["quick"]:
@@ -281,14 +314,24 @@ def bench_time_to_accuracy(ctx: dict) -> dict:
         epochs = list(csv.DictReader(f))[: int(summary["best_epoch"])]
     train_s = sum(float(e["seconds"]) for e in epochs)
     rows = [
-        row("wall, process start -> saved best.pt", round(to_ckpt, 2), "s",
+        row(
+            "wall, process start -> saved best.pt",
+            round(to_ckpt, 2),
+            "s",
             f"<= {TARGETS['time_to_accuracy_s']} s",
-            to_ckpt <= TARGETS["time_to_accuracy_s"] and report.accuracy >= TARGETS["test_accuracy"]),
-        row("test accuracy of that best.pt", round(report.accuracy, 4), "",
-            f">= {TARGETS['test_accuracy']}", report.accuracy >= TARGETS["test_accuracy"]),
+            to_ckpt <= TARGETS["time_to_accuracy_s"]
+            and report.accuracy >= TARGETS["test_accuracy"],
+        ),
+        row(
+            "test accuracy of that best.pt",
+            round(report.accuracy, 4),
+            "",
+            f">= {TARGETS['test_accuracy']}",
+            report.accuracy >= TARGETS["test_accuracy"],
+        ),
         row(f"training loops alone ({len(epochs)} epochs)", round(train_s, 2), "s"),
         row("wall, whole process (curves.png, exit)", round(process_s, 2), "s"),
-    ]  # fmt: skip
+    ]
     return {"rows": rows, "command": " ".join(cmd[1:]), "best_epoch": summary["best_epoch"]}
 
 
@@ -363,15 +406,27 @@ def bench_inference_throughput(ctx: dict) -> dict:
     best_torch = max(plain, fast)
     rows = [
         row(f"eager PyTorch ({device.type}), batch {INFER_BATCH}", round(plain), "img/s"),
-        row(f"eager PyTorch, lenet.speed.optimize_model ({device.type})", round(fast), "img/s",
-            target, best_torch >= TARGETS["inference_images_per_s"]),
-    ]  # fmt: skip
+        row(
+            f"eager PyTorch, lenet.speed.optimize_model ({device.type})",
+            round(fast),
+            "img/s",
+            target,
+            best_torch >= TARGETS["inference_images_per_s"],
+        ),
+    ]
     runner = _onnx_runner(ctx, ckpt)
     if runner is not None:
         x_np = x.cpu().numpy()
         ort = throughput(runner, x_np)
-        rows.append(row(f"ONNX Runtime (CPU), batch {INFER_BATCH}", round(ort), "img/s", target,
-                        ort >= TARGETS["inference_images_per_s"]))  # fmt: skip
+        rows.append(
+            row(
+                f"ONNX Runtime (CPU), batch {INFER_BATCH}",
+                round(ort),
+                "img/s",
+                target,
+                ort >= TARGETS["inference_images_per_s"],
+            )
+        )
     else:
         rows.append(row("ONNX Runtime", None, "img/s", note=f"skipped: {ctx['onnx_skip']}"))
     return {"rows": rows, "images": n, "checkpoint": str(ckpt)}
@@ -409,8 +464,17 @@ def bench_predict_latency(ctx: dict) -> dict:
     def add(label: str, times: list, with_target: bool = True) -> None:
         p50, p99 = 1e3 * percentile(times, 50), 1e3 * percentile(times, 99)
         meets = p50 <= TARGETS["latency_p50_ms"] if with_target else None
-        rows.append(row(label, round(p50, 3), "ms p50", target if with_target else "", meets,
-                        p99_ms=round(p99, 3), calls=len(times)))  # fmt: skip
+        rows.append(
+            row(
+                label,
+                round(p50, 3),
+                "ms p50",
+                target if with_target else "",
+                meets,
+                p99_ms=round(p99, 3),
+                calls=len(times),
+            )
+        )
 
     def eager(model, xin):
         def f():
@@ -419,19 +483,32 @@ def bench_predict_latency(ctx: dict) -> dict:
 
         return f
 
-    add(f"1 preprocessed image, eager PyTorch ({device.type})", time_calls(eager(lm.model, x1), calls, device))  # fmt: skip
+    add(
+        f"1 preprocessed image, eager PyTorch ({device.type})",
+        time_calls(eager(lm.model, x1), calls, device),
+    )
     fast_model = optimize_model(load_model(ckpt, device).model, device)
-    add(f"1 preprocessed image, optimized eager ({device.type})", time_calls(eager(fast_model, x1), calls, device))  # fmt: skip
+    add(
+        f"1 preprocessed image, optimized eager ({device.type})",
+        time_calls(eager(fast_model, x1), calls, device),
+    )
     runner = _onnx_runner(ctx, ckpt)
     if runner is not None:
         x_np = x1.cpu().numpy()
-        add("1 preprocessed image, ONNX Runtime (CPU)", time_calls(lambda: runner(x_np).argmax(1), calls, device))  # fmt: skip
+        add(
+            "1 preprocessed image, ONNX Runtime (CPU)",
+            time_calls(lambda: runner(x_np).argmax(1), calls, device),
+        )
     from lenet.predictor import Predictor
 
     photo = synthetic_photo(test.images[0].numpy())
     pred = Predictor(ckpt, device=device.type)
     n_photo = 5 if quick else 50
-    add("1 photo (640x480 JPEG) through Predictor", time_calls(lambda: pred.predict_one(photo), n_photo, device, warmup=2), with_target=False)  # fmt: skip
+    add(
+        "1 photo (640x480 JPEG) through Predictor",
+        time_calls(lambda: pred.predict_one(photo), n_photo, device, warmup=2),
+        with_target=False,
+    )
     return {"rows": rows}
 
 
@@ -455,8 +532,14 @@ def bench_data_load(ctx: dict) -> dict:
         sync(device)
         times.append(time.perf_counter() - t)
         del xs, ys
-    rows = [row(f"MNIST files -> normalized tensors on {device.type} (70,000 images)",
-                round(statistics.median(times), 3), "s", best_s=round(min(times), 3))]  # fmt: skip
+    rows = [
+        row(
+            f"MNIST files -> normalized tensors on {device.type} (70,000 images)",
+            round(statistics.median(times), 3),
+            "s",
+            best_s=round(min(times), 3),
+        )
+    ]
     return {"rows": rows, "repeats": reps}
 
 
@@ -486,7 +569,9 @@ def run_benchmarks(
     names = list(only) if only else list(BENCHMARKS)
     unknown = [n for n in names if n not in BENCHMARKS]
     if unknown:
-        raise LenetError(f"unknown benchmark(s) {', '.join(unknown)}; choose from {', '.join(BENCHMARKS)}")  # fmt: skip
+        raise LenetError(
+            f"unknown benchmark(s) {', '.join(unknown)}; choose from {', '.join(BENCHMARKS)}"
+        )
     if threads < 0:
         raise LenetError("--threads must not be negative")
     for m in models or []:
@@ -496,9 +581,20 @@ def run_benchmarks(
         torch.set_num_threads(threads)
     torch.set_flush_denormal(True)
     load_split("train", data_dir)  # fetch/verify once, outside every timing
-    record = {"machine": machine_info(dev), "settings": {"quick": quick, "threads": threads, "data_dir": str(data_dir)}, "benchmarks": {}}  # fmt: skip
+    record = {
+        "machine": machine_info(dev),
+        "settings": {"quick": quick, "threads": threads, "data_dir": str(data_dir)},
+        "benchmarks": {},
+    }
     with tempfile.TemporaryDirectory(prefix="lenet-bench-", dir=workdir) as tmp:
-        ctx = dict(data_dir=str(data_dir), device=dev, threads=threads, quick=quick, models=models, workdir=Path(tmp))  # fmt: skip
+        ctx = dict(
+            data_dir=str(data_dir),
+            device=dev,
+            threads=threads,
+            quick=quick,
+            models=models,
+            workdir=Path(tmp),
+        )
         for name in BENCHMARKS:
             if name not in names:
                 continue
@@ -517,7 +613,9 @@ def format_table(record: dict) -> str:
     lines = []
     m = record["machine"]
     gpu = f", GPU {m['gpu']}" if m.get("gpu") else ""
-    lines.append(f"machine: {m['cpu']}, {m['usable_cores']} usable cores (load {m['load_average_1m']}), torch {m['torch']}, {m['torch_threads']} threads{gpu}")  # fmt: skip
+    lines.append(
+        f"machine: {m['cpu']}, {m['usable_cores']} usable cores (load {m['load_average_1m']}), torch {m['torch']}, {m['torch_threads']} threads{gpu}"
+    )
     header = ("benchmark", "figure", "value", "target", "")
     body = []
     for bench, res in record["benchmarks"].items():
