@@ -3,17 +3,60 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import pytest
 
 from conftest import assert_one_line_error, run_cli
-from lenet.cli import COMMANDS
+from lenet.cli import VERBS
 
 
-@pytest.mark.parametrize("verb", COMMANDS)
+@pytest.mark.parametrize("verb", VERBS)
 def test_help(verb):
     p = run_cli(verb, "--help")
-    assert p.returncode == 0 and "usage: lenet" in p.stdout
+    assert p.returncode == 0 and f"usage: lenet {verb}" in p.stdout
+
+
+# Start-up: `lenet --help`, `--version`, a mistyped verb and `import lenet` answer without torch.
+NO_TORCH = "import sys; {}; assert 'torch' not in sys.modules, sorted(sys.modules)"
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["--version"], ["no-such-verb"], []])
+def test_top_level_does_not_import_torch(argv):
+    call = f"from lenet.cli import main\ntry: main({argv!r})\nexcept SystemExit: pass"
+    p = subprocess.run(
+        [sys.executable, "-c", NO_TORCH.format(call)], capture_output=True, text=True
+    )
+    assert p.returncode == 0, p.stderr
+    assert ("usage: lenet" in p.stdout + p.stderr) or "lenet " in p.stdout
+
+
+def test_import_lenet_does_not_import_torch():
+    code = NO_TORCH.format("import lenet; lenet.__version__; from lenet import config, errors")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+
+
+def test_top_level_help_lists_every_verb_with_its_line():
+    p = run_cli("--help")
+    assert p.returncode == 0, p.stderr
+    text = " ".join(p.stdout.split())  # argparse wraps long help lines
+    for verb, line in VERBS.items():
+        assert f"{verb} {line}" in text
+
+
+def test_verb_help_line_comes_from_the_table():
+    """With the verb modules loaded (`lenet -h VERB`), each help line is still the table's."""
+    from lenet.cli import build_parser
+
+    action = build_parser()._subparsers._group_actions[0]  # every verb module loaded
+    assert {a.dest: a.help for a in action._choices_actions} == VERBS
+
+
+def test_unknown_verb_is_a_usage_error():
+    p = run_cli("no-such-verb")
+    assert p.returncode == 2 and "invalid choice: 'no-such-verb'" in p.stderr
 
 
 def test_train_eval_show_smoke(mnist_dir, tmp_path):
@@ -77,8 +120,9 @@ def test_out_of_range_start_and_unwritable_out_are_one_line(mnist_dir, tmp_path)
 def test_bundled_weights_pictures_go_to_the_current_folder(mnist_dir, tmp_path):
     from lenet.predictor import bundled_checkpoint
 
-    p = run_cli("show", str(bundled_checkpoint()), "--n", "3", "--data-dir", str(mnist_dir),
-                cwd=tmp_path)  # fmt: skip
+    p = run_cli(
+        "show", str(bundled_checkpoint()), "--n", "3", "--data-dir", str(mnist_dir), cwd=tmp_path
+    )
     assert p.returncode == 0, p.stderr
     assert (tmp_path / "show.png").is_file()
     assert not (bundled_checkpoint().parent / "show.png").exists()

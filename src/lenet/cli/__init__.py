@@ -1,4 +1,8 @@
-"""The ``lenet`` command line: a thin layer that parses flags, calls the library and prints."""
+"""The ``lenet`` command line: a thin layer that parses flags, calls the library and prints.
+
+Only the verb being run is imported: ``lenet --help``, ``lenet --version`` and a mistyped verb
+answer without importing torch.
+"""
 
 from __future__ import annotations
 
@@ -6,26 +10,30 @@ import argparse
 import importlib
 import logging
 import sys
+from collections.abc import Iterable
 
 from lenet._version import __version__
+from lenet.config import BACKENDS, DEVICES
 from lenet.errors import LenetError
 
-# One module per verb (lenet/cli/<verb>.py), each with ``register(subparsers)``.
-COMMANDS = [
-    "data",
-    "train",
-    "eval",
-    "show",
-    "predict",
-    "serve",
-    "summary",
-    "viz",
-    "filters",
-    "augment-preview",
-    "reproduce",
-    "export",
-    "bench",
-]
+# Every verb with its one-line help, in the order ``lenet --help`` lists them. Each lives in
+# lenet/cli/<verb>.py (a dash becomes an underscore), whose ``register(subparsers)`` adds the
+# verb's parser (description and flags; the help line comes from here) and sets ``func``.
+VERBS = {
+    "data": "fetch and verify MNIST",
+    "train": "train a model",
+    "eval": "evaluate a checkpoint on MNIST",
+    "show": "predict the first N test digits and draw them as one grid",
+    "predict": "predict the digit in your own images",
+    "serve": "run the HTTP prediction service and drawing page",
+    "summary": "per-layer output shape, parameters and connections of a model",
+    "viz": "draw one digit's path through the network: every layer's feature maps",
+    "filters": "draw the learned c1 kernels of a checkpoint",
+    "augment-preview": "draw original vs distorted digits (what --augment does)",
+    "reproduce": "train lenet1/4/5 variants and compare with the 1998 paper",
+    "export": "export a checkpoint to ONNX or TorchScript",
+    "bench": "measure training/inference speed and time-to-accuracy",
+}
 
 
 def add_data_dir(p: argparse.ArgumentParser) -> None:
@@ -34,19 +42,23 @@ def add_data_dir(p: argparse.ArgumentParser) -> None:
 
 
 def add_device(p: argparse.ArgumentParser) -> None:
-    """``--device``: auto|cpu|cuda|mps."""
+    """``--device``: one of :data:`lenet.config.DEVICES`."""
     p.add_argument(
-        "--device", default="auto", choices=["auto", "cpu", "cuda", "mps"],
+        "--device",
+        default="auto",
+        choices=DEVICES,
         help="where to run (default: auto = cuda, then mps, then cpu)",
-    )  # fmt: skip
+    )
 
 
 def add_backend(p: argparse.ArgumentParser) -> None:
-    """``--backend``: run the network in PyTorch or in ONNX Runtime (``lenet.predictor.BACKENDS``)."""
+    """``--backend``: what runs the network, one of :data:`lenet.config.BACKENDS`."""
     p.add_argument(
-        "--backend", choices=["torch", "onnx"], default="torch",
+        "--backend",
+        choices=BACKENDS,
+        default="torch",
         help="run the network in PyTorch (default) or ONNX Runtime (exported on the fly; CPU)",
-    )  # fmt: skip
+    )
 
 
 def add_json(p: argparse.ArgumentParser) -> None:
@@ -54,25 +66,47 @@ def add_json(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The full argument parser with every verb registered."""
+class _VerbParsers:
+    """The subparsers as a verb's ``register`` sees them: the help line is taken from VERBS."""
+
+    def __init__(self, subparsers: argparse._SubParsersAction):
+        self._subparsers = subparsers
+
+    def add_parser(self, name: str, **kwargs) -> argparse.ArgumentParser:
+        """Add the verb's parser, with its one-line help from :data:`VERBS`."""
+        kwargs["help"] = VERBS[name]
+        return self._subparsers.add_parser(name, **kwargs)
+
+
+def build_parser(verbs: Iterable[str] | None = None) -> argparse.ArgumentParser:
+    """The argument parser; ``verbs`` get their full parsers (default: all of them).
+
+    Every other verb gets a placeholder that only names it in ``lenet --help``, so building
+    the parser for one verb imports that verb's module alone.
+    """
+    full = set(VERBS) if verbs is None else set(verbs)
     parser = argparse.ArgumentParser(
         prog="lenet",
         description="Handwritten-digit recognition with the LeNet family (PyTorch).",
     )
     parser.add_argument("--version", action="version", version=f"lenet {__version__}")
     parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and results")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    sub.required = True
-    for name in COMMANDS:
-        importlib.import_module(f"lenet.cli.{name.replace('-', '_')}").register(sub)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, help_line in VERBS.items():
+        if name in full:
+            module = importlib.import_module(f"lenet.cli.{name.replace('-', '_')}")
+            module.register(_VerbParsers(sub))
+        else:
+            sub.add_parser(name, help=help_line)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point: run one verb; user mistakes print one line and exit 2."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    # The top-level options take no value, so the first word that is not an option is the verb.
+    verb = next((a for a in argv if not a.startswith("-")), None)
+    args = build_parser([verb] if verb in VERBS else []).parse_args(argv)
     logging.basicConfig(
         level=logging.WARNING if args.quiet else logging.INFO,
         format="lenet: %(message)s",

@@ -5,16 +5,18 @@ from __future__ import annotations
 import argparse
 
 from lenet.cli import add_data_dir
+from lenet.config import AUGMENTS
 
 
 def register(sub) -> None:
     """Add the ``augment-preview`` verb."""
     p = sub.add_parser(
-        "augment-preview", help="draw original vs distorted digits (what --augment does)",
+        "augment-preview",
         description="Draws N training digits, each followed by COPIES random distortions of the "
         "kind `lenet train --augment KIND` applies.",
-    )  # fmt: skip
-    p.add_argument("--kind", default="both", choices=["affine", "elastic", "both"])
+    )
+    kinds = [k for k in AUGMENTS if k != "none"]
+    p.add_argument("--kind", default="both", choices=kinds, help="default: both")
     p.add_argument("--n", type=int, default=8, help="digits (rows), default 8")
     p.add_argument("--copies", type=int, default=6, help="distorted copies per digit, default 6")
     p.add_argument("--start", type=int, default=0, help="first training index (default 0)")

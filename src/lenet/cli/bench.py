@@ -13,11 +13,12 @@ def register(sub) -> None:
     from lenet.bench.suite import BENCHMARKS
 
     p = sub.add_parser(
-        "bench", help="measure training/inference speed and time-to-accuracy",
+        "bench",
         description="Runs the benchmarks side by side and prints one table: "
-        + ", ".join(BENCHMARKS) + ". Figures, not pass/fail: 'met' compares with the targets "
+        + ", ".join(BENCHMARKS)
+        + ". Figures, not pass/fail: 'met' compares with the targets "
         "for a 2-core CPU (docs/benchmarks.md). A full run takes a few minutes.",
-    )  # fmt: skip
+    )
     p.add_argument("--json", metavar="OUT", help="also write the results (and the machine) here")
     p.add_argument(
         "--only", nargs="+", metavar="NAME", choices=BENCHMARKS, help="run only these benchmarks"
@@ -25,9 +26,11 @@ def register(sub) -> None:
     p.add_argument("--quick", action="store_true", help="tiny counts: a smoke test in seconds")
     p.add_argument("--threads", type=int, default=0, help="CPU threads (default: PyTorch's)")
     p.add_argument(
-        "--models", nargs="+", metavar="MODEL",
+        "--models",
+        nargs="+",
+        metavar="MODEL",
         help="models for train-throughput (default: every registered model)",
-    )  # fmt: skip
+    )
     add_data_dir(p)
     add_device(p)
     p.set_defaults(func=run)
@@ -43,9 +46,14 @@ def run(args: argparse.Namespace) -> int:
             print(f"{name}: done in {result['seconds']:.1f} s", flush=True)
 
     record = run_benchmarks(
-        args.only, data_dir=args.data_dir, device=args.device, threads=args.threads,
-        quick=args.quick, models=args.models, on_result=progress,
-    )  # fmt: skip
+        args.only,
+        data_dir=args.data_dir,
+        device=args.device,
+        threads=args.threads,
+        quick=args.quick,
+        models=args.models,
+        on_result=progress,
+    )
     print(format_table(record))
     if args.json:
         atomic_write_text(args.json, json.dumps(record, indent=2) + "\n")

@@ -11,11 +11,11 @@ from lenet.export import DEFAULT_OPSET, EXPORTERS, FORMATS
 def register(sub) -> None:
     """Add the ``export`` verb."""
     p = sub.add_parser(
-        "export", help="export a checkpoint to ONNX or TorchScript",
+        "export",
         description="Write a checkpoint as ONNX (run it with ONNX Runtime) or TorchScript. The "
         "model takes normalized float32 input (N,1,28,28), N dynamic, and returns logits; the "
         "normalization (mean/std) is recorded in the file's metadata under the key 'lenet'.",
-    )  # fmt: skip
+    )
     p.add_argument("checkpoint", metavar="CKPT", help="checkpoint (.pt) to export")
     p.add_argument("--format", choices=FORMATS, default="onnx", help="default: onnx")
     p.add_argument("--out", help="output file (default: next to CKPT, .onnx / .torchscript.pt)")
@@ -23,13 +23,16 @@ def register(sub) -> None:
         "--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset (default {DEFAULT_OPSET})"
     )
     p.add_argument(
-        "--exporter", choices=EXPORTERS, default="auto",
+        "--exporter",
+        choices=EXPORTERS,
+        default="auto",
         help="ONNX exporter: dynamo (needs onnxscript), legacy, or auto (default)",
-    )  # fmt: skip
+    )
     p.add_argument(
-        "--no-check", action="store_true",
+        "--no-check",
+        action="store_true",
         help="skip re-running the exported file against PyTorch on a few random inputs",
-    )  # fmt: skip
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=run)
 

@@ -8,10 +8,10 @@ import argparse
 def register(sub) -> None:
     """Add the ``filters`` verb."""
     p = sub.add_parser(
-        "filters", help="draw the learned c1 kernels of a checkpoint",
+        "filters",
         description="Draws the first convolution's kernels (c1 for LeNet-5) with one shared "
         "red/blue colour scale (red positive, blue negative).",
-    )  # fmt: skip
+    )
     p.add_argument("checkpoint")
     p.add_argument("--out", help="PNG path (default: filters.png next to the checkpoint)")
     p.set_defaults(func=run)
@@ -19,7 +19,6 @@ def register(sub) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Draw and print where the picture went."""
-
     from lenet.checkpoint import load_model, output_dir_for
     from lenet.visualize import plot_filters
 

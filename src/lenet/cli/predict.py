@@ -13,37 +13,40 @@ from pathlib import Path
 from lenet.cli import add_backend, add_device
 
 # Files taken from folders (explicitly named files are tried whatever their extension).
-IMAGE_SUFFIXES = {
-    ".png", ".jpg", ".jpeg", ".jpe", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm",
-    ".pbm", ".pnm",
-}  # fmt: skip
+IMAGE_SUFFIXES = frozenset(
+    ".png .jpg .jpeg .jpe .bmp .gif .tif .tiff .webp .pgm .ppm .pbm .pnm".split()
+)
 CHUNK = 64  # inputs preprocessed and predicted per step (results stream out chunk by chunk)
 
 
 def register(sub) -> None:
     """Add the ``predict`` verb."""
     p = sub.add_parser(
-        "predict", help="predict the digit in your own images",
+        "predict",
         description="Predict handwritten digits in image files (PNG, JPEG, BMP, GIF, TIFF, WebP, "
         "...), folders (recursively), globs, or '-' for one image on stdin. Each image is made "
         "MNIST-like first (ink polarity, background, crop, 20 px box, centre of mass). Uses the "
         "bundled pretrained lenet5-relu unless --model is given. Exits 1 at the end if any input "
         "could not be used.",
-    )  # fmt: skip
+    )
     p.add_argument("paths", nargs="+", metavar="PATH", help="image file, folder, glob, or -")
     p.add_argument("--model", metavar="CKPT", help="checkpoint (default: the bundled weights)")
     p.add_argument("--top-k", type=int, default=3, help="how many best classes to list (1-10)")
     p.add_argument(
-        "--format", choices=["table", "json", "csv"], default="table",
+        "--format",
+        choices=["table", "json", "csv"],
+        default="table",
         help="table for people (default), json (one object per line), csv",
-    )  # fmt: skip
+    )
     p.add_argument(
         "--save-preprocessed", metavar="DIR", help="write the 28x28 the network saw, as PNG"
     )
     p.add_argument(
-        "--min-confidence", type=float, metavar="P",
+        "--min-confidence",
+        type=float,
+        metavar="P",
         help='answer "digit": null, "reason": "unsure" when the top probability is below P',
-    )  # fmt: skip
+    )
     add_backend(p)
     add_device(p)
     p.set_defaults(func=run)
@@ -128,8 +131,13 @@ def run(args: argparse.Namespace) -> int:
     elif args.format == "table":
         print(f"{'path'.ljust(width)}  digit  confid.  top {args.top_k}")
     failed = saved = 0
-    bar = tqdm(total=len(inputs), unit="img", disable=None if len(inputs) > CHUNK else True,
-               file=sys.stderr, leave=False)  # fmt: skip
+    bar = tqdm(
+        total=len(inputs),
+        unit="img",
+        disable=None if len(inputs) > CHUNK else True,
+        file=sys.stderr,
+        leave=False,
+    )
     for i in range(0, len(inputs), CHUNK):
         chunk = inputs[i : i + CHUNK]
         preds = predictor.predict(
@@ -147,10 +155,16 @@ def run(args: argparse.Namespace) -> int:
             elif writer is not None:
                 probs = d.get("probabilities") or [""] * 10
                 writer.writerow(
-                    [d["path"], d.get("digit", ""), d.get("confidence", ""),
-                     " ".join(f"{k}:{p}" for k, p in d.get("top_k", [])),
-                     d.get("reason", ""), d.get("error", ""), *probs]
-                )  # fmt: skip
+                    [
+                        d["path"],
+                        d.get("digit", ""),
+                        d.get("confidence", ""),
+                        " ".join(f"{k}:{p}" for k, p in d.get("top_k", [])),
+                        d.get("reason", ""),
+                        d.get("error", ""),
+                        *probs,
+                    ]
+                )
             else:
                 print(_table_row(d, width))
         sys.stdout.flush()

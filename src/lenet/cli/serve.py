@@ -13,67 +13,73 @@ from lenet.errors import LenetError
 log = logging.getLogger("lenet.serve")
 
 
-def _positive_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1: {v}")
-    return v
+def _bounded(kind: type, low: float, high: float | None = None):
+    """An argparse ``type``: a ``kind`` number in ``low..high`` (no upper bound if None)."""
+
+    def convert(text: str):
+        try:
+            v = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a {kind.__name__}: {text!r}") from None
+        if v < low or (high is not None and v > high):
+            bounds = f"at least {low}" if high is None else f"between {low} and {high}"
+            raise argparse.ArgumentTypeError(f"must be {bounds}: {v}")
+        return v
+
+    return convert
 
 
-def _port(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
-    if not 0 <= v <= 65535:
-        raise argparse.ArgumentTypeError(f"port must be 0..65535 (0 = any free port): {v}")
-    return v
-
-
-def _probability(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not 0.0 <= v <= 1.0:
-        raise argparse.ArgumentTypeError(f"must be between 0 and 1: {v}")
-    return v
+_positive_int = _bounded(int, 1)
 
 
 def register(sub) -> None:
     """Add the ``serve`` verb."""
     p = sub.add_parser(
-        "serve", help="run the HTTP prediction service and drawing page",
+        "serve",
         description="Serve a drawing page at / and a JSON API (POST /api/predict, GET /api/health, "
         "GET /api/model, OpenAPI docs at /docs) with FastAPI + uvicorn. Binds to 127.0.0.1 unless "
         "--host says otherwise. Logs one line per request.",
-    )  # fmt: skip
+    )
     p.add_argument("--model", metavar="CKPT", help="checkpoint (default: the bundled weights)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1)")
-    p.add_argument("--port", type=_port, default=8000, help="port (default: 8000; 0 = any free)")
     p.add_argument(
-        "--workers", type=_positive_int, default=1,
+        "--port",
+        type=_bounded(int, 0, 65535),
+        default=8000,
+        help="port (default: 8000; 0 = any free)",
+    )
+    p.add_argument(
+        "--workers",
+        type=_positive_int,
+        default=1,
         help="server processes, each loading the model once (default: 1)",
-    )  # fmt: skip
+    )
     p.add_argument(
-        "--max-bytes", type=_positive_int, default=5_000_000,
+        "--max-bytes",
+        type=_positive_int,
+        default=5_000_000,
         help="largest accepted request body in bytes (default: 5000000); larger gets 413",
-    )  # fmt: skip
+    )
     p.add_argument(
-        "--top-k", type=int, choices=range(1, 11), default=3, metavar="K",
+        "--top-k",
+        type=int,
+        choices=range(1, 11),
+        default=3,
+        metavar="K",
         help="classes in top_k when a request does not say (default: 3)",
-    )  # fmt: skip
+    )
     p.add_argument(
-        "--min-confidence", type=_probability, metavar="P",
+        "--min-confidence",
+        type=_bounded(float, 0.0, 1.0),
+        metavar="P",
         help='answer digit null, reason "unsure", below this confidence (default: always answer)',
-    )  # fmt: skip
+    )
     p.add_argument(
-        "--threads", type=_positive_int, default=1,
+        "--threads",
+        type=_positive_int,
+        default=1,
         help="PyTorch threads per worker (default: 1; one small image gains nothing from more)",
-    )  # fmt: skip
+    )
     add_backend(p)
     p.set_defaults(func=run)
 
@@ -106,19 +112,24 @@ def run(args: argparse.Namespace) -> int:
     _check_host(args.host)
     # a bad checkpoint -> one clear line, exit 2
     predictor = Predictor(args.model, device="cpu", backend=args.backend)
-    info = predictor.info or {}
-    sha = str(info.get("sha256") or info.get("checkpoint_sha256") or "")[:12]
-    log.info("model %s loaded%s", predictor.name, f" (sha256 {sha}...)" if sha else "")
+    sha = predictor.info["checkpoint_sha256"][:12]
+    log.info("model %s loaded (sha256 %s...)", predictor.name, sha)
 
     common = dict(
-        host=args.host, port=args.port, log_config=None, access_log=False,
-        timeout_graceful_shutdown=5, server_header=False,
-    )  # fmt: skip
+        host=args.host,
+        port=args.port,
+        log_config=None,
+        access_log=False,
+        timeout_graceful_shutdown=5,
+        server_header=False,
+    )
     if args.workers == 1:
         app = create_app(
-            predictor, max_bytes=args.max_bytes, top_k=args.top_k,
+            predictor,
+            max_bytes=args.max_bytes,
+            top_k=args.top_k,
             min_confidence=args.min_confidence,
-        )  # fmt: skip
+        )
         uvicorn.run(app, **common)
         return 0
     # Several processes: each imports the app factory and loads the model once itself.

@@ -11,12 +11,12 @@ from lenet.cli import add_json
 def register(sub) -> None:
     """Add the ``summary`` verb."""
     p = sub.add_parser(
-        "summary", help="per-layer output shape, parameters and connections of a model",
+        "summary",
         description="Traces one 28x28 digit through MODEL (a registered name such as lenet5 or "
         "lenet5-1998, or a checkpoint file) and prints, per layer, its output shape, parameters "
         "and connections (inputs per unit incl. bias, summed over units: the 1998 paper's count, "
         "= multiply-adds), with totals.",
-    )  # fmt: skip
+    )
     p.add_argument("model", metavar="MODEL|CKPT", help="registered model name or checkpoint path")
     add_json(p)
     p.set_defaults(func=run)

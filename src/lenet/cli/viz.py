@@ -11,10 +11,10 @@ from lenet.cli import add_data_dir, add_json
 def register(sub) -> None:
     """Add the ``viz`` verb."""
     p = sub.add_parser(
-        "viz", help="draw one digit's path through the network: every layer's feature maps",
+        "viz",
         description="Runs IMAGE through the checkpoint's model and draws the input, the feature "
         "maps of every layer (after its activation) and the output probabilities in one picture.",
-    )  # fmt: skip
+    )
     p.add_argument("checkpoint")
     p.add_argument("image", help="test:N / train:N (an MNIST digit) or a 28x28 image file")
     p.add_argument("--out", help="PNG path (default: viz.png next to the checkpoint)")
@@ -25,7 +25,6 @@ def register(sub) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Draw and print where the picture went."""
-
     from lenet.checkpoint import load_model, output_dir_for
     from lenet.visualize import load_digit, viz
 
@@ -34,8 +33,8 @@ def run(args: argparse.Namespace) -> int:
     out = args.out or output_dir_for(args.checkpoint) / "viz.png"
     res = viz(lm.model, lm.normalization, image, out, title=f"{lm.name} on {label}")
     if args.json:
-        print(json.dumps({"picture": str(res.path), "predicted": res.predicted,
-                          "probabilities": res.probabilities, "layers": res.layers}))  # fmt: skip
+        picture = {"picture": str(res.path), "predicted": res.predicted}
+        print(json.dumps({**picture, "probabilities": res.probabilities, "layers": res.layers}))
     else:
         print(f"predicted {res.predicted} ({100 * res.probabilities[res.predicted]:.1f}%)")
         print(f"picture: {res.path}")
