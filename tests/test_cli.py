@@ -29,7 +29,7 @@ def test_top_level_does_not_import_torch(argv):
         [sys.executable, "-c", NO_TORCH.format(call)], capture_output=True, text=True
     )
     assert p.returncode == 0, p.stderr
-    assert ("usage: lenet" in p.stdout + p.stderr) or "lenet " in p.stdout
+    assert "lenet" in p.stdout + p.stderr  # it did answer (help, version or the error line)
 
 
 def test_import_lenet_does_not_import_torch():
@@ -54,9 +54,10 @@ def test_verb_help_line_comes_from_the_table():
     assert {a.dest: a.help for a in action._choices_actions} == VERBS
 
 
-def test_unknown_verb_is_a_usage_error():
-    p = run_cli("no-such-verb")
-    assert p.returncode == 2 and "invalid choice: 'no-such-verb'" in p.stderr
+def test_usage_mistakes_are_one_line():
+    assert_one_line_error(run_cli("no-such-verb"), "invalid choice: 'no-such-verb'")
+    assert_one_line_error(run_cli(), "required: COMMAND", "'lenet --help'")
+    assert_one_line_error(run_cli("train", "--epochs", "x"), "--epochs", "'lenet train --help'")
 
 
 def test_train_eval_show_smoke(mnist_dir, tmp_path):

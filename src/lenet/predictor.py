@@ -30,9 +30,6 @@ NO_DIGIT = "no digit found"
 UNSURE = "unsure"
 
 
-# torch: the checkpoint's model in PyTorch; onnx: the same weights exported to ONNX Runtime.
-
-
 def bundled_checkpoint() -> Path:
     """Path of the pretrained checkpoint shipped inside the package (``lenet/weights``)."""
     path = Path(str(resources.files("lenet") / "weights" / BUNDLED_NAME))
@@ -107,8 +104,6 @@ class Prediction:
 
 def png_bytes(image: np.ndarray) -> bytes:
     """uint8 (H, W) -> PNG file bytes."""
-    from PIL import Image
-
     buf = io.BytesIO()
     Image.fromarray(np.asarray(image, dtype=np.uint8), mode="L").save(buf, format="PNG")
     return buf.getvalue()
@@ -125,7 +120,8 @@ class Predictor:
     """A model loaded once, answering digit predictions for outside images (CLI, service, API).
 
     ``Predictor()`` uses the pretrained weights bundled with the package; ``checkpoint`` may be
-    any checkpoint ``lenet eval`` reads.
+    any checkpoint ``lenet eval`` reads. ``backend`` (one of ``lenet.config.BACKENDS``): "torch"
+    runs the checkpoint's model in PyTorch, "onnx" the same weights exported to ONNX Runtime.
     """
 
     def __init__(

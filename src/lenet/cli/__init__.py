@@ -36,9 +36,33 @@ VERBS = {
 }
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with a usage mistake reported as one ``lenet: error:`` line like every other."""
+
+    def error(self, message: str):
+        """Print one line naming the mistake and where the flags are listed; exit 2."""
+        self.exit(2, f"lenet: error: {message} (see '{self.prog} --help')\n")
+
+
+def bounded(kind: type, low: float, high: float | None = None):
+    """An argparse ``type``: a ``kind`` number in ``low..high`` (no upper bound if None)."""
+
+    def convert(text: str):
+        try:
+            v = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a {kind.__name__}: {text!r}") from None
+        if v < low or (high is not None and v > high):
+            bounds = f"at least {low}" if high is None else f"between {low} and {high}"
+            raise argparse.ArgumentTypeError(f"must be {bounds}: {v}")
+        return v
+
+    return convert
+
+
 def add_data_dir(p: argparse.ArgumentParser) -> None:
-    """``--data-dir``: where MNIST lives (torchvision layout)."""
-    p.add_argument("--data-dir", default="data", help="MNIST folder (default: ./data)")
+    """``--data-dir``: the folder holding the datasets (torchvision layout)."""
+    p.add_argument("--data-dir", default="data", help="dataset folder (default: ./data)")
 
 
 def add_device(p: argparse.ArgumentParser) -> None:
@@ -59,6 +83,16 @@ def add_backend(p: argparse.ArgumentParser) -> None:
         default="torch",
         help="run the network in PyTorch (default) or ONNX Runtime (exported on the fly; CPU)",
     )
+
+
+def add_top_k(p: argparse.ArgumentParser, help: str) -> None:
+    """``--top-k K``: how many best classes to list, 1 to 10 (all of them)."""
+    p.add_argument("--top-k", type=int, choices=range(1, 11), default=3, metavar="K", help=help)
+
+
+def add_min_confidence(p: argparse.ArgumentParser, help: str) -> None:
+    """``--min-confidence P``: a probability, below which the answer is "unsure"."""
+    p.add_argument("--min-confidence", type=bounded(float, 0.0, 1.0), metavar="P", help=help)
 
 
 def add_json(p: argparse.ArgumentParser) -> None:
@@ -85,7 +119,7 @@ def build_parser(verbs: Iterable[str] | None = None) -> argparse.ArgumentParser:
     the parser for one verb imports that verb's module alone.
     """
     full = set(VERBS) if verbs is None else set(verbs)
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="lenet",
         description="Handwritten-digit recognition with the LeNet family (PyTorch).",
     )

@@ -10,7 +10,7 @@ import re
 import sys
 from pathlib import Path
 
-from lenet.cli import add_backend, add_device
+from lenet.cli import add_backend, add_device, add_min_confidence, add_top_k
 
 # Files taken from folders (explicitly named files are tried whatever their extension).
 IMAGE_SUFFIXES = frozenset(
@@ -31,7 +31,7 @@ def register(sub) -> None:
     )
     p.add_argument("paths", nargs="+", metavar="PATH", help="image file, folder, glob, or -")
     p.add_argument("--model", metavar="CKPT", help="checkpoint (default: the bundled weights)")
-    p.add_argument("--top-k", type=int, default=3, help="how many best classes to list (1-10)")
+    add_top_k(p, help="how many best classes to list (1-10, default 3)")
     p.add_argument(
         "--format",
         choices=["table", "json", "csv"],
@@ -41,11 +41,8 @@ def register(sub) -> None:
     p.add_argument(
         "--save-preprocessed", metavar="DIR", help="write the 28x28 the network saw, as PNG"
     )
-    p.add_argument(
-        "--min-confidence",
-        type=float,
-        metavar="P",
-        help='answer "digit": null, "reason": "unsure" when the top probability is below P',
+    add_min_confidence(
+        p, help='answer "digit": null, "reason": "unsure" when the top probability is below P'
     )
     add_backend(p)
     add_device(p)
@@ -109,10 +106,6 @@ def run(args: argparse.Namespace) -> int:
     from lenet.fileio import atomic_write_bytes
     from lenet.predictor import Predictor, png_bytes
 
-    if not 1 <= args.top_k <= 10:
-        raise LenetError("--top-k must be between 1 and 10")
-    if args.min_confidence is not None and not 0.0 <= args.min_confidence <= 1.0:
-        raise LenetError("--min-confidence must be between 0 and 1")
     inputs = expand_paths(args.paths)
     if not inputs:
         raise LenetError("no image files found in the given paths")

@@ -7,29 +7,13 @@ import ipaddress
 import logging
 import os
 
-from lenet.cli import add_backend
+from lenet.cli import add_backend, add_min_confidence, add_top_k, bounded
 from lenet.errors import LenetError
 
 log = logging.getLogger("lenet.serve")
 
 
-def _bounded(kind: type, low: float, high: float | None = None):
-    """An argparse ``type``: a ``kind`` number in ``low..high`` (no upper bound if None)."""
-
-    def convert(text: str):
-        try:
-            v = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"not a {kind.__name__}: {text!r}") from None
-        if v < low or (high is not None and v > high):
-            bounds = f"at least {low}" if high is None else f"between {low} and {high}"
-            raise argparse.ArgumentTypeError(f"must be {bounds}: {v}")
-        return v
-
-    return convert
-
-
-_positive_int = _bounded(int, 1)
+_positive_int = bounded(int, 1)
 
 
 def register(sub) -> None:
@@ -44,7 +28,7 @@ def register(sub) -> None:
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1)")
     p.add_argument(
         "--port",
-        type=_bounded(int, 0, 65535),
+        type=bounded(int, 0, 65535),
         default=8000,
         help="port (default: 8000; 0 = any free)",
     )
@@ -60,19 +44,9 @@ def register(sub) -> None:
         default=5_000_000,
         help="largest accepted request body in bytes (default: 5000000); larger gets 413",
     )
-    p.add_argument(
-        "--top-k",
-        type=int,
-        choices=range(1, 11),
-        default=3,
-        metavar="K",
-        help="classes in top_k when a request does not say (default: 3)",
-    )
-    p.add_argument(
-        "--min-confidence",
-        type=_bounded(float, 0.0, 1.0),
-        metavar="P",
-        help='answer digit null, reason "unsure", below this confidence (default: always answer)',
+    add_top_k(p, help="classes in top_k when a request does not say (default: 3)")
+    add_min_confidence(
+        p, help='answer digit null, reason "unsure", below this confidence (default: always answer)'
     )
     p.add_argument(
         "--threads",
