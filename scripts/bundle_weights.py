@@ -21,9 +21,10 @@ import torch
 from lenet.checkpoint import load_model, make_payload, save_checkpoint
 from lenet.data import DEFAULT_DATA_DIR, load_split
 from lenet.normalization import normalize
+from lenet.predictor import BUNDLED_NAME
 from lenet.runtime import loss_and_accuracy, predict_logits
 
-OUT = Path(__file__).resolve().parents[1] / "src" / "lenet" / "weights" / "lenet5-relu.pt"
+OUT = Path(__file__).resolve().parents[1] / "src" / "lenet" / "weights" / BUNDLED_NAME
 COMMAND = "lenet train --threads 1 --name bundled"
 
 

@@ -13,7 +13,7 @@ import sys
 from collections.abc import Iterable
 
 from lenet._version import __version__
-from lenet.config import BACKENDS, DEVICES
+from lenet.config import BACKENDS, DEVICES, TrainConfig
 from lenet.errors import LenetError
 
 # Every verb with its one-line help, in the order ``lenet --help`` lists them. Each lives in
@@ -62,7 +62,9 @@ def bounded(kind: type, low: float, high: float | None = None):
 
 def add_data_dir(p: argparse.ArgumentParser) -> None:
     """``--data-dir``: the folder holding the datasets (torchvision layout)."""
-    p.add_argument("--data-dir", default="data", help="dataset folder (default: ./data)")
+    p.add_argument(
+        "--data-dir", default=TrainConfig.data_dir, help="dataset folder (default: %(default)s)"
+    )
 
 
 def add_device(p: argparse.ArgumentParser) -> None:
