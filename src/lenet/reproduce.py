@@ -49,7 +49,7 @@ ROWS: list[Row] = [
     Row("lenet1", "lenet1", "LeNet-1", 1.7, "LeNet-1", settings=dict(MODERN, epochs=20, lr=1e-2)),
     Row("lenet4", "lenet4", "LeNet-4", 1.1, "LeNet-4", settings=dict(MODERN, epochs=20, lr=5e-3)),
     Row("lenet5-seed", "lenet5", "the study note's LeNet-5 and recipe", 0.95, "LeNet-5",
-        recipe="seed"),
+        recipe="note"),
     Row("lenet5-relu", "lenet5-relu", "LeNet-5, ReLU + max pooling", 0.95, "LeNet-5",
         settings=dict(MODERN, epochs=20, batch_size=256, lr=5e-3, weight_decay=1e-4)),
     Row("lenet5-1998", "lenet5-1998", "LeNet-5 as published", 0.95, "LeNet-5",

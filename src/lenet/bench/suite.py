@@ -237,7 +237,7 @@ def bench_train_throughput(ctx: dict) -> dict:
             r["images_per_s"] >= TARGETS["train_images_per_s"] if is_default else None,
             epoch_s=60_000 / r["images_per_s"],
         ))  # fmt: skip
-    seed = engine_train_throughput("seed", None, ctx["data_dir"], device, n_seed, ctx["workdir"], ctx["threads"])  # fmt: skip
+    seed = engine_train_throughput("note", None, ctx["data_dir"], device, n_seed, ctx["workdir"], ctx["threads"])  # fmt: skip
     note = note_train_throughput(ctx["data_dir"], device, n_seed, warmup_batches=5 if quick else 20)
     ratio = seed["images_per_s"] / note
     rows.append(row("seed recipe (lenet5, batch 16), ours", round(seed["images_per_s"]), "img/s", epoch_s=60_000 / seed["images_per_s"]))  # fmt: skip
