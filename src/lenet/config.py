@@ -58,9 +58,11 @@ class TrainConfig:
         "model", "input scaling: the model's own, ToTensor's [0,1] or MNIST mean/std", NORMALIZE
     )
     augment: str = setting(
-        "none", "random distortions of each training batch: affine (rotate/scale/shear/shift, as "
-        "the 1998 paper), elastic (Simard et al. 2003), both, or none", AUGMENTS,
-    )  # fmt: skip
+        "none",
+        "random distortions of each training batch: affine (rotate/scale/shear/shift, as "
+        "the 1998 paper), elastic (Simard et al. 2003), both, or none",
+        AUGMENTS,
+    )
     seed: int = setting(0, "seeds the weights, the data order, dropout and distortions")
     device: str = setting("auto", "where to train (auto = cuda, then mps, then cpu)", DEVICES)
     threads: int = setting(0, "CPU threads (0 = PyTorch's choice)")

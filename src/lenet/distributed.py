@@ -35,8 +35,17 @@ DEFAULT_TIMEOUT_S = 300.0
 TIMEOUT_ENV = "LENET_DIST_TIMEOUT"
 
 # Substrings of the RuntimeErrors gloo/NCCL raise when a peer died, hung or closed its socket.
-_FAILURE_MARKERS = ("gloo", "nccl", "processgroup", "connection reset", "connection closed",
-                    "timed out", "timeout", "broken pipe", "socket")  # fmt: skip
+_FAILURE_MARKERS = (
+    "gloo",
+    "nccl",
+    "processgroup",
+    "connection reset",
+    "connection closed",
+    "timed out",
+    "timeout",
+    "broken pipe",
+    "socket",
+)
 
 
 class DistributedError(LenetError):
@@ -189,9 +198,14 @@ def launch_local(nproc: int, cmd: list[str]) -> int:
     # The agent logs every start and stop at INFO/WARNING; the workers say what matters.
     logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)
     config = LaunchConfig(
-        min_nodes=1, max_nodes=1, nproc_per_node=nproc, run_id=str(uuid.uuid4()),
-        rdzv_backend="c10d", rdzv_endpoint="localhost:0", max_restarts=0,
-    )  # fmt: skip
+        min_nodes=1,
+        max_nodes=1,
+        nproc_per_node=nproc,
+        run_id=str(uuid.uuid4()),
+        rdzv_backend="c10d",
+        rdzv_endpoint="localhost:0",
+        max_restarts=0,
+    )
     try:
         elastic_launch(config, cmd[0])(*cmd[1:])
     except ChildFailedError as e:

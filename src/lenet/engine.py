@@ -272,9 +272,14 @@ def train_epoch(
     correct = torch.zeros((), dtype=torch.long, device=device)
     lr, t0 = t.opt.param_groups[0]["lr"], time.perf_counter()
     bar = tqdm(
-        total=n, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="img", unit_scale=True,
-        leave=False, disable=None if progress else True, mininterval=0.5,
-    )  # fmt: skip
+        total=n,
+        desc=f"epoch {epoch + 1}/{cfg.epochs}",
+        unit="img",
+        unit_scale=True,
+        leave=False,
+        disable=None if progress else True,
+        mininterval=0.5,
+    )
     for i in range(0, n, cfg.batch_size):
         gidx = perm[i : i + cfg.batch_size]  # the global batch
         idx = strategy.shard(gidx)  # this rank's disjoint part of it
@@ -327,9 +332,14 @@ def save_epoch(t: Trainee, cfg: TrainConfig, data: Data, result: TrainResult) ->
 
     def payload() -> dict:
         return make_payload(
-            t.model, cfg.model, t.model_config, data.normalization,
-            epoch=row.epoch, metrics=asdict(row), train_config=cfg.to_dict(),
-        )  # fmt: skip
+            t.model,
+            cfg.model,
+            t.model_config,
+            data.normalization,
+            epoch=row.epoch,
+            metrics=asdict(row),
+            train_config=cfg.to_dict(),
+        )
 
     if row.best:
         save_checkpoint(result.best_path, payload())
@@ -372,7 +382,7 @@ def train(
     """Train a model (``lenet train``): returns the run folder with best.pt / last.pt / curves.
 
     ``config`` or ``recipe=...`` plus keyword overrides pick the settings; ``resume`` continues a
-    run from its ``last.pt`` (only ``epochs``, ``device`` and ``threads`` may change then; see
+    run from its ``last.pt`` (only ``epochs``, ``device``, ``threads``, ``data_dir`` may change; see
     :func:`resume_config`). Under torchrun it trains data-parallel (``dist_timeout`` bounds every
     collective); only rank 0 writes files.
     """
@@ -397,8 +407,13 @@ def train(
         atomic_write_text(run_dir / "config.json", json.dumps(cfg.to_dict(), indent=2) + "\n")
     log.info(
         "training %s (%s recipe) on %s: %d train images, select on %s -> %s",
-        cfg.model, cfg.recipe, strategy.device, data.n_used, cfg.select_on, run_dir,
-    )  # fmt: skip
+        cfg.model,
+        cfg.recipe,
+        strategy.device,
+        data.n_used,
+        cfg.select_on,
+        run_dir,
+    )
 
     with strategy.failures_as_errors(result.last_path):  # a lost peer: one clear line
         try:
@@ -409,16 +424,9 @@ def train(
                 # "last": every epoch replaces best.pt; best_acc is then that epoch's val or None.
                 best = cfg.select_on == "last" or result.best_acc is None
                 best = best or val_acc > result.best_acc
+                images_per_s = data.n_used / seconds
                 row = EpochResult(
-                    epoch + 1,
-                    loss,
-                    acc,
-                    val_loss,
-                    val_acc,
-                    lr,
-                    seconds,
-                    data.n_used / seconds,
-                    best,
+                    epoch + 1, loss, acc, val_loss, val_acc, lr, seconds, images_per_s, best
                 )
                 result.history.append(row)
                 if best:

@@ -52,11 +52,20 @@ class FusedAdam(_Eager, torch.optim.Adam):
             torch._foreach_add_(steps, 1)
             beta1, beta2 = group["betas"]
             kernel(
-                params, [p.grad for p in params], [s["exp_avg"] for s in states],
-                [s["exp_avg_sq"] for s in states], [], steps, amsgrad=False, lr=group["lr"],
-                beta1=beta1, beta2=beta2, weight_decay=group["weight_decay"], eps=group["eps"],
+                params,
+                [p.grad for p in params],
+                [s["exp_avg"] for s in states],
+                [s["exp_avg_sq"] for s in states],
+                [],
+                steps,
+                amsgrad=False,
+                lr=group["lr"],
+                beta1=beta1,
+                beta2=beta2,
+                weight_decay=group["weight_decay"],
+                eps=group["eps"],
                 maximize=False,
-            )  # fmt: skip
+            )
 
 
 class FusedAdamW(FusedAdam, torch.optim.AdamW):
@@ -82,9 +91,17 @@ class FusedSGD(_Eager, torch.optim.SGD):
                 for p, b in zip(params, bufs, strict=True):
                     self.state[p]["momentum_buffer"] = b
             torch._fused_sgd_(
-                params, grads, bufs, weight_decay=group["weight_decay"], momentum=momentum,
-                lr=group["lr"], dampening=0.0, nesterov=False, maximize=False, is_first_step=first,
-            )  # fmt: skip
+                params,
+                grads,
+                bufs,
+                weight_decay=group["weight_decay"],
+                momentum=momentum,
+                lr=group["lr"],
+                dampening=0.0,
+                nesterov=False,
+                maximize=False,
+                is_first_step=first,
+            )
 
 
 def build_optimizer(cfg: TrainConfig, params, device: torch.device) -> Optimizer:
@@ -111,9 +128,12 @@ def build_scheduler(
     total = cfg.epochs * steps_per_epoch
     if cfg.scheduler == "onecycle" and total >= 4:  # fewer steps cannot hold a warm-up and a decay
         sched = lr_scheduler.OneCycleLR(
-            opt, max_lr=cfg.lr, epochs=cfg.epochs, steps_per_epoch=steps_per_epoch,
+            opt,
+            max_lr=cfg.lr,
+            epochs=cfg.epochs,
+            steps_per_epoch=steps_per_epoch,
             pct_start=max(0.25, 2 / total),
-        )  # fmt: skip
+        )
         return sched, True
     if cfg.scheduler == "cosine":
         return lr_scheduler.CosineAnnealingLR(opt, T_max=total), True

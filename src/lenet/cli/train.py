@@ -59,25 +59,31 @@ def add_setting_flags(p: argparse.ArgumentParser) -> None:
             choices = _LazyChoices(choices)
         help = (f.metadata["help"] + _defaults(f.name, f.default)).replace("%", "%%")
         p.add_argument(
-            f"--{f.name.replace('_', '-')}", dest=f.name, type=_TYPES[f.type], choices=choices,
+            f"--{f.name.replace('_', '-')}",
+            dest=f.name,
+            type=_TYPES[f.type],
+            choices=choices,
             help=help,
-        )  # fmt: skip
+        )
 
 
 def register(sub) -> None:
     """Add the ``train`` verb."""
     p = sub.add_parser(
-        "train", help="train a model",
+        "train",
+        help="train a model",
         description="Train on MNIST (or --dataset fashion-mnist); writes runs/<name>/ with "
         "config.json, metrics.csv, best.pt, last.pt and curves.png. Every flag left out comes "
         "from the recipe.",
-    )  # fmt: skip
+    )
     recipe = {f.name: f for f in fields(TrainConfig)}["recipe"]
     p.add_argument(
-        "--recipe", choices=[*RECIPES, *RECIPE_ALIASES], metavar="{" + ",".join(RECIPES) + "}",
+        "--recipe",
+        choices=[*RECIPES, *RECIPE_ALIASES],
+        metavar="{" + ",".join(RECIPES) + "}",
         help=f"{recipe.metadata['help']}: fast (default; >=99%% in a few epochs) or note (the "
         "study note's recipe)",
-    )  # fmt: skip
+    )
     add_setting_flags(p)
     p.add_argument("--overwrite", action="store_true", help="reuse an existing --name folder")
     p.add_argument("--resume", metavar="LAST_PT", help="continue a run from its last.pt")
@@ -88,15 +94,19 @@ def register(sub) -> None:
         "(or use --nproc). --batch-size is the global batch, split evenly over the processes.",
     )
     d.add_argument(
-        "--nproc", type=int, metavar="N",
+        "--nproc",
+        type=int,
+        metavar="N",
         help="launch N training processes on this machine through torchrun (gloo on CPU, "
         "NCCL on GPUs; CPU threads are split between them)",
-    )  # fmt: skip
+    )
     d.add_argument(
-        "--dist-timeout", type=float, metavar="SECONDS",
+        "--dist-timeout",
+        type=float,
+        metavar="SECONDS",
         help="how long a process waits for a dead or hung peer before stopping with an error "
         "(default: $LENET_DIST_TIMEOUT or 300)",
-    )  # fmt: skip
+    )
     p.set_defaults(func=run)
 
 
@@ -175,9 +185,12 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         res = train(
-            resume=args.resume, overwrite=args.overwrite, on_epoch=on_epoch,
-            dist_timeout=args.dist_timeout, **overrides,
-        )  # fmt: skip
+            resume=args.resume,
+            overwrite=args.overwrite,
+            on_epoch=on_epoch,
+            dist_timeout=args.dist_timeout,
+            **overrides,
+        )
     except distributed.SameErrorOnEveryRank:
         if main:
             raise
@@ -185,10 +198,14 @@ def run(args: argparse.Namespace) -> int:
     if not main:
         return 0
     summary = {
-        "run_dir": str(res.run_dir), "best": str(res.best_path), "last": str(res.last_path),
-        "best_epoch": res.best_epoch, "best_acc": res.best_acc, "select_on": res.select_on,
+        "run_dir": str(res.run_dir),
+        "best": str(res.best_path),
+        "last": str(res.last_path),
+        "best_epoch": res.best_epoch,
+        "best_acc": res.best_acc,
+        "select_on": res.select_on,
         "epochs": len(res.history),
-    }  # fmt: skip
+    }
     if args.json:
         print(json.dumps(summary))
     else:
