@@ -415,11 +415,11 @@ def train(
         run_dir,
     )
 
+    progress = progress and strategy.is_main  # one progress bar, on rank 0
     with strategy.failures_as_errors(result.last_path):  # a lost peer: one clear line
         try:
             for epoch in range(start, cfg.epochs):
-                progress_here = progress and strategy.is_main
-                loss, acc, lr, seconds = train_epoch(t, data, cfg, epoch, strategy, progress_here)
+                loss, acc, lr, seconds = train_epoch(t, data, cfg, epoch, strategy, progress)
                 val_loss, val_acc = evaluate(t.model, data, cfg, strategy)
                 # "last": every epoch replaces best.pt; best_acc is then that epoch's val or None.
                 best = cfg.select_on == "last" or result.best_acc is None

@@ -81,7 +81,7 @@ def register(sub) -> None:
         "--recipe",
         choices=[*RECIPES, *RECIPE_ALIASES],
         metavar="{" + ",".join(RECIPES) + "}",
-        help=f"{recipe.metadata['help']}: fast (default; >=99%% in a few epochs) or note (the "
+        help=f"{recipe.metadata['help']} (default: fast, >=99%% in a few epochs; note: the "
         "study note's recipe)",
     )
     add_setting_flags(p)
