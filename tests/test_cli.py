@@ -10,6 +10,7 @@ import pytest
 
 from conftest import assert_one_line_error, run_cli
 from lenet.cli import VERBS
+from lenet.errors import LenetError
 
 
 @pytest.mark.parametrize("verb", VERBS)
@@ -100,10 +101,39 @@ def test_resume_refuses_to_change_settings(mnist_dir, tmp_path):
         "--data-dir", str(mnist_dir), "--out", str(tmp_path), "--name", "r",
     )  # fmt: skip
     assert p.returncode == 0, p.stderr
-    p = run_cli(
-        "train", "--resume", str(tmp_path / "r" / "last.pt"), "--lr", "0.1", "--augment", "both"
-    )
-    assert_one_line_error(p, "cannot change --lr, --augment")
+    last = tmp_path / "r" / "last.pt"
+    p = run_cli("train", "--resume", str(last), "--lr", "0.1", "--augment", "both")
+    line = assert_one_line_error(p, "cannot change --lr, --augment")
+    # The API refuses through the same rule, with the same words (and before loading weights).
+    from lenet import train
+
+    with pytest.raises(LenetError) as api:
+        train(resume=last, lr=0.1, augment="both", progress=False)
+    assert line == f"lenet: error: {api.value}"
+    p = run_cli("train", "--resume", str(last), "--model", "lenet1")
+    line = assert_one_line_error(p, "cannot change --model")
+    with pytest.raises(LenetError) as api:
+        train(resume=last, model="lenet1", progress=False)
+    assert line == f"lenet: error: {api.value}"
+
+
+def test_train_flags_are_the_config_fields():
+    from lenet.cli import build_parser
+    from lenet.config import TrainConfig, flag_fields
+
+    train = build_parser()._subparsers._group_actions[0].choices["train"]
+    dests = {a.dest: a for a in train._actions}
+    for f in flag_fields():
+        assert f.name in dests and dests[f.name].help.startswith(f.metadata["help"]), f.name
+        assert dests[f.name].default is None  # not given: the recipe decides
+    assert {f.name for f in flag_fields()} == set(TrainConfig.__dataclass_fields__) - {"recipe"}
+    assert list(dests["dataset"].choices) == ["mnist", "fashion-mnist"]
+
+
+def test_seed_recipe_still_works_with_a_deprecation_line(tmp_path):
+    p = run_cli("train", "--recipe", "seed", "--epochs", "0", "--out", str(tmp_path))
+    assert_one_line_error(p, "--epochs must be at least 1")
+    assert "recipe 'seed' is now called 'note'" in p.stderr
 
 
 def test_out_of_range_start_and_unwritable_out_are_one_line(mnist_dir, tmp_path):

@@ -18,7 +18,15 @@ import torch
 
 from conftest import run_cli
 from lenet.checkpoint import read_checkpoint
-from lenet.distributed import DistContext, batch_loss, check_global_batch, shard
+from lenet.distributed import (
+    DDPStrategy,
+    DistContext,
+    SingleProcess,
+    batch_loss,
+    check_global_batch,
+    setup,
+    shard,
+)
 from lenet.errors import LenetError
 
 # A small subset; 1001 images with batch 96 leave a last batch of 41 that splits 21/20 unevenly.
@@ -121,6 +129,20 @@ def test_scaled_shard_losses_average_to_the_global_mean():
     ctxs = [DistContext(rank=r, world_size=2) for r in range(2)]
     parts = [batch_loss(shard(logits, c), shard(labels, c), 41, c) for c in ctxs]
     assert torch.allclose(sum(parts) / 2, full, rtol=1e-6)
+
+
+def test_one_strategy_object_with_the_same_methods_either_way():
+    public = {n for n in dir(SingleProcess) if not n.startswith("_")}
+    assert public <= {n for n in dir(DDPStrategy) if not n.startswith("_")}
+    single = setup(torch.device("cpu"))  # no torchrun variables: a world of one
+    assert type(single) is SingleProcess and single.is_main and single.world_size == 1
+    rows = torch.arange(5)
+    assert single.shard(rows) is rows and single.from_main(lambda: 7) == 7
+    assert single.sum_values(torch.tensor(2.0), 3) == (2.0, 3.0)
+    with single.failures_as_errors("last.pt"):
+        pass
+    ddp = DDPStrategy(DistContext(rank=1, world_size=2))
+    assert torch.equal(ddp.shard(torch.arange(5)), torch.tensor([3, 4]))
 
 
 def test_global_batch_must_divide_over_ranks():

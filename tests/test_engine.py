@@ -116,3 +116,66 @@ def test_resume_cannot_stretch_a_one_cycle_schedule(mnist_dir, tmp_path):
     res = train(epochs=1, name="oc", **kw)
     with pytest.raises(LenetError, match="onecycle schedule is fixed for 1 epochs"):
         train(resume=res.last_path, epochs=2, progress=False)
+
+
+def test_resume_refuses_a_new_model_before_loading_weights(mnist_dir, tmp_path):
+    kw = dict(data_dir=str(mnist_dir), out=str(tmp_path), progress=False, scheduler="none")
+    res = train(epochs=1, name="m", **kw, **SMALL)
+    with pytest.raises(LenetError, match="cannot change --model "):
+        train(resume=res.last_path, model="lenet1", progress=False)
+    # A setting given with its saved value is no change; epochs/device/threads may change.
+    res2 = train(resume=res.last_path, epochs=2, scheduler="none", threads=1, progress=False)
+    assert len(res2.history) == 2
+
+
+def test_resume_allows_only_where_and_how_long():
+    from lenet.config import make_config
+    from lenet.engine import resume_config
+
+    saved = make_config(scheduler="none").to_dict()
+    cfg = resume_config(saved, {"epochs": 9, "device": "cpu", "threads": 1, "lr": saved["lr"]})
+    assert (cfg.epochs, cfg.device, cfg.threads) == (9, "cpu", 1)
+    with pytest.raises(LenetError) as e:
+        resume_config(saved, {"lr": 0.1, "augment": "both", "epochs": 4})
+    assert str(e.value) == (
+        "--resume continues a run with its own settings; it cannot change --lr, --augment "
+        "(only --epochs, --device, --threads, --data-dir)"
+    )
+
+
+def test_seed_recipe_is_the_note_recipe_with_a_deprecation_warning():
+    from lenet.config import make_config
+
+    with pytest.warns(DeprecationWarning, match="'seed' is now called 'note'"):
+        old = make_config("seed")
+    assert old == make_config("note")
+
+
+def test_seed_streams_are_distinct_and_pure():
+    from lenet.config import derive_seed
+
+    per_purpose = {p: derive_seed(3, p, epoch=2, rank=1) for p in ("order", "dropout", "augment")}
+    assert len(set(per_purpose.values())) == 3
+    assert derive_seed(5, "order", 2) == derive_seed(5, "order", 2) != derive_seed(6, "order", 2)
+    assert derive_seed(0, "dropout", 1, rank=0) != derive_seed(0, "dropout", 1, rank=1)
+
+
+def test_training_imports_neither_dynamo_nor_matplotlib(mnist_dir, tmp_path):
+    """Start-up: torch._dynamo (~1 s) and matplotlib stay out of the process until the curves
+    are drawn after the last epoch (checked from inside a fresh process)."""
+    import subprocess
+    import sys
+
+    code = f"""
+import sys
+from lenet.engine import train
+seen = []
+train(epochs=2, data_dir={str(mnist_dir)!r}, out={str(tmp_path)!r}, name="s", progress=False,
+      limit=512, val_size=500, batch_size=64, device="cpu", threads=1,
+      on_epoch=lambda row, res: seen.append(
+          sorted(m for m in ("torch._dynamo", "matplotlib") if m in sys.modules)))
+print(seen)
+"""
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.strip() == "[[], []]", p.stdout + p.stderr

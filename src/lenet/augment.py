@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from lenet.config import AUGMENTS
+from lenet.config import AUGMENTS, derive_seed
 
 
 @dataclass(frozen=True)
@@ -36,7 +36,7 @@ DEFAULT_PARAMS = DistortionParams()
 
 def augment_generator(seed: int, epoch: int) -> torch.Generator:
     """The CPU generator for epoch ``epoch`` of a run with ``seed`` (pure function of both)."""
-    return torch.Generator().manual_seed(seed * 1_000_003 + epoch + 7_919)
+    return torch.Generator().manual_seed(derive_seed(seed, "augment", epoch))
 
 
 def _gaussian_kernel(sigma: float) -> torch.Tensor:

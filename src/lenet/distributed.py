@@ -1,13 +1,15 @@
 """Data-parallel training across processes (torchrun / DistributedDataParallel): setup, sharding,
 exact metric reduction, rank-0-only side effects and clear errors when a peer dies or hangs.
 
-A single process is the world of size 1: every helper here is then a no-op that returns its input
-unchanged, so the engine runs the same code with or without torchrun.
+The engine talks to one object, chosen once by :func:`setup`: :class:`SingleProcess` (a plain
+process, every method a no-op or a direct call) or :class:`DDPStrategy` (torchrun's process group).
+Both have the same methods, so the training loop has no "if distributed" in it.
 """
 
 from __future__ import annotations
 
 import atexit
+import contextlib
 import datetime
 import logging
 import os
@@ -33,8 +35,17 @@ DEFAULT_TIMEOUT_S = 300.0
 TIMEOUT_ENV = "LENET_DIST_TIMEOUT"
 
 # Substrings of the RuntimeErrors gloo/NCCL raise when a peer died, hung or closed its socket.
-_FAILURE_MARKERS = ("gloo", "nccl", "processgroup", "connection reset", "connection closed",
-                    "timed out", "timeout", "broken pipe", "socket")  # fmt: skip
+_FAILURE_MARKERS = (
+    "gloo",
+    "nccl",
+    "processgroup",
+    "connection reset",
+    "connection closed",
+    "timed out",
+    "timeout",
+    "broken pipe",
+    "socket",
+)
 
 
 class DistributedError(LenetError):
@@ -114,7 +125,14 @@ def resolve_timeout(seconds: float | None = None) -> float:
     return float(seconds)
 
 
-def setup(device: torch.device, timeout_s: float | None = None) -> DistContext:
+def setup(device: torch.device, timeout_s: float | None = None) -> SingleProcess | DDPStrategy:
+    """The strategy for this process: :class:`DDPStrategy` under torchrun (see :func:`join`),
+    :class:`SingleProcess` otherwise."""
+    ctx = join(device, timeout_s)
+    return DDPStrategy(ctx) if ctx.enabled else SingleProcess(ctx)
+
+
+def join(device: torch.device, timeout_s: float | None = None) -> DistContext:
     """Join the process group torchrun describes (``RANK``/``WORLD_SIZE``/``MASTER_ADDR``...),
     gloo on CPU and NCCL on CUDA, with a bounded collective timeout; a world of one otherwise.
 
@@ -180,9 +198,14 @@ def launch_local(nproc: int, cmd: list[str]) -> int:
     # The agent logs every start and stop at INFO/WARNING; the workers say what matters.
     logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)
     config = LaunchConfig(
-        min_nodes=1, max_nodes=1, nproc_per_node=nproc, run_id=str(uuid.uuid4()),
-        rdzv_backend="c10d", rdzv_endpoint="localhost:0", max_restarts=0,
-    )  # fmt: skip
+        min_nodes=1,
+        max_nodes=1,
+        nproc_per_node=nproc,
+        run_id=str(uuid.uuid4()),
+        rdzv_backend="c10d",
+        rdzv_endpoint="localhost:0",
+        max_restarts=0,
+    )
     try:
         elastic_launch(config, cmd[0])(*cmd[1:])
     except ChildFailedError as e:
@@ -355,3 +378,96 @@ def _first_line(exc: BaseException) -> str:
     if line.startswith("[") and "] " in line:
         line = line.split("] ", 1)[1]
     return line[:200]
+
+
+# ---------------------------------------------------------------------------- the two strategies
+
+
+class SingleProcess:
+    """One process trains alone: the whole batch, the plain model, local sums, no waiting."""
+
+    def __init__(self, ctx: DistContext | None = None):
+        self.ctx = ctx or DistContext()
+
+    device = property(lambda self: self.ctx.device, doc="Where this process trains.")
+    rank = property(lambda self: self.ctx.rank, doc="This process's rank (0 here).")
+    world_size = property(lambda self: self.ctx.world_size, doc="Processes taking part.")
+    is_main = property(lambda self: self.ctx.is_main, doc="Whether this process writes files.")
+
+    def check_global_batch(self, batch_size: int) -> int:
+        """The per-process batch (see :func:`check_global_batch`)."""
+        return check_global_batch(batch_size, self.ctx)
+
+    def shard(self, rows: torch.Tensor) -> torch.Tensor:
+        """This process's part of ``rows``: all of it."""
+        return rows
+
+    def wrap_model(self, model: nn.Module) -> nn.Module:
+        """The module to train with: ``model`` itself."""
+        return model
+
+    def batch_loss(self, logits: torch.Tensor, labels: torch.Tensor, global_count: int):
+        """Mean cross-entropy of the batch."""
+        return F.cross_entropy(logits, labels)
+
+    def sum_values(self, *values: torch.Tensor | float | int) -> tuple[float, ...]:
+        """The values as Python floats (nothing to add up across processes)."""
+        return sum_values(self.ctx, *values)
+
+    def loss_and_accuracy(self, logits: torch.Tensor, labels: torch.Tensor) -> tuple[float, float]:
+        """Mean cross-entropy and accuracy of ``logits`` against ``labels``."""
+        return reduced_loss_and_accuracy(logits, labels, self.ctx)
+
+    def from_main(self, fn: Callable[[], T]) -> T:
+        """``fn()``."""
+        return fn()
+
+    def once_per_machine(self, fn: Callable[[], object]) -> None:
+        """``fn()``."""
+        fn()
+
+    def failures_as_errors(self, last_path: os.PathLike | str) -> contextlib.AbstractContextManager:
+        """Nothing to translate: no peers to lose."""
+        return contextlib.nullcontext()
+
+    def finish(self) -> None:
+        """Nothing to wait for."""
+
+
+class DDPStrategy(SingleProcess):
+    """One of ``world_size`` torchrun processes: disjoint shards of each global batch, a DDP
+    model, sums reduced over ranks, rank 0 alone deciding and writing, bounded waits."""
+
+    def shard(self, rows: torch.Tensor) -> torch.Tensor:
+        """This rank's contiguous part of ``rows`` (see :func:`shard`)."""
+        return shard(rows, self.ctx)
+
+    def wrap_model(self, model: nn.Module) -> nn.Module:
+        """DDP around ``model`` (keep saving ``model`` itself: no ``module.`` prefixes)."""
+        return wrap_model(model, self.ctx)
+
+    def batch_loss(self, logits: torch.Tensor, labels: torch.Tensor, global_count: int):
+        """This shard's loss, scaled so DDP's gradient average is the global batch mean."""
+        return batch_loss(logits, labels, global_count, self.ctx)
+
+    def from_main(self, fn: Callable[[], T]) -> T:
+        """Rank 0's ``fn()`` (or its LenetError) on every rank (see :func:`from_main`)."""
+        return from_main(self.ctx, fn)
+
+    def once_per_machine(self, fn: Callable[[], object]) -> None:
+        """``fn()`` on each machine's local rank 0 while the others wait."""
+        once_per_machine(self.ctx, fn)
+
+    @contextlib.contextmanager
+    def failures_as_errors(self, last_path: os.PathLike | str):
+        """A failed or timed-out collective becomes one :class:`DistributedError` line."""
+        try:
+            yield
+        except Exception as e:
+            if is_collective_failure(e):
+                raise failure(e, self.ctx, last_path) from e
+            raise
+
+    def finish(self) -> None:
+        """Wait until rank 0 has written every file, then close the group (see :func:`finish`)."""
+        finish(self.ctx)

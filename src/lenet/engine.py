@@ -1,4 +1,10 @@
-"""The training engine: in-memory MNIST, one epoch loop for every model, checkpoints and resume."""
+"""The training engine: in-memory data, one epoch loop for every model, checkpoints and resume.
+
+Read it top-down, one function per phase: settings and resume (:func:`settings`) -> data
+(:func:`load_data`) -> model and optimizer (:func:`build`) -> one epoch (:func:`train_epoch`) ->
+evaluate (:func:`evaluate`) -> checkpoint (:func:`save_epoch`); :func:`train` strings them
+together. Data parallelism hides behind one strategy object (:mod:`lenet.distributed`).
+"""
 
 from __future__ import annotations
 
@@ -8,83 +14,34 @@ import json
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 import torch
 
-from lenet import distributed as dist
+from lenet import distributed
 from lenet.augment import make_augmenter
 from lenet.checkpoint import clean_state_dict, make_payload, read_checkpoint, save_checkpoint
-from lenet.config import TrainConfig, make_config, validate
+from lenet.config import TrainConfig, derive_seed, make_config, recipe_name, validate
 from lenet.data import ensure_data, load_split
 from lenet.errors import LenetError
 from lenet.fileio import atomic_write_text
 from lenet.models import create_model, get_spec, model_config
 from lenet.normalization import MNIST_STATS, TOTENSOR, Normalization, normalize
+from lenet.optim import build_optimizer, build_scheduler
 from lenet.runtime import predict_logits, resolve_device
 from lenet.speed import optimize_model
 
 log = logging.getLogger(__name__)
 
+Strategy = distributed.SingleProcess  # DDPStrategy has the same methods
 
-# ---------------------------------------------------------------------------- setup helpers
-
-
-def resolve_normalization(cfg: TrainConfig) -> Normalization:
-    """The input scaling a run trains with (saved into its checkpoints)."""
-    if cfg.normalize == "totensor":
-        return TOTENSOR
-    if cfg.normalize == "mnist":
-        return MNIST_STATS
-    return get_spec(cfg.model).normalization
+# What a resumed run may change (where it runs, where the data lies, how long it goes on):
+# everything else is the run's own, saved in last.pt.
+RESUMABLE = ("epochs", "device", "threads", "data_dir")
 
 
-def epoch_permutation(n: int, seed: int, epoch: int) -> torch.Tensor:
-    """The shuffled order of epoch ``epoch``: a pure function of (seed, epoch), so resume and
-    every distributed rank agree on it without sharing RNG state."""
-    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-    return torch.randperm(n, generator=g)
-
-
-def build_optimizer(cfg: TrainConfig, params) -> torch.optim.Optimizer:
-    """SGD (with momentum), Adam or AdamW from the config.
-
-    Uses PyTorch's fused (one kernel for all parameters) implementation where this torch build
-    has one for the parameters' device: same update rule, ~5% faster steps for LeNet on CPU.
-    """
-    params = list(params)
-    if cfg.optimizer == "sgd":
-        cls, kw = torch.optim.SGD, dict(momentum=cfg.momentum)
-    else:
-        cls, kw = (torch.optim.Adam if cfg.optimizer == "adam" else torch.optim.AdamW), {}
-    try:
-        return cls(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True, **kw)
-    except (RuntimeError, TypeError, ValueError):  # no fused kernel for this device/version
-        return cls(params, lr=cfg.lr, weight_decay=cfg.weight_decay, **kw)
-
-
-def build_scheduler(
-    cfg: TrainConfig, opt: torch.optim.Optimizer, steps_per_epoch: int
-) -> tuple[torch.optim.lr_scheduler.LRScheduler | None, bool]:
-    """The LR schedule and whether it steps per batch (True) or per epoch (False)."""
-    if cfg.scheduler == "step":
-        return torch.optim.lr_scheduler.StepLR(opt, step_size=cfg.step_size, gamma=cfg.gamma), False
-    total = cfg.epochs * steps_per_epoch
-    if cfg.scheduler == "onecycle" and total >= 4:  # fewer steps cannot hold a warm-up and a decay
-        sched = torch.optim.lr_scheduler.OneCycleLR(
-            opt, max_lr=cfg.lr, epochs=cfg.epochs, steps_per_epoch=steps_per_epoch,
-            pct_start=max(0.25, 2 / total),
-        )  # fmt: skip
-        return sched, True
-    if cfg.scheduler == "cosine":
-        return torch.optim.lr_scheduler.CosineAnnealingLR(
-            opt, T_max=cfg.epochs * steps_per_epoch
-        ), True
-    return None, False
-
-
-# ---------------------------------------------------------------------------- the run
+# ---------------------------------------------------------------------------- results
 
 
 @dataclass
@@ -145,6 +102,273 @@ def _write_metrics(run_dir: Path, history: list[EpochResult]) -> None:
     atomic_write_text(run_dir / "metrics.csv", buf.getvalue())
 
 
+# ---------------------------------------------------------------------------- 1. settings, resume
+
+
+def resume_config(saved: dict, overrides: dict, source: str | Path = "last.pt") -> TrainConfig:
+    """The settings a resumed run continues with: the saved ones, where only :data:`RESUMABLE`
+    may change (a setting given with its saved value is no change). ``lenet train --resume`` and
+    ``lenet.train(resume=...)`` both refuse through here, with the same message."""
+    cfg = TrainConfig.from_dict(saved)
+    given = {k: v for k, v in overrides.items() if v is not None}
+    unknown = set(given) - {f.name for f in fields(TrainConfig)}
+    if unknown:
+        raise LenetError(f"unknown setting(s): {', '.join(sorted(unknown))}")
+    if "recipe" in given:
+        given["recipe"] = recipe_name(given["recipe"])
+    changed = [k for k, v in given.items() if k not in RESUMABLE and v != getattr(cfg, k)]
+    if changed:
+        flags = ", ".join(f"--{k.replace('_', '-')}" for k in changed)
+        allowed = ", ".join(f"--{k.replace('_', '-')}" for k in RESUMABLE)
+        raise LenetError(
+            f"--resume continues a run with its own settings; it cannot change {flags} "
+            f"(only {allowed})"
+        )
+    new = replace(cfg, **given)
+    validate(new)
+    if new.epochs != cfg.epochs and cfg.scheduler in ("onecycle", "cosine"):
+        # These schedules are laid out over the run's total steps when it starts.
+        raise LenetError(
+            f"{source}: a {cfg.scheduler} schedule is fixed for {cfg.epochs} epochs when "
+            "the run starts; resume without --epochs, or start a new run"
+        )
+    return new
+
+
+def settings(
+    config: TrainConfig | None, resume: str | Path | None, overrides: dict
+) -> tuple[TrainConfig, dict | None]:
+    """The run's settings (recipe or ``config``, then overrides) and, when resuming, the
+    ``last.pt`` it continues from."""
+    if resume is None:
+        if config is None:
+            return make_config(**overrides), None
+        cfg = replace(config, **{k: v for k, v in overrides.items() if v is not None})
+        validate(cfg)
+        return cfg, None
+    state = read_checkpoint(resume)
+    if "optimizer" not in state or "train_config" not in state:
+        raise LenetError(f"{resume}: not a last.pt written by lenet train (cannot resume from it)")
+    cfg = resume_config(state["train_config"], overrides, resume)
+    done = int(state["epoch"])
+    if done >= cfg.epochs:
+        raise LenetError(f"{resume}: already trained {done} epochs; pass --epochs > {done}")
+    return cfg, state
+
+
+def resolve_normalization(cfg: TrainConfig) -> Normalization:
+    """The input scaling a run trains with (saved into its checkpoints)."""
+    if cfg.normalize == "totensor":
+        return TOTENSOR
+    if cfg.normalize == "mnist":
+        return MNIST_STATS
+    return get_spec(cfg.model).normalization
+
+
+def epoch_permutation(n: int, seed: int, epoch: int) -> torch.Tensor:
+    """The shuffled order of epoch ``epoch``: a pure function of (seed, epoch), so resume and
+    every distributed rank agree on it without sharing RNG state."""
+    g = torch.Generator().manual_seed(derive_seed(seed, "order", epoch))
+    return torch.randperm(n, generator=g)
+
+
+# ---------------------------------------------------------------------------- 2. data
+
+
+@dataclass
+class Data:
+    """The run's images, normalized once and resident on the device."""
+
+    x_train: torch.Tensor  # (n_used, 1, 28, 28)
+    y_train: torch.Tensor  # (n_used,)
+    x_sel: torch.Tensor | None  # this rank's part of the split that picks best.pt, or None
+    y_sel: torch.Tensor | None
+    normalization: Normalization
+
+    @property
+    def n_used(self) -> int:
+        """Training images per epoch."""
+        return len(self.y_train)
+
+
+def load_data(cfg: TrainConfig, strategy: Strategy) -> Data:
+    """Training images (less the held-out tail) and the selection split, on the device."""
+    strategy.once_per_machine(lambda: ensure_data(cfg.data_dir, cfg.dataset))  # no racing fetches
+    norm, device = resolve_normalization(cfg), strategy.device
+    full = load_split("train", cfg.data_dir, dataset=cfg.dataset)
+    n_train = len(full) - cfg.val_size
+    if n_train <= 0:
+        raise LenetError(f"--val-size {cfg.val_size} leaves no training images (of {len(full)})")
+    n_used = min(cfg.limit, n_train) if cfg.limit else n_train
+    x_sel = y_sel = None
+    if cfg.select_on == "test":
+        sel = load_split("test", cfg.data_dir, dataset=cfg.dataset)
+        x_sel, y_sel = normalize(sel.images, norm), sel.labels
+    elif cfg.val_size:
+        x_sel, y_sel = normalize(full.images[n_train:], norm), full.labels[n_train:]
+    if x_sel is not None:  # each rank scores its part; the sums are reduced
+        x_sel, y_sel = strategy.shard(x_sel).to(device), strategy.shard(y_sel).to(device)
+    x_train = normalize(full.images[:n_used], norm).to(device)
+    return Data(x_train, full.labels[:n_used].to(device), x_sel, y_sel, norm)
+
+
+# ---------------------------------------------------------------------------- 3. model, optimizer
+
+
+@dataclass
+class Trainee:
+    """The model and what updates it: ``net`` is what trains (DDP or ``model`` itself);
+    ``model`` is what is saved and evaluated."""
+
+    model: torch.nn.Module
+    net: torch.nn.Module
+    model_config: dict
+    opt: torch.optim.Optimizer
+    sched: torch.optim.lr_scheduler.LRScheduler | None
+    per_step: bool  # the schedule steps after every batch (else after every epoch)
+
+
+def build(cfg: TrainConfig, n_used: int, strategy: Strategy) -> Trainee:
+    """A fresh model (seeded by ``cfg.seed``), its optimizer and its LR schedule."""
+    torch.manual_seed(cfg.seed)
+    mcfg = model_config(cfg.model)
+    model = create_model(cfg.model, **mcfg).to(strategy.device)
+    optimize_model(model, strategy.device)  # same math; CPU: channels-last + GEMM-shaped c5
+    opt = build_optimizer(cfg, model.parameters(), strategy.device)
+    sched, per_step = build_scheduler(cfg, opt, -(-n_used // cfg.batch_size))
+    return Trainee(model, strategy.wrap_model(model), mcfg, opt, sched, per_step)
+
+
+def restore(t: Trainee, state: dict, result: TrainResult) -> int:
+    """Load ``last.pt``'s weights, optimizer, schedule and history; the epoch to continue from."""
+    t.model.load_state_dict(clean_state_dict(state["state_dict"]))
+    t.opt.load_state_dict(state["optimizer"])
+    if t.sched is not None and state.get("scheduler"):
+        t.sched.load_state_dict(state["scheduler"])
+    result.history = [EpochResult(**r) for r in state.get("history", [])]
+    result.best_acc = state.get("best", {}).get("acc")
+    result.best_epoch = state.get("best", {}).get("epoch")
+    log.info("resuming %s from epoch %d", result.run_dir, int(state["epoch"]))
+    return int(state["epoch"])
+
+
+# ---------------------------------------------------------------------------- 4. one epoch
+
+
+def train_epoch(
+    t: Trainee, data: Data, cfg: TrainConfig, epoch: int, strategy: Strategy, progress: bool
+) -> tuple[float, float, float, float]:
+    """One pass over the training images in the epoch's order, each global batch split over the
+    ranks: (train loss, train accuracy over all ranks, LR used, seconds)."""
+    from tqdm import tqdm
+
+    device, n = strategy.device, data.n_used
+    t.model.train()
+    perm = epoch_permutation(n, cfg.seed, epoch).to(device)
+    augment = make_augmenter(cfg.augment, cfg.seed, epoch)
+    # Dropout's randomness: a function of (seed, epoch, rank): resume is exact, ranks differ.
+    torch.manual_seed(derive_seed(cfg.seed, "dropout", epoch, strategy.rank))
+    loss_sum = torch.zeros((), device=device)  # this rank's sum of per-image losses
+    correct = torch.zeros((), dtype=torch.long, device=device)
+    lr, t0 = t.opt.param_groups[0]["lr"], time.perf_counter()
+    bar = tqdm(
+        total=n,
+        desc=f"epoch {epoch + 1}/{cfg.epochs}",
+        unit="img",
+        unit_scale=True,
+        leave=False,
+        disable=None if progress else True,
+        mininterval=0.5,
+    )
+    for i in range(0, n, cfg.batch_size):
+        gidx = perm[i : i + cfg.batch_size]  # the global batch
+        idx = strategy.shard(gidx)  # this rank's disjoint part of it
+        if augment is None:
+            xb = data.x_train[idx]
+        else:  # distort the global batch, keep this rank's part: N ranks = 1 process
+            xb = strategy.shard(augment(data.x_train[gidx]))
+        yb = data.y_train[idx]
+        out = t.net(xb)
+        loss = strategy.batch_loss(out, yb, len(gidx))  # mean over the global batch
+        t.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        t.opt.step()
+        if t.per_step:
+            t.sched.step()
+        loss_sum += loss.detach() * (len(gidx) / strategy.world_size)
+        correct += (out.detach().argmax(1) == yb).sum()
+        bar.update(len(gidx))
+    bar.close()
+    if t.sched is not None and not t.per_step:
+        t.sched.step()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - t0
+    if t.per_step:
+        lr = t.opt.param_groups[0]["lr"]
+    loss_total, correct_total = strategy.sum_values(loss_sum, correct)
+    return loss_total / n, correct_total / n, lr, seconds
+
+
+# ---------------------------------------------------------------------------- 5. evaluate
+
+
+def evaluate(
+    model: torch.nn.Module, data: Data, cfg: TrainConfig, strategy: Strategy
+) -> tuple[float | None, float | None]:
+    """Loss and accuracy on the selection split over all ranks; (None, None) without one."""
+    if data.x_sel is None:
+        return None, None
+    logits = predict_logits(model, data.x_sel, cfg.eval_batch_size)
+    return strategy.loss_and_accuracy(logits, data.y_sel)
+
+
+# ---------------------------------------------------------------------------- 6. checkpoint
+
+
+def save_epoch(t: Trainee, cfg: TrainConfig, data: Data, result: TrainResult) -> None:
+    """best.pt (when this epoch is the best), last.pt (everything resume needs), metrics.csv."""
+    row = result.history[-1]
+
+    def payload() -> dict:
+        return make_payload(
+            t.model,
+            cfg.model,
+            t.model_config,
+            data.normalization,
+            epoch=row.epoch,
+            metrics=asdict(row),
+            train_config=cfg.to_dict(),
+        )
+
+    if row.best:
+        save_checkpoint(result.best_path, payload())
+    save_checkpoint(
+        result.last_path,
+        {
+            **payload(),
+            "optimizer": t.opt.state_dict(),
+            "scheduler": t.sched.state_dict() if t.sched is not None else None,
+            "best": {"acc": result.best_acc, "epoch": result.best_epoch},
+            "history": [asdict(r) for r in result.history],
+        },
+    )
+    _write_metrics(result.run_dir, result.history)
+
+
+def draw_curves(result: TrainResult) -> None:
+    """curves.png from the history (matplotlib is imported here, after training, not before)."""
+    try:
+        from lenet.plots import plot_curves
+
+        plot_curves(result.history, result.run_dir / "curves.png", select_on=result.select_on)
+    except Exception as e:  # a plotting failure must never lose the run
+        log.warning("could not draw curves.png: %s", e)
+
+
+# ---------------------------------------------------------------------------- the run
+
+
 def train(
     config: TrainConfig | None = None,
     *,
@@ -158,207 +382,61 @@ def train(
     """Train a model (``lenet train``): returns the run folder with best.pt / last.pt / curves.
 
     ``config`` or ``recipe=...`` plus keyword overrides pick the settings; ``resume`` continues a
-    run from its ``last.pt`` (overrides such as ``epochs`` or ``device`` still apply).
-    Under torchrun it trains data-parallel (see :mod:`lenet.distributed`; ``dist_timeout`` bounds
-    every collective); only rank 0 writes files.
+    run from its ``last.pt`` (only ``epochs``, ``device``, ``threads``, ``data_dir`` may change; see
+    :func:`resume_config`). Under torchrun it trains data-parallel (``dist_timeout`` bounds every
+    collective); only rank 0 writes files.
     """
-    state = None
-    if resume is not None:
-        state = read_checkpoint(resume)
-        if "optimizer" not in state or "train_config" not in state:
-            raise LenetError(
-                f"{resume}: not a last.pt written by lenet train (cannot resume from it)"
-            )
-        cfg = TrainConfig.from_dict(state["train_config"])
-        saved_epochs = cfg.epochs
-        for k, v in overrides.items():
-            if v is not None:
-                setattr(cfg, k, v)
-        validate(cfg)
-        if cfg.epochs != saved_epochs and cfg.scheduler in ("onecycle", "cosine"):
-            # These schedules are laid out over the run's total steps when it starts.
-            raise LenetError(
-                f"{resume}: a {cfg.scheduler} schedule is fixed for {saved_epochs} epochs when "
-                "the run starts; resume without --epochs, or start a new run"
-            )
-        run_dir = Path(resume).parent
+    cfg, state = settings(config, resume, overrides)
+    strategy = distributed.setup(resolve_device(cfg.device), dist_timeout)
+    if state is None:  # rank 0 names the folder: ranks may start in different seconds
+        run_dir = strategy.from_main(lambda: _new_run_dir(cfg, overwrite))
     else:
-        if config is None:
-            config = make_config(**overrides)
-        else:
-            config = replace(config, **{k: v for k, v in overrides.items() if v is not None})
-        cfg = config
-        validate(cfg)
-        run_dir = None  # chosen below by rank 0 alone: ranks may start in different seconds
-
-    # [distributed] join torchrun's process group (a world of one without torchrun); rank 0
-    # names the run folder; --batch-size stays the global batch.
-    ctx = dist.setup(resolve_device(cfg.device), dist_timeout)
-    if run_dir is None:
-        run_dir = dist.from_main(ctx, lambda: _new_run_dir(cfg, overwrite))
-    dist.check_global_batch(cfg.batch_size, ctx)
-    progress = progress and ctx.is_main
-
+        run_dir = Path(resume).parent
+    strategy.check_global_batch(cfg.batch_size)  # --batch-size is the global batch
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    # Denormal floats make fp32 CPU training several times slower (sigmoid/avg-pool tails).
-    torch.set_flush_denormal(True)
-    device = ctx.device
-    norm = resolve_normalization(cfg)
-
-    # Data: each split loaded once, normalized once, resident on the device.
-    # [distributed] one process per machine fetches MNIST when it is missing; the rest wait.
-    dist.once_per_machine(ctx, lambda: ensure_data(cfg.data_dir, cfg.dataset))
-    full = load_split("train", cfg.data_dir, dataset=cfg.dataset)
-    n_train = len(full) - cfg.val_size
-    if n_train <= 0:
-        raise LenetError(f"--val-size {cfg.val_size} leaves no training images (of {len(full)})")
-    n_used = min(cfg.limit, n_train) if cfg.limit else n_train
-    x_train = normalize(full.images[:n_used], norm).to(device)
-    y_train = full.labels[:n_used].to(device)
-    if cfg.select_on == "test":
-        sel = load_split("test", cfg.data_dir, dataset=cfg.dataset)
-        x_sel, y_sel = normalize(sel.images, norm).to(device), sel.labels.to(device)
-    elif cfg.val_size:
-        x_sel = normalize(full.images[n_train:], norm).to(device)
-        y_sel = full.labels[n_train:].to(device)
-    else:
-        x_sel = y_sel = None
-    if x_sel is not None:  # [distributed] each rank validates its part; sums are reduced
-        x_sel, y_sel = dist.shard(x_sel, ctx), dist.shard(y_sel, ctx)
-
-    torch.manual_seed(cfg.seed)
-    mcfg = model_config(cfg.model)
-    model = create_model(cfg.model, **mcfg).to(device)
-    optimize_model(model, device)  # same math; CPU: channels-last + GEMM-shaped c5
-    opt = build_optimizer(cfg, model.parameters())
-    steps_per_epoch = -(-n_used // cfg.batch_size)
-    sched, per_step = build_scheduler(cfg, opt, steps_per_epoch)
-
+    torch.set_flush_denormal(True)  # denormals make fp32 CPU training several times slower
+    data = load_data(cfg, strategy)
+    t = build(cfg, data.n_used, strategy)
     result = TrainResult(
         run_dir, run_dir / "best.pt", run_dir / "last.pt", None, None, cfg.select_on, [], cfg
     )
-    start_epoch = 0
-    if state is not None:
-        model.load_state_dict(clean_state_dict(state["state_dict"]))
-        opt.load_state_dict(state["optimizer"])
-        if sched is not None and state.get("scheduler"):
-            sched.load_state_dict(state["scheduler"])
-        start_epoch = int(state["epoch"])
-        result.history = [EpochResult(**r) for r in state.get("history", [])]
-        result.best_acc = state.get("best", {}).get("acc")
-        result.best_epoch = state.get("best", {}).get("epoch")
-        log.info("resuming %s from epoch %d", run_dir, start_epoch)
-    if start_epoch >= cfg.epochs:
-        raise LenetError(
-            f"{resume}: already trained {start_epoch} epochs; pass --epochs > {start_epoch}"
-        )
-
-    net = dist.wrap_model(model, ctx)  # [distributed] DDP; `model` stays the one saved
-    if ctx.is_main:
+    start = restore(t, state, result) if state is not None else 0
+    if strategy.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(run_dir / "config.json", json.dumps(cfg.to_dict(), indent=2) + "\n")
     log.info(
         "training %s (%s recipe) on %s: %d train images, select on %s -> %s",
-        cfg.model, cfg.recipe, device, n_used, cfg.select_on, run_dir,
-    )  # fmt: skip
+        cfg.model,
+        cfg.recipe,
+        strategy.device,
+        data.n_used,
+        cfg.select_on,
+        run_dir,
+    )
 
-    from tqdm import tqdm
-
-    def payload(epoch: int, metrics: dict) -> dict:
-        return make_payload(
-            model, cfg.model, mcfg, norm,
-            epoch=epoch, metrics=metrics, train_config=cfg.to_dict(),
-        )  # fmt: skip
-
-    try:
-        for epoch in range(start_epoch, cfg.epochs):
-            model.train()
-            perm = epoch_permutation(n_used, cfg.seed, epoch).to(device)
-            augment = make_augmenter(cfg.augment, cfg.seed, epoch)
-            # Dropout's randomness: a function of (seed, epoch, rank), so resume is exact and
-            # DDP ranks draw different masks.
-            torch.manual_seed(cfg.seed * 1_000_003 + epoch * 1009 + ctx.rank)
-            loss_sum = torch.zeros((), device=device)
-            correct = torch.zeros((), dtype=torch.long, device=device)
-            lr = opt.param_groups[0]["lr"]
-            t0 = time.perf_counter()
-            bar = tqdm(
-                total=n_used, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="img", unit_scale=True,
-                leave=False, disable=None if progress else True, mininterval=0.5,
-            )  # fmt: skip
-            for i in range(0, n_used, cfg.batch_size):
-                gidx = perm[i : i + cfg.batch_size]  # the global batch
-                idx = dist.shard(gidx, ctx)  # [distributed] this rank's disjoint part of it
-                if augment is None:
-                    xb = x_train[idx]
-                else:  # distort the global batch, keep this rank's part: N ranks = 1 process
-                    xb = dist.shard(augment(x_train[gidx]), ctx)
-                yb = y_train[idx]
-                out = net(xb)
-                loss = dist.batch_loss(out, yb, len(gidx), ctx)  # mean over the global batch
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                if per_step:
-                    sched.step()
-                loss_sum += loss.detach() * (len(gidx) / ctx.world_size)  # this rank's sum
-                correct += (out.detach().argmax(1) == yb).sum()
-                bar.update(len(gidx))
-            bar.close()
-            if sched is not None and not per_step:
-                sched.step()
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            seconds = time.perf_counter() - t0
-            if per_step:
-                lr = opt.param_groups[0]["lr"]
-
-            val_loss = val_acc = None
-            if x_sel is not None:
-                val_loss, val_acc = dist.reduced_loss_and_accuracy(
-                    predict_logits(model, x_sel, cfg.eval_batch_size), y_sel, ctx
+    progress = progress and strategy.is_main  # one progress bar, on rank 0
+    with strategy.failures_as_errors(result.last_path):  # a lost peer: one clear line
+        try:
+            for epoch in range(start, cfg.epochs):
+                loss, acc, lr, seconds = train_epoch(t, data, cfg, epoch, strategy, progress)
+                val_loss, val_acc = evaluate(t.model, data, cfg, strategy)
+                # "last": every epoch replaces best.pt; best_acc is then that epoch's val or None.
+                best = cfg.select_on == "last" or result.best_acc is None
+                best = best or val_acc > result.best_acc
+                images_per_s = data.n_used / seconds
+                row = EpochResult(
+                    epoch + 1, loss, acc, val_loss, val_acc, lr, seconds, images_per_s, best
                 )
-            train_loss_sum, train_correct = dist.sum_values(ctx, loss_sum, correct)
-            # "last": every epoch replaces best.pt; best_acc is then that epoch's val (or None).
-            is_best = (
-                cfg.select_on == "last" or result.best_acc is None or val_acc > result.best_acc
-            )
-            row = EpochResult(
-                epoch + 1, train_loss_sum / n_used, train_correct / n_used, val_loss, val_acc,
-                lr, seconds, n_used / seconds, is_best,
-            )  # fmt: skip
-            result.history.append(row)
-            metrics = asdict(row)
-            if is_best:
-                result.best_acc, result.best_epoch = val_acc, epoch + 1
-            if ctx.is_main:  # [distributed] rank 0 alone writes files
-                if is_best:
-                    save_checkpoint(result.best_path, payload(epoch + 1, metrics))
-                save_checkpoint(
-                    result.last_path,
-                    {
-                        **payload(epoch + 1, metrics),
-                        "optimizer": opt.state_dict(),
-                        "scheduler": sched.state_dict() if sched is not None else None,
-                        "best": {"acc": result.best_acc, "epoch": result.best_epoch},
-                        "history": [asdict(r) for r in result.history],
-                    },
-                )
-                _write_metrics(run_dir, result.history)
-            if on_epoch is not None:
-                on_epoch(row, result)
-    except Exception as e:  # [distributed] a dead or hung peer: one clear line, not a trace
-        if ctx.enabled and dist.is_collective_failure(e):
-            raise dist.failure(e, ctx, result.last_path) from e
-        raise
-    finally:
-        if result.history and ctx.is_main:
-            try:
-                from lenet.plots import plot_curves
-
-                plot_curves(result.history, run_dir / "curves.png", select_on=cfg.select_on)
-            except Exception as e:  # a plotting failure must never lose the run
-                log.warning("could not draw curves.png: %s", e)
-    dist.finish(ctx)  # [distributed] every rank returns once rank 0's files exist
+                result.history.append(row)
+                if best:
+                    result.best_acc, result.best_epoch = val_acc, epoch + 1
+                if strategy.is_main:  # rank 0 alone writes files
+                    save_epoch(t, cfg, data, result)
+                if on_epoch is not None:
+                    on_epoch(row, result)
+        finally:
+            if result.history and strategy.is_main:
+                draw_curves(result)
+    strategy.finish()  # every rank returns once rank 0's files exist
     return result

@@ -49,7 +49,7 @@ ROWS: list[Row] = [
     Row("lenet1", "lenet1", "LeNet-1", 1.7, "LeNet-1", settings=dict(MODERN, epochs=20, lr=1e-2)),
     Row("lenet4", "lenet4", "LeNet-4", 1.1, "LeNet-4", settings=dict(MODERN, epochs=20, lr=5e-3)),
     Row("lenet5-seed", "lenet5", "the study note's LeNet-5 and recipe", 0.95, "LeNet-5",
-        recipe="seed"),
+        recipe="note"),
     Row("lenet5-relu", "lenet5-relu", "LeNet-5, ReLU + max pooling", 0.95, "LeNet-5",
         settings=dict(MODERN, epochs=20, batch_size=256, lr=5e-3, weight_decay=1e-4)),
     Row("lenet5-1998", "lenet5-1998", "LeNet-5 as published", 0.95, "LeNet-5",
@@ -87,30 +87,56 @@ def row_config(row: Row, seed: int, quick: bool, **common):
     return make_config(row.recipe, model=row.model, seed=seed, **settings, **common)
 
 
-def run_one(row: Row, seed: int, quick: bool, runs_dir: Path, data_dir: str, device: str,
-            threads: int) -> dict:  # fmt: skip
+def run_one(
+    row: Row, seed: int, quick: bool, runs_dir: Path, data_dir: str, device: str, threads: int
+) -> dict:
     """Train one (row, seed) and score its last epoch on the test set."""
     from lenet.engine import train
     from lenet.evaluation import evaluate
 
-    cfg = row_config(row, seed, quick, device=device, threads=threads, data_dir=data_dir,
-                     out=str(runs_dir), name=f"{row.key}-seed{seed}")  # fmt: skip
+    cfg = row_config(
+        row,
+        seed,
+        quick,
+        device=device,
+        threads=threads,
+        data_dir=data_dir,
+        out=str(runs_dir),
+        name=f"{row.key}-seed{seed}",
+    )
     t0 = time.perf_counter()
     res = train(cfg, overwrite=True, progress=False)
     seconds = time.perf_counter() - t0
     rep = evaluate(res.last_path, data_dir=data_dir, device=device, plots=False)
-    log.info("%s seed %d: test error %.2f%% (%d errors) in %.0fs", row.key, seed,
-             100 * (1 - rep.accuracy), rep.errors, seconds)  # fmt: skip
+    log.info(
+        "%s seed %d: test error %.2f%% (%d errors) in %.0fs",
+        row.key,
+        seed,
+        100 * (1 - rep.accuracy),
+        rep.errors,
+        seconds,
+    )
     return {
-        "seed": seed, "test_error": 100 * (1 - rep.accuracy), "errors": rep.errors,
-        "epochs": cfg.epochs, "train_seconds": seconds, "run_dir": str(res.run_dir),
-    }  # fmt: skip
+        "seed": seed,
+        "test_error": 100 * (1 - rep.accuracy),
+        "errors": rep.errors,
+        "epochs": cfg.epochs,
+        "train_seconds": seconds,
+        "run_dir": str(res.run_dir),
+    }
 
 
 def _run_all(
-    rows: list[Row], seeds: int, quick: bool, runs_dir: Path, data_dir: str, device: str,
-    threads: int, jobs: int, on_run: Callable[[Row, dict], None] | None,
-) -> dict[tuple[str, int], dict]:  # fmt: skip
+    rows: list[Row],
+    seeds: int,
+    quick: bool,
+    runs_dir: Path,
+    data_dir: str,
+    device: str,
+    threads: int,
+    jobs: int,
+    on_run: Callable[[Row, dict], None] | None,
+) -> dict[tuple[str, int], dict]:
     """Every (row, seed) run, one after another or in ``jobs`` worker processes (a GPU, or a
     machine with many cores, trains several small LeNets at once faster than one by one)."""
     tasks = [(row, seed) for row in rows for seed in range(seeds)]
@@ -139,11 +165,19 @@ def _run_all(
 
 
 def reproduce(
-    *, seeds: int = 3, quick: bool = False, rows: list[str] | None = None,
-    out_dir: str | os.PathLike = "docs", runs_dir: str | os.PathLike = "runs/reproduce",
-    data_dir: str = "data", device: str = "auto", threads: int = 0, jobs: int = 1,
-    update: bool = False, on_run: Callable[[Row, dict], None] | None = None,
-) -> dict:  # fmt: skip
+    *,
+    seeds: int = 3,
+    quick: bool = False,
+    rows: list[str] | None = None,
+    out_dir: str | os.PathLike = "docs",
+    runs_dir: str | os.PathLike = "runs/reproduce",
+    data_dir: str = "data",
+    device: str = "auto",
+    threads: int = 0,
+    jobs: int = 1,
+    update: bool = False,
+    on_run: Callable[[Row, dict], None] | None = None,
+) -> dict:
     """Train every row ``seeds`` times; write ``reproduction.md`` + ``.json`` into ``out_dir``.
 
     ``quick`` (one seed, one epoch on 2,000 images) writes ``reproduction-quick.*`` instead so a
@@ -167,24 +201,36 @@ def reproduce(
     t_all = time.perf_counter()
     report = {
         "command": "lenet reproduce" + (" --quick" if quick else f" --seeds {seeds}"),
-        "quick": quick, "seeds": seeds, "paper": PAPER, "protocol": "train on 60,000, test error "
+        "quick": quick,
+        "seeds": seeds,
+        "paper": PAPER,
+        "protocol": "train on 60,000, test error "
         "of the last epoch on 10,000" + (" (quick: 1 epoch on 2,000 images)" if quick else ""),
-        "started": time.strftime("%Y-%m-%d %H:%M:%S"), "machine": machine(), "device": device,
+        "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "machine": machine(),
+        "device": device,
         "jobs": jobs,
         "rows": [],
-    }  # fmt: skip
+    }
     done = _run_all(chosen, seeds, quick, Path(runs_dir), data_dir, device, threads, jobs, on_run)
     for row in chosen:
         runs = [done[row.key, seed] for seed in range(seeds)]
         errs = [r["test_error"] for r in runs]
         mean = statistics.fmean(errs)
-        report["rows"].append({
-            **asdict(row), "params": count_parameters(create_model(row.model)),
-            "config": row_config(row, 0, quick).to_dict(), "runs": runs,
-            "mean_error": mean, "std_error": statistics.stdev(errs) if len(errs) > 1 else None,
-            "train_seconds_mean": statistics.fmean(r["train_seconds"] for r in runs),
-            "beats_paper": None if row.paper_error is None else round(mean, 6) <= row.paper_error,
-        })  # fmt: skip
+        report["rows"].append(
+            {
+                **asdict(row),
+                "params": count_parameters(create_model(row.model)),
+                "config": row_config(row, 0, quick).to_dict(),
+                "runs": runs,
+                "mean_error": mean,
+                "std_error": statistics.stdev(errs) if len(errs) > 1 else None,
+                "train_seconds_mean": statistics.fmean(r["train_seconds"] for r in runs),
+                "beats_paper": None
+                if row.paper_error is None
+                else round(mean, 6) <= row.paper_error,
+            }
+        )
     report["total_seconds"] = time.perf_counter() - t_all
     stem = "reproduction-quick" if quick else "reproduction"
     if update:
@@ -207,11 +253,15 @@ def _merge_into(path: Path, new: dict) -> dict:
     kept = {r["key"]: r for r in old["rows"] if r["key"] not in fresh}
     merged = {**kept, **fresh}
     old["rows"] = [merged[k] for k in ROW_KEYS if k in merged]
-    old.setdefault("updates", []).append({
-        "command": new["command"] + " --only " + ",".join(fresh) + " --update",
-        "started": new["started"], "rows": list(fresh), "total_seconds": new["total_seconds"],
-        "machine": new["machine"],
-    })  # fmt: skip
+    old.setdefault("updates", []).append(
+        {
+            "command": new["command"] + " --only " + ",".join(fresh) + " --update",
+            "started": new["started"],
+            "rows": list(fresh),
+            "total_seconds": new["total_seconds"],
+            "machine": new["machine"],
+        }
+    )
     return old
 
 

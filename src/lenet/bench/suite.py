@@ -256,7 +256,7 @@ def bench_train_throughput(ctx: dict) -> dict:
             )
         )
     seed = engine_train_throughput(
-        "seed", None, ctx["data_dir"], device, n_seed, ctx["workdir"], ctx["threads"]
+        "note", None, ctx["data_dir"], device, n_seed, ctx["workdir"], ctx["threads"]
     )
     note = note_train_throughput(ctx["data_dir"], device, n_seed, warmup_batches=5 if quick else 20)
     ratio = seed["images_per_s"] / note

@@ -1,4 +1,8 @@
-"""``lenet train``: train a model and keep the best checkpoint."""
+"""``lenet train``: train a model and keep the best checkpoint.
+
+One flag per :class:`lenet.config.TrainConfig` field, made from the field's metadata (help text,
+choices); a flag left out is ``None``: the recipe decides.
+"""
 
 from __future__ import annotations
 
@@ -7,62 +11,80 @@ import json
 import logging
 import os
 import sys
+from collections.abc import Sequence
+from dataclasses import fields
 from pathlib import Path
 
-from lenet.cli import add_data_dir
-from lenet.config import (
-    AUGMENTS,
-    NORMALIZE,
-    OPTIMIZERS,
-    RECIPES,
-    SCHEDULERS,
-    SELECT_ON,
-    make_config,
-)
+from lenet.config import RECIPE_ALIASES, RECIPES, TrainConfig, flag_fields, make_config
 from lenet.errors import LenetError
-from lenet.models import list_models
+
+# The settings a flag can set, in TrainConfig's order.
+_SETTINGS = [f.name for f in flag_fields()]
+# Flags forwarded as they are to each process that --nproc launches.
+_FORWARD = ["recipe", *_SETTINGS, "resume", "dist_timeout"]
+_TYPES = {"int": int, "float": float, "str": str}
+
+
+class _LazyChoices(Sequence):
+    """Choices computed on first use (the model names need torch: not for ``lenet --help``)."""
+
+    def __init__(self, fn):
+        self._fn, self._values = fn, None
+
+    def _get(self) -> list:
+        if self._values is None:
+            self._values = list(self._fn())
+        return self._values
+
+    def __getitem__(self, i):
+        return self._get()[i]
+
+    def __len__(self) -> int:
+        return len(self._get())
+
+
+def _defaults(name: str, default) -> str:
+    """`` (default: X)``, or each recipe's value where the recipes differ."""
+    per = {r: over.get(name, default) for r, over in RECIPES.items()}
+    if len(set(map(repr, per.values()))) > 1:
+        return " (" + ", ".join(f"{r}: {v}" for r, v in per.items()) + ")"
+    return f" (default: {default})" if default != "" else ""
+
+
+def add_setting_flags(p: argparse.ArgumentParser) -> None:
+    """One ``--flag`` per TrainConfig field, help and choices from the field's metadata."""
+    for f in flag_fields():
+        choices = f.metadata.get("choices")
+        if callable(choices):
+            choices = _LazyChoices(choices)
+        help = (f.metadata["help"] + _defaults(f.name, f.default)).replace("%", "%%")
+        p.add_argument(
+            f"--{f.name.replace('_', '-')}",
+            dest=f.name,
+            type=_TYPES[f.type],
+            choices=choices,
+            help=help,
+        )
 
 
 def register(sub) -> None:
     """Add the ``train`` verb."""
     p = sub.add_parser(
-        "train", help="train a model",
-        description="Train on MNIST; writes runs/<name>/ with config.json, metrics.csv, best.pt, "
-        "last.pt and curves.png. Every flag left out comes from the recipe.",
-    )  # fmt: skip
+        "train",
+        help="train a model",
+        description="Train on MNIST (or --dataset fashion-mnist); writes runs/<name>/ with "
+        "config.json, metrics.csv, best.pt, last.pt and curves.png. Every flag left out comes "
+        "from the recipe.",
+    )
+    recipe = {f.name: f for f in fields(TrainConfig)}["recipe"]
     p.add_argument(
         "--recipe",
-        default="fast",
-        choices=list(RECIPES),
-        help="fast (default: >=99%% in a few epochs) or seed (the study note's recipe)",
+        choices=[*RECIPES, *RECIPE_ALIASES],
+        metavar="{" + ",".join(RECIPES) + "}",
+        help=f"{recipe.metadata['help']} (default: fast, >=99%% in a few epochs; note: the "
+        "study note's recipe)",
     )
-    p.add_argument(
-        "--model", choices=list_models(), help="network (fast: lenet5-relu, seed: lenet5)"
-    )
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--lr", type=float, help="learning rate (peak LR for onecycle)")
-    p.add_argument("--optimizer", choices=OPTIMIZERS)
-    p.add_argument("--momentum", type=float, help="SGD momentum")
-    p.add_argument("--weight-decay", type=float)
-    p.add_argument("--scheduler", choices=SCHEDULERS, help="none = the note's printed loop")
-    p.add_argument("--step-size", type=int, help="StepLR period in epochs")
-    p.add_argument("--gamma", type=float, help="StepLR decay factor")
-    p.add_argument("--val-size", type=int, help="images held out from the end of the train set")
-    p.add_argument("--select-on", choices=SELECT_ON, help="split that picks best.pt")
-    p.add_argument("--normalize", choices=NORMALIZE, help="input scaling (default: the model's)")
-    p.add_argument(
-        "--augment", choices=AUGMENTS,
-        help="random distortions of each training batch: affine (rotate/scale/shear/shift, as "
-        "the 1998 paper), elastic (Simard et al. 2003), both, or none (default)",
-    )  # fmt: skip
-    p.add_argument("--seed", type=int)
-    p.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"])
-    p.add_argument("--threads", type=int, help="CPU threads (default: PyTorch's choice)")
-    p.add_argument("--limit", type=int, help="train on the first N images only (smoke tests)")
-    add_data_dir(p)
-    p.add_argument("--out", default="runs", help="parent folder of run folders (default: runs)")
-    p.add_argument("--name", help="run folder name (default: <model>-<recipe>-<time>)")
+    add_setting_flags(p)
     p.add_argument("--overwrite", action="store_true", help="reuse an existing --name folder")
     p.add_argument("--resume", metavar="LAST_PT", help="continue a run from its last.pt")
     p.add_argument("--json", action="store_true", help="print a JSON summary at the end")
@@ -72,15 +94,19 @@ def register(sub) -> None:
         "(or use --nproc). --batch-size is the global batch, split evenly over the processes.",
     )
     d.add_argument(
-        "--nproc", type=int, metavar="N",
+        "--nproc",
+        type=int,
+        metavar="N",
         help="launch N training processes on this machine through torchrun (gloo on CPU, "
         "NCCL on GPUs; CPU threads are split between them)",
-    )  # fmt: skip
+    )
     d.add_argument(
-        "--dist-timeout", type=float, metavar="SECONDS",
+        "--dist-timeout",
+        type=float,
+        metavar="SECONDS",
         help="how long a process waits for a dead or hung peer before stopping with an error "
         "(default: $LENET_DIST_TIMEOUT or 300)",
-    )  # fmt: skip
+    )
     p.set_defaults(func=run)
 
 
@@ -93,16 +119,6 @@ def _fmt_epoch(row, epochs: int, sel: str) -> str:
         f"{100 * row.train_acc:6.2f}%{val}  lr {row.lr:.2e}  {row.seconds:5.1f}s  "
         f"{row.images_per_s:>9,.0f} img/s{'  *best' if row.best else ''}"
     )
-
-
-# The TrainConfig settings a flag can set (None = not given: the recipe decides).
-_SETTINGS = ["model", "epochs", "batch_size", "lr", "optimizer", "momentum", "weight_decay",
-             "scheduler", "step_size", "gamma", "val_size", "select_on", "normalize", "augment",
-             "seed", "device", "threads", "limit", "name"]  # fmt: skip
-# What a resumed run may change: everything else is the run's own, saved in last.pt.
-_RESUMABLE = {"epochs", "device", "threads"}
-# Flags forwarded as they are to each process that --nproc launches.
-_FORWARD = ["recipe", *_SETTINGS, "data_dir", "out", "resume", "dist_timeout"]
 
 
 def _launch(args: argparse.Namespace) -> int:
@@ -134,16 +150,16 @@ def _restart_resume(args: argparse.Namespace) -> None:
     """Under ``torchrun --max-restarts``, a restarted worker group continues from ``last.pt``.
 
     torchrun re-runs the same command after a failure; without this the second attempt would
-    refuse the run folder the first one created.
+    refuse the run folder the first one created. Its flags are the first attempt's, so they
+    match the saved settings and the resume rules let them through.
     """
     from lenet import distributed
 
     if args.resume or distributed.restart_count() == 0 or not args.name:
         return
-    last = Path(args.out) / args.name / "last.pt"
+    last = Path(args.out or TrainConfig.out) / args.name / "last.pt"
     if last.is_file():
         args.resume = str(last)
-        args.restarted = True  # the flags are the first attempt's: not a change of settings
     else:  # the first attempt died before finishing an epoch: its folder is ours to reuse
         args.overwrite = True
 
@@ -159,19 +175,8 @@ def run(args: argparse.Namespace) -> int:
     main = distributed.is_main()
     if not main:  # only rank 0 talks; the others still report their errors
         logging.getLogger().setLevel(logging.WARNING)
-
-    overrides = {k: getattr(args, k) for k in _SETTINGS}
-    if args.resume:
-        changed = [k for k, v in overrides.items() if v is not None and k not in _RESUMABLE]
-        if changed and not getattr(args, "restarted", False):
-            flags = ", ".join(f"--{k.replace('_', '-')}" for k in changed)
-            raise LenetError(
-                f"--resume continues a run with its own settings; it cannot change {flags} "
-                f"(only --epochs, --device, --threads)"
-            )
-        overrides = {k: v for k, v in overrides.items() if k in _RESUMABLE}
-    else:
-        overrides.update(recipe=args.recipe, data_dir=args.data_dir, out=args.out)
+    # Every given flag goes to the engine, which owns the rules (what a resume may change).
+    overrides = {k: getattr(args, k) for k in ["recipe", *_SETTINGS]}
 
     def on_epoch(row, res):
         if main and not args.json:
@@ -180,9 +185,12 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         res = train(
-            resume=args.resume, overwrite=args.overwrite, on_epoch=on_epoch,
-            dist_timeout=args.dist_timeout, **overrides,
-        )  # fmt: skip
+            resume=args.resume,
+            overwrite=args.overwrite,
+            on_epoch=on_epoch,
+            dist_timeout=args.dist_timeout,
+            **overrides,
+        )
     except distributed.SameErrorOnEveryRank:
         if main:
             raise
@@ -190,10 +198,14 @@ def run(args: argparse.Namespace) -> int:
     if not main:
         return 0
     summary = {
-        "run_dir": str(res.run_dir), "best": str(res.best_path), "last": str(res.last_path),
-        "best_epoch": res.best_epoch, "best_acc": res.best_acc, "select_on": res.select_on,
+        "run_dir": str(res.run_dir),
+        "best": str(res.best_path),
+        "last": str(res.last_path),
+        "best_epoch": res.best_epoch,
+        "best_acc": res.best_acc,
+        "select_on": res.select_on,
         "epochs": len(res.history),
-    }  # fmt: skip
+    }
     if args.json:
         print(json.dumps(summary))
     else:
