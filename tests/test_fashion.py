@@ -152,23 +152,39 @@ def test_not_a_deb(tmp_path, monkeypatch):
         fetch("fashion-mnist", tmp_path / "d", junk)
 
 
+def _fake_apt_get(tmp_path: Path, script: str) -> str:
+    """An executable standing in for apt-get (the real one is tried by the slow test)."""
+    exe = tmp_path / "apt-get"
+    exe.write_text("#!/bin/sh\n" + script)
+    exe.chmod(0o755)
+    return str(exe)
+
+
 def test_partial_folder_is_completed(fake_deb, tmp_path, monkeypatch):
     deb, files = fake_deb
     d = raw_dir(tmp_path / "d", "fashion-mnist")
     d.mkdir(parents=True)
     kept = FILES["train", "images"]
     (d / f"{kept}.gz").write_bytes(gzip.compress(files[kept]))  # placed by hand, gzipped
-    calls = []
-
-    def download(dest, data_dir):  # stands in for `apt-get download`
-        calls.append(dest)
-        return Path(shutil.copy(deb, dest))
-
-    monkeypatch.setattr(data, "_download_deb", download)
+    log = tmp_path / "apt.log"
+    apt = _fake_apt_get(tmp_path, f'echo "$@" >> {log}\ncp {deb} ./{deb.name}\n')
+    monkeypatch.setattr(data.shutil, "which", lambda name: apt if name == "apt-get" else None)
     ensure_data(tmp_path / "d", "fashion-mnist")
-    assert len(calls) == 1
+    assert log.read_text().split() == [
+        "download",
+        f"dataset-fashion-mnist={data.FASHION_DEB_VERSION}",
+    ]
     assert not (d / kept).exists() and (d / f"{kept}.gz").exists()  # the hand-placed file stays
     assert set(verify("fashion-mnist", tmp_path / "d")) == set(files)
+
+
+def test_apt_get_failure_is_one_clear_line(tmp_path, monkeypatch):
+    apt = _fake_apt_get(
+        tmp_path, 'echo "W: a warning" >&2\necho "E: Unable to locate package x" >&2\nexit 100\n'
+    )
+    monkeypatch.setattr(data.shutil, "which", lambda name: apt)
+    with pytest.raises(DataError, match=r"apt-get \(E: Unable to locate package x;.*--deb PATH"):
+        ensure_data(tmp_path / "d", "fashion-mnist")
 
 
 def test_partial_mnist_folder_is_completed(tiny_mnist, monkeypatch):
