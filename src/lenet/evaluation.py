@@ -1,17 +1,18 @@
-"""Evaluate a checkpoint on MNIST (``lenet eval``) and show test digits with predictions (``lenet show``)."""
+"""Evaluate a checkpoint on its dataset (``lenet eval``); draw test images with predictions (``lenet show``)."""
 
 from __future__ import annotations
 
 import logging
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from lenet.checkpoint import load_model, output_dir_for
-from lenet.data import DEFAULT_DATA_DIR, load_split
+from lenet.checkpoint import LoadedModel, load_model, output_dir_for
+from lenet.data import DEFAULT_DATA_DIR, get_dataset, load_split
 from lenet.errors import LenetError
 from lenet.normalization import normalize
 from lenet.runtime import loss_and_accuracy, predict_logits, resolve_device
@@ -24,8 +25,13 @@ def confusion_matrix(actual: np.ndarray, predicted: np.ndarray, k: int = 10) -> 
     return np.bincount(actual * k + predicted, minlength=k * k).reshape(k, k)
 
 
-def per_class(cm: np.ndarray) -> list[dict]:
-    """Precision, recall and support for each class from a confusion matrix."""
+def checkpoint_dataset(lm: LoadedModel) -> str:
+    """The dataset a checkpoint was trained on (its ``train_config``); MNIST for older ones."""
+    return (lm.checkpoint.get("train_config") or {}).get("dataset") or "mnist"
+
+
+def per_class(cm: np.ndarray, classes: tuple[str, ...] | None = None) -> list[dict]:
+    """Precision, recall and support (and the class's name when given) from a confusion matrix."""
     tp = np.diag(cm).astype(float)
     pred_tot, act_tot = cm.sum(0), cm.sum(1)
     out = []
@@ -33,6 +39,7 @@ def per_class(cm: np.ndarray) -> list[dict]:
         out.append(
             {
                 "class": c,
+                **({"name": classes[c]} if classes else {}),
                 "precision": float(tp[c] / pred_tot[c]) if pred_tot[c] else 0.0,
                 "recall": float(tp[c] / act_tot[c]) if act_tot[c] else 0.0,
                 "support": int(act_tot[c]),
@@ -90,6 +97,7 @@ class EvalReport:
 
     checkpoint: str
     model: str
+    dataset: str
     split: str
     n: int
     loss: float
@@ -97,6 +105,7 @@ class EvalReport:
     errors: int
     per_class: list[dict]
     confusion: list[list[int]]
+    classes: list[str] = field(default_factory=list)  # label -> class name
     rejection: dict = field(default_factory=dict)  # see rejection_curve
     files: dict = field(default_factory=dict)
 
@@ -109,6 +118,7 @@ def evaluate(
     checkpoint: str | os.PathLike,
     *,
     data_dir: str | os.PathLike = DEFAULT_DATA_DIR,
+    dataset: str | None = None,
     split: str = "test",
     device: str = "auto",
     batch_size: int = 1000,
@@ -118,12 +128,14 @@ def evaluate(
 ) -> EvalReport:
     """Loss, accuracy, per-class precision/recall and confusion matrix of a checkpoint on a split.
 
-    Writes ``confusion.png`` and ``errors.png`` (the misclassified digits) into ``out_dir``
-    (default: the checkpoint's folder) unless ``plots=False``.
+    ``dataset`` defaults to the one the checkpoint was trained on. Writes ``confusion.png`` and
+    ``errors.png`` (the misclassified images) into ``out_dir`` (default: the checkpoint's folder)
+    unless ``plots=False``.
     """
     dev = resolve_device(device)
     lm = load_model(checkpoint, dev)
-    data = load_split(split, data_dir)
+    ds = get_dataset(dataset or checkpoint_dataset(lm))
+    data = load_split(split, data_dir, dataset=ds.name)
     x = normalize(data.images, lm.normalization).to(dev)
     logits = predict_logits(lm.model, x, batch_size).float().cpu()
     loss, acc = loss_and_accuracy(logits, data.labels)
@@ -132,8 +144,9 @@ def evaluate(
     cm = confusion_matrix(actual, pred, k=logits.shape[1])
     confidence = torch.softmax(logits, 1).max(1).values.double().numpy()
     report = EvalReport(
-        str(checkpoint), lm.name, split, len(actual), loss, acc, int((pred != actual).sum()),
-        per_class(cm), cm.tolist(), rejection_curve(confidence, pred == actual),
+        str(checkpoint), lm.name, ds.name, split, len(actual), loss, acc,
+        int((pred != actual).sum()), per_class(cm, ds.classes), cm.tolist(), list(ds.classes),
+        rejection_curve(confidence, pred == actual),
     )  # fmt: skip
     if plots:
         from lenet.plots import plot_confusion, plot_digit_grid, plot_rejection
@@ -141,14 +154,17 @@ def evaluate(
         out = Path(out_dir) if out_dir else output_dir_for(checkpoint)
         report.files["confusion"] = str(
             plot_confusion(
-                cm, out / "confusion.png", f"{lm.name} on MNIST {split}: {100 * acc:.2f}%"
+                cm,
+                out / "confusion.png",
+                f"{lm.name} on {ds.title} {split}: {100 * acc:.2f}%",
+                classes=ds.classes,
             )
         )
         report.files["rejection"] = str(
             plot_rejection(
                 report.rejection,
                 out / "rejection.png",
-                f"{lm.name} on MNIST {split}: error vs rejection",
+                f"{lm.name} on {ds.title} {split}: error vs rejection",
             )
         )
         wrong = np.flatnonzero(pred != actual)[:max_errors_shown]
@@ -159,33 +175,44 @@ def evaluate(
                     pred[wrong].tolist(),
                     actual[wrong].tolist(),
                     out / "errors.png",
-                    title=f"{len(wrong)} of {report.errors} misclassified {split} digits",
+                    title=f"{len(wrong)} of {report.errors} misclassified {split} {ds.item}s",
+                    classes=ds.classes,
                 )  # fmt: skip
             )
     return report
 
 
 @dataclass
-class ShowResult:
-    """Result of :func:`show`: per-image (index, predicted, actual) and the grid picture."""
+class PredictionGrid:
+    """Result of :func:`prediction_grid`: per-image (index, predicted, actual) and the picture.
+
+    ``predicted``/``actual`` are labels; ``classes`` maps them to names ("0".."9" for MNIST).
+    """
 
     rows: list[dict]
     grid: Path | None
+    dataset: str = "mnist"
+    classes: list[str] = field(default_factory=list)
 
 
-def show(
+def prediction_grid(
     checkpoint: str | os.PathLike,
     *,
     n: int = 20,
     start: int = 0,
     data_dir: str | os.PathLike = DEFAULT_DATA_DIR,
+    dataset: str | None = None,
     device: str = "auto",
     out: str | os.PathLike | None = None,
-) -> ShowResult:
-    """The note's test.py done right: predict the first ``n`` test digits and draw them as ONE grid."""
+) -> PredictionGrid:
+    """The note's test.py done right: predict ``n`` test images and draw them as ONE grid picture.
+
+    ``dataset`` defaults to the one the checkpoint was trained on.
+    """
     dev = resolve_device(device)
     lm = load_model(checkpoint, dev)
-    data = load_split("test", data_dir)
+    ds = get_dataset(dataset or checkpoint_dataset(lm))
+    data = load_split("test", data_dir, dataset=ds.name)
     if not 0 <= start < len(data):
         raise LenetError(f"--start must be between 0 and {len(data) - 1} (the test set's size)")
     sel = slice(start, min(start + n, len(data)))
@@ -205,6 +232,15 @@ def show(
         path = Path(out) if out else output_dir_for(checkpoint) / "show.png"
         grid = plot_digit_grid(
             imgs.numpy(), pred, actual, path,
-            title=f"{lm.name}: test digits {sel.start}-{sel.stop - 1}, {wrong} wrong",
+            title=f"{lm.name}: {ds.title} test {ds.item}s {sel.start}-{sel.stop - 1}, {wrong} wrong",
+            classes=ds.classes,
         )  # fmt: skip
-    return ShowResult(rows, grid)
+    return PredictionGrid(rows, grid, ds.name, list(ds.classes))
+
+
+def show(checkpoint: str | os.PathLike, **kwargs) -> PredictionGrid:
+    """Deprecated name of :func:`prediction_grid` (kept for a while so old scripts still run)."""
+    warnings.warn(
+        "lenet.show is now lenet.prediction_grid", DeprecationWarning, stacklevel=2
+    )  # fmt: skip
+    return prediction_grid(checkpoint, **kwargs)

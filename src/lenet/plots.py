@@ -51,9 +51,15 @@ def plot_curves(history: Sequence, path: str | os.PathLike, select_on: str = "va
 
 
 def plot_confusion(
-    cm: np.ndarray, path: str | os.PathLike, title: str = "confusion matrix"
+    cm: np.ndarray,
+    path: str | os.PathLike,
+    title: str = "confusion matrix",
+    classes: Sequence[str] | None = None,
 ) -> Path:
-    """A 10x10 confusion matrix (rows actual, columns predicted) with counts in the cells."""
+    """A 10x10 confusion matrix (rows actual, columns predicted) with counts in the cells.
+
+    ``classes`` names the ticks (the label numbers when None or when the names are the digits).
+    """
     plt = _plt()
     k = cm.shape[0]
     fig, ax = plt.subplots(figsize=(6.5, 6))
@@ -63,6 +69,9 @@ def plot_confusion(
             color = "white" if cm[i, j] > cm.max() / 3 else "black"
             ax.text(j, i, str(cm[i, j]), ha="center", va="center", fontsize=7, color=color)
     ax.set(xticks=range(k), yticks=range(k), xlabel="predicted", ylabel="actual", title=title)
+    if classes is not None:
+        ax.set_xticklabels(classes, rotation=45, ha="right", fontsize=8)
+        ax.set_yticklabels(classes, fontsize=8)
     return _save(fig, path)
 
 
@@ -73,8 +82,12 @@ def plot_digit_grid(
     path: str | os.PathLike,
     title: str = "",
     cols: int = 10,
+    classes: Sequence[str] | None = None,
 ) -> Path:
-    """One picture of many digits, each captioned predicted/actual; wrong ones framed in red."""
+    """One picture of many images, each captioned predicted/actual; wrong ones framed in red.
+
+    ``classes`` maps labels to the names in the captions (the label itself when None).
+    """
     plt = _plt()
     n = len(images)
     cols = max(1, min(cols, n))
@@ -89,7 +102,12 @@ def plot_digit_grid(
             continue
         ax.imshow(images[i], cmap="gray", vmin=0, vmax=255)
         wrong = actual is not None and predicted[i] != actual[i]
-        cap = f"pred {predicted[i]}" + (f" / true {actual[i]}" if actual is not None else "")
+        name = (lambda c: classes[c]) if classes is not None else str
+        if classes is None or all(len(c) <= 2 for c in classes):
+            cap = f"pred {name(predicted[i])}"
+            cap += f" / true {name(actual[i])}" if actual is not None else ""
+        else:  # long names (Fashion-MNIST's "T-shirt/top") on two lines
+            cap = name(predicted[i]) + (f"\n(true: {name(actual[i])})" if wrong else "")
         ax.set_title(cap, fontsize=7, color="red" if wrong else "black")
         for s in ax.spines.values():
             s.set_edgecolor("red" if wrong else "#999999")

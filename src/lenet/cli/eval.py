@@ -6,20 +6,24 @@ import argparse
 import json
 
 from lenet.cli import add_data_dir, add_device, add_json
+from lenet.config import DATASETS
 
 
 def register(sub) -> None:
     """Add the ``eval`` verb."""
     p = sub.add_parser(
-        "eval", help="evaluate a checkpoint on MNIST",
-        description="Loss, accuracy, per-class precision/recall and a confusion matrix on the MNIST "
-        "test set; also the error-vs-rejection curve (how much must be refused, least confident first, for a given error); writes confusion.png, errors.png and rejection.png next to the checkpoint (or into --out).",
+        "eval", help="evaluate a checkpoint on its test set",
+        description="Loss, accuracy, per-class precision/recall and a confusion matrix on the test "
+        "set of the checkpoint's dataset (MNIST or Fashion-MNIST); also the error-vs-rejection curve (how much must be refused, least confident first, for a given error); writes confusion.png, errors.png and rejection.png next to the checkpoint (or into --out).",
     )  # fmt: skip
     p.add_argument("checkpoint", help="best.pt / last.pt, or a bare state_dict .pth from the note")
     p.add_argument("--split", default="test", choices=["test", "train"])
     p.add_argument("--out", help="folder for confusion.png, errors.png and rejection.png")
     p.add_argument("--no-plots", action="store_true", help="skip the pictures")
     add_data_dir(p)
+    p.add_argument(
+        "--dataset", choices=DATASETS, help="default: the one the checkpoint was trained on"
+    )
     add_device(p)
     add_json(p)
     p.set_defaults(func=run)
@@ -27,20 +31,29 @@ def register(sub) -> None:
 
 def format_report(r) -> str:
     """Human-readable text for an :class:`~lenet.evaluation.EvalReport`."""
+    from lenet.data import get_dataset
+
+    names = r.classes or [str(c) for c in range(len(r.confusion))]
+    w = max(5, *(len(n) for n in names))  # the class column fits the longest name
     lines = [
-        f"{r.model} on MNIST {r.split} ({r.n:,} images): loss {r.loss:.4f}  "
-        f"accuracy {100 * r.accuracy:.2f}%  ({r.errors} wrong)",
+        f"{r.model} on {get_dataset(r.dataset).title} {r.split} ({r.n:,} images): loss "
+        f"{r.loss:.4f}  accuracy {100 * r.accuracy:.2f}%  ({r.errors} wrong)",
         "",
-        "class  precision  recall  support",
+        f"{'class':>{w}}  precision  recall  support",
     ]
-    for c in r.per_class:
+    for c, name in zip(r.per_class, names, strict=True):
         lines.append(
-            f"{c['class']:>5}  {100 * c['precision']:8.2f}%  {100 * c['recall']:5.2f}%  {c['support']:>7}"
+            f"{name:>{w}}  {100 * c['precision']:8.2f}%  {100 * c['recall']:5.2f}%  {c['support']:>7}"
         )
+    # Columns are the label numbers (names do not fit a column); rows name the class when the
+    # names are not the numbers themselves.
+    digits = names == [str(c) for c in range(len(names))]
+    rw = 6 if digits else w + 4
     lines += ["", "confusion matrix (rows actual, columns predicted):"]
-    lines.append("      " + "".join(f"{j:>6}" for j in range(len(r.confusion))))
+    lines.append(" " * rw + "".join(f"{j:>6}" for j in range(len(r.confusion))))
     for i, row in enumerate(r.confusion):
-        lines.append(f"{i:>6}" + "".join(f"{v:>6}" for v in row))
+        label = f"{i:>6}" if digits else f"{i} {names[i]}".ljust(rw)
+        lines.append(label + "".join(f"{v:>6}" for v in row))
     if r.rejection:
         lines += ["", "error vs rejection (refusing the least confident first):"]
         lines.append(
@@ -67,7 +80,8 @@ def run(args: argparse.Namespace) -> int:
     from lenet.evaluation import evaluate
 
     r = evaluate(
-        args.checkpoint, data_dir=args.data_dir, split=args.split, device=args.device,
+        args.checkpoint, data_dir=args.data_dir, dataset=args.dataset, split=args.split,
+        device=args.device,
         out_dir=args.out, plots=not args.no_plots,
     )  # fmt: skip
     print(json.dumps(r.to_dict()) if args.json else format_report(r))
