@@ -54,15 +54,20 @@ def _defaults(name: str, default) -> str:
 def add_setting_flags(p: argparse.ArgumentParser) -> None:
     """One ``--flag`` per TrainConfig field, help and choices from the field's metadata."""
     for f in flag_fields():
-        choices = f.metadata.get("choices")
+        choices, metavar = f.metadata.get("choices"), None
+        help = f.metadata["help"].replace("%", "%%")
         if callable(choices):
-            choices = _LazyChoices(choices)
-        help = (f.metadata["help"] + _defaults(f.name, f.default)).replace("%", "%%")
+            # argparse lists choices when the flag is added unless it has a metavar; %(choices)s
+            # lists them only when the help is shown.
+            choices, metavar = _LazyChoices(choices), f.name.upper()
+            help += ": %(choices)s"
+        help += _defaults(f.name, f.default).replace("%", "%%")
         p.add_argument(
             f"--{f.name.replace('_', '-')}",
             dest=f.name,
             type=_TYPES[f.type],
             choices=choices,
+            metavar=metavar,
             help=help,
         )
 
