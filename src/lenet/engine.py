@@ -23,7 +23,7 @@ from lenet.fileio import atomic_write_text
 from lenet.models import create_model, get_spec, model_config
 from lenet.normalization import MNIST_STATS, TOTENSOR, Normalization, normalize
 from lenet.runtime import predict_logits, resolve_device
-from lenet.speed import optimize_model
+from lenet.ops import prepare_for_device as optimize_model
 
 log = logging.getLogger(__name__)
 

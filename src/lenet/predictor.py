@@ -21,7 +21,7 @@ from lenet.models import count_parameters
 from lenet.normalization import normalize
 from lenet.preprocess import preprocess
 from lenet.runtime import resolve_device
-from lenet.speed import optimize_model
+from lenet.ops import prepare_for_device as optimize_model
 
 log = logging.getLogger(__name__)
 

@@ -39,7 +39,7 @@ from lenet.errors import LenetError
 from lenet.models import list_models, model_config
 from lenet.normalization import TOTENSOR, normalize
 from lenet.runtime import resolve_device
-from lenet.speed import optimize_model
+from lenet.ops import prepare_for_device as optimize_model
 
 log = logging.getLogger(__name__)
 
