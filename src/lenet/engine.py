@@ -22,8 +22,8 @@ from lenet.errors import LenetError
 from lenet.fileio import atomic_write_text
 from lenet.models import create_model, get_spec, model_config
 from lenet.normalization import MNIST_STATS, TOTENSOR, Normalization, normalize
-from lenet.runtime import predict_logits, resolve_device
 from lenet.ops import prepare_for_device as optimize_model
+from lenet.runtime import predict_logits, resolve_device
 
 log = logging.getLogger(__name__)
 

@@ -19,9 +19,9 @@ from lenet.config import BACKENDS
 from lenet.errors import LenetError, NoDigitError
 from lenet.models import count_parameters
 from lenet.normalization import normalize
+from lenet.ops import prepare_for_device as optimize_model
 from lenet.preprocess import preprocess
 from lenet.runtime import resolve_device
-from lenet.ops import prepare_for_device as optimize_model
 
 log = logging.getLogger(__name__)
 

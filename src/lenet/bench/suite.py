@@ -38,8 +38,8 @@ from lenet.data import load_split
 from lenet.errors import LenetError
 from lenet.models import list_models, model_config
 from lenet.normalization import TOTENSOR, normalize
-from lenet.runtime import resolve_device
 from lenet.ops import prepare_for_device as optimize_model
+from lenet.runtime import resolve_device
 
 log = logging.getLogger(__name__)
 
