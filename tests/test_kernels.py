@@ -499,3 +499,11 @@ def test_hooked_layers_really_run():
     assert seen == ["c1", "s2", "c3", "c5"]
     assert not _fused_ran(model.block1(x))
     assert out.shape == (4, 10)
+
+
+def test_torch_compile_sees_pytorch_ops():
+    # Dynamo alone (backend "eager": no code generation) traces the ATen composite.
+    model = ops.prepare_for_device(create_model("lenet5"), "cpu")
+    x = torch.randn(3, 1, 28, 28)
+    compiled = torch.compile(model, backend="eager", fullgraph=True)
+    torch.testing.assert_close(compiled(x), model(x), rtol=1e-5, atol=1e-5)
