@@ -1,4 +1,4 @@
-"""Export round trips (ONNX Runtime and TorchScript vs PyTorch on the test set) and lenet.speed."""
+"""Export round trips (ONNX Runtime and TorchScript vs PyTorch on the test set)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,6 @@ from lenet.checkpoint import load_model
 from lenet.data import load_split
 from lenet.engine import train
 from lenet.normalization import normalize
-from lenet.speed import WholeInputConv2d, optimize_model
 
 require("onnxruntime")
 
@@ -105,34 +104,3 @@ def test_onnx_runner_rejects_non_onnx(tmp_path):
     bad.write_bytes(b"not onnx")
     with pytest.raises(LenetError, match="not a loadable ONNX model"):
         OnnxRunner(bad)
-
-
-@pytest.mark.parametrize("name", ["lenet5", "lenet5-relu"])
-def test_optimize_model_keeps_math_and_weights(name):
-    from lenet.models import create_model
-
-    torch.manual_seed(0)
-    ref = create_model(name)
-    fast = create_model(name)
-    fast.load_state_dict(ref.state_dict())
-    optimize_model(fast, "cpu")
-    assert isinstance(fast.c5, WholeInputConv2d) and isinstance(fast.c1, WholeInputConv2d)
-    assert fast.state_dict().keys() == ref.state_dict().keys()
-    x = torch.randn(32, 1, 28, 28)
-    y = torch.randint(0, 10, (32,))
-    out_ref, out_fast = ref(x), fast(x)
-    assert torch.allclose(out_ref, out_fast, atol=1e-5)
-    torch.nn.functional.cross_entropy(out_ref, y).backward()
-    torch.nn.functional.cross_entropy(out_fast, y).backward()
-    for (k, a), b in zip(ref.named_parameters(), fast.parameters(), strict=True):
-        assert torch.allclose(a.grad, b.grad, atol=1e-5), k
-
-
-def test_whole_input_conv_falls_back_on_other_shapes():
-    conv = torch.nn.Conv2d(3, 4, 5)
-    ref = torch.nn.Conv2d(3, 4, 5)
-    ref.load_state_dict(conv.state_dict())
-    conv.__class__ = WholeInputConv2d
-    for shape in [(2, 3, 5, 5), (2, 3, 9, 7)]:  # GEMM path, then ordinary convolution
-        x = torch.randn(shape)
-        assert torch.allclose(conv(x), ref(x), atol=1e-5)

@@ -28,9 +28,9 @@ from lenet.errors import LenetError
 from lenet.fileio import atomic_write_text
 from lenet.models import create_model, get_spec, model_config
 from lenet.normalization import MNIST_STATS, TOTENSOR, Normalization, normalize
+from lenet.ops import prepare_for_device
 from lenet.optim import build_optimizer, build_scheduler
 from lenet.runtime import predict_logits, resolve_device
-from lenet.speed import optimize_model
 
 log = logging.getLogger(__name__)
 
@@ -233,7 +233,7 @@ def build(cfg: TrainConfig, n_used: int, strategy: Strategy) -> Trainee:
     torch.manual_seed(cfg.seed)
     mcfg = model_config(cfg.model)
     model = create_model(cfg.model, **mcfg).to(strategy.device)
-    optimize_model(model, strategy.device)  # same math; CPU: channels-last + GEMM-shaped c5
+    prepare_for_device(model, strategy.device)  # same math; CPU: channels-last memory
     opt = build_optimizer(cfg, model.parameters(), strategy.device)
     sched, per_step = build_scheduler(cfg, opt, -(-n_used // cfg.batch_size))
     return Trainee(model, strategy.wrap_model(model), mcfg, opt, sched, per_step)

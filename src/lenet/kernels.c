@@ -40,7 +40,20 @@
 #define HPMAX (VW + KMAX - 1)
 #define NONE 255            /* argmax code: the ReLU zeroed this value, so no gradient flows */
 
-int lenet_kernels_abi(void) { return 2; }
+/* The ABI: every entry point below and its argument types, one per line ("f32*"/"u8*": float /
+ * uint8_t buffers, "i64": int64_t; each returns int, 0 = done). lenet/kernels.py compares this
+ * string with the one rendered from its PROTOTYPES table (which sets the ctypes argument types)
+ * and leaves the kernels off when they differ: change both when a signature changes. */
+const char *lenet_kernels_abi(void) {
+  return "lenet_conv_pool_relu_fwd(f32*,i64,i64,i64,f32*,f32*,i64,i64,i64,f32*,u8*,i64)\n"
+         "lenet_conv_pool_relu_bwd(f32*,i64,i64,i64,f32*,u8*,i64,i64,i64,f32*,f32*,i64)\n"
+         "lenet_conv16_pool_relu_fwd(f32*,i64,i64,i64,i64,f32*,f32*,i64,f32*,u8*,i64)\n"
+         "lenet_conv16_pool_relu_bwd(f32*,i64,i64,i64,i64,f32*,i64,f32*,u8*,f32*,f32*,f32*,i64)\n"
+         "lenet_conv_sig_avg_fwd(f32*,i64,i64,i64,f32*,f32*,i64,i64,i64,f32*,f32*,i64)\n"
+         "lenet_conv_sig_avg_bwd(f32*,i64,i64,i64,f32*,f32*,i64,i64,i64,f32*,f32*,i64)\n"
+         "lenet_conv16_sig_avg_fwd(f32*,i64,i64,i64,i64,f32*,f32*,i64,f32*,f32*,i64)\n"
+         "lenet_conv16_sig_avg_bwd(f32*,i64,i64,i64,i64,f32*,i64,f32*,f32*,f32*,f32*,f32*,i64)";
+}
 
 /* Threads for one call: the caller's count (torch.get_num_threads(), passed in because OpenMP's
  * setting is per calling thread), at least 1 and at most one per image. */

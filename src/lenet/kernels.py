@@ -1,17 +1,32 @@
-"""Fused CPU kernels (``kernels.c``), built on first use with the system C compiler.
+"""The fused C kernels (``kernels.c``): built on first use with the system C compiler, checked, loaded.
 
-LeNet-5's two conv blocks, conv -> 2x2 max pool -> ReLU, are most of a CPU training step in
-eager PyTorch (see ``docs/benchmarks.md``); ``kernels.c`` does each block image by image in L1
-cache, forward and backward, and never materialises the full-size conv output. It is plain C (no Python or torch
-headers), so it compiles in well under a second; the library is cached under
-``$LENET_CACHE_DIR`` (default ``~/.cache/lenet``), named by a hash of the source, the flags and
-the machine, and written atomically. Everything here is optional: without a C compiler, on a
-machine where the build fails, or with ``LENET_KERNELS=0``, :func:`available` is False and
-callers use PyTorch's own operators (same math).
+LeNet-5's two conv blocks are most of a CPU training step in eager PyTorch (see
+``docs/benchmarks.md``); ``kernels.c`` does each block image by image in L1 cache, forward and
+backward. It is plain C (no Python or torch headers), so it compiles in well under a second.
+This module only builds, checks and calls it on tensors; the operators the models use, with
+PyTorch's own ops as the fallback, are in :mod:`lenet.ops`.
+
+Safety and caching:
+
+- The library is cached in :func:`cache_dir` (``$LENET_CACHE_DIR``, else
+  ``$XDG_CACHE_HOME/lenet``, else ``~/.cache/lenet``), created 0700. A folder (or a library in
+  it) owned by another user, or writable by group/others, is refused: loading a planted ``.so``
+  would run someone else's code.
+- The cache key hashes the source, the flag sets, the compiler (path, size, mtime), torch's
+  version and the CPU's model and flags; a change to any of them builds anew.
+- A failed build leaves ``kernels-<key>.failed`` holding the compiler's last lines, and later
+  processes do not try again. To retry: delete that file, or set ``LENET_KERNELS_REBUILD=1``.
+- ``kernels.c`` exports ``lenet_kernels_abi()``, a string listing every entry point and its
+  argument types; it must equal the one rendered from :data:`PROTOTYPES` (which also sets the
+  ctypes argument types), or the kernels stay off.
+
+Without a compiler, after a failed build, on a refused cache or ABI mismatch, or with
+``LENET_KERNELS=0``, :func:`available` is False (one log line says why) and nothing fails.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import hashlib
 import logging
@@ -19,6 +34,7 @@ import os
 import platform
 import shlex
 import shutil
+import stat
 import subprocess
 import tempfile
 import threading
@@ -27,9 +43,10 @@ from pathlib import Path
 
 import torch
 
+from lenet.fileio import atomic_write_text
+
 log = logging.getLogger(__name__)
 
-ABI = 2  # lenet_kernels_abi() in kernels.c; bump both when a signature changes
 # Tried in order; the first set the compiler accepts wins. -ffp-contract=fast lets the compiler
 # use FMA (ISO C mode would forbid it); no -ffast-math, so NaN and rounding stay IEEE.
 _FLAG_SETS = [
@@ -38,10 +55,40 @@ _FLAG_SETS = [
     ["-O3", "-ffp-contract=fast", "-fopenmp"],
     ["-O3", "-ffp-contract=fast"],  # no OpenMP: one thread
 ]
-_lib: ctypes.CDLL | None = None
-_tried = False
-_lock = threading.Lock()
+_BUILD_TIMEOUT_S = 120
+
+# Every entry point of kernels.c and its argument types, in order (all return int: 0 = done).
+# "f32*"/"u8*" are pointers to float/uint8 buffers, "i64" is int64_t. The last argument of each
+# is the thread count. This one table both sets the ctypes argtypes and renders the string that
+# must equal kernels.c's lenet_kernels_abi().
+PROTOTYPES = {
+    # x, n, h, w, weight, bias, oc, k, pad, out, argmax, threads
+    "lenet_conv_pool_relu_fwd": "f32* i64 i64 i64 f32* f32* i64 i64 i64 f32* u8* i64",
+    # x, n, h, w, grad_out, argmax, oc, k, pad, grad_weight, grad_bias, threads
+    "lenet_conv_pool_relu_bwd": "f32* i64 i64 i64 f32* u8* i64 i64 i64 f32* f32* i64",
+    # x, n, h, w, ic, weight, bias, k, out, argmax, threads
+    "lenet_conv16_pool_relu_fwd": "f32* i64 i64 i64 i64 f32* f32* i64 f32* u8* i64",
+    # x, n, h, w, ic, weight, k, grad_out, argmax, grad_x, grad_weight, grad_bias, threads
+    "lenet_conv16_pool_relu_bwd": "f32* i64 i64 i64 i64 f32* i64 f32* u8* f32* f32* f32* i64",
+    # as the max-pool ones, with the saved sigmoid outputs (f32*) in place of the argmax
+    "lenet_conv_sig_avg_fwd": "f32* i64 i64 i64 f32* f32* i64 i64 i64 f32* f32* i64",
+    "lenet_conv_sig_avg_bwd": "f32* i64 i64 i64 f32* f32* i64 i64 i64 f32* f32* i64",
+    "lenet_conv16_sig_avg_fwd": "f32* i64 i64 i64 i64 f32* f32* i64 f32* f32* i64",
+    "lenet_conv16_sig_avg_bwd": "f32* i64 i64 i64 i64 f32* i64 f32* f32* f32* f32* f32* i64",
+}
+_CTYPES = {"f32*": ctypes.c_void_p, "u8*": ctypes.c_void_p, "i64": ctypes.c_int64}
+
+
+def expected_abi() -> str:
+    """The ABI string ``kernels.c`` must export: one ``name(type,...)`` per line, table order."""
+    return "\n".join(f"{name}({','.join(args.split())})" for name, args in PROTOTYPES.items())
+
+
 F32 = dict(dtype=torch.float32, device="cpu")  # every buffer the C code reads or writes
+_lib: ctypes.CDLL | None = None
+_tried = False  # set (after _lib) once loading was attempted: the lock-free fast path
+_off = False  # True inside turned_off()
+_lock = threading.Lock()
 
 
 def cache_dir() -> Path:
@@ -50,6 +97,30 @@ def cache_dir() -> Path:
         return Path(os.environ["LENET_CACHE_DIR"])
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return Path(base) / "lenet"
+
+
+def _unsafe(path: Path, st: os.stat_result) -> str | None:
+    """Why ``path`` must not be trusted (another owner, group/other-writable), or None."""
+    if st.st_uid != os.getuid():
+        return f"{path} is owned by uid {st.st_uid}, not by this user ({os.getuid()})"
+    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        return f"{path} is writable by group or others (mode {stat.S_IMODE(st.st_mode):o})"
+    return None
+
+
+def _safe_dir(path: Path) -> Path | None:
+    """``path`` created 0700 if missing; None (after one log line) if it cannot be trusted."""
+    try:
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        st = os.stat(path)
+    except OSError as e:
+        log.info("fused CPU kernels off: cache folder %s: %s", path, e)
+        return None
+    why = _unsafe(path, st)
+    if why:
+        log.info("fused CPU kernels off: refusing the cache folder: %s", why)
+        return None
+    return path
 
 
 def _source() -> bytes:
@@ -71,294 +142,310 @@ def _cpu_id() -> str:
     return hashlib.sha256(info.encode()).hexdigest()[:12]
 
 
-def _build(src: bytes, out_dir: Path) -> Path | None:
-    """Compile ``src`` into a shared library in ``out_dir`` (atomically); None on failure."""
-    cc = shlex.split(os.environ.get("CC", "")) or [shutil.which("cc") or shutil.which("gcc")]
-    if not cc[0]:
-        log.info("fused CPU kernels off: no C compiler found")
-        return None
-    tag = f"{platform.machine()}-{platform.system()}-{torch.__version__}-abi{ABI}-{_cpu_id()}"
-    out_dir.mkdir(parents=True, exist_ok=True)
+def _compiler() -> list[str] | None:
+    """The compiler command: ``$CC`` (may hold flags), else ``cc``/``gcc`` on the PATH."""
+    cc = shlex.split(os.environ.get("CC", "")) or [shutil.which("cc") or shutil.which("gcc") or ""]
+    return cc if cc[0] else None
+
+
+def _cache_key(src: bytes, cc: list[str]) -> str:
+    """A hash of everything the library depends on: source, flags, compiler, torch, CPU."""
+    exe = shutil.which(cc[0]) or cc[0]
+    try:  # the compiler's identity without running it: an upgrade changes size or mtime
+        st = os.stat(exe)
+        ident = (os.path.realpath(exe), st.st_size, st.st_mtime_ns)
+    except OSError:
+        ident = (exe,)
+    tag = (cc, ident, _FLAG_SETS, platform.machine(), platform.system(), torch.__version__)
+    return hashlib.sha256(src + repr((tag, _cpu_id())).encode()).hexdigest()[:16]
+
+
+def _compile(src: bytes, cc: list[str], out_dir: Path, target: Path) -> str | None:
+    """Build ``src`` into ``target`` atomically, trying each flag set; None, or the last error."""
+    error = ""
     for flags in _FLAG_SETS:
-        key = hashlib.sha256(src + repr((cc, flags, tag)).encode()).hexdigest()[:16]
-        target = out_dir / f"kernels-{key}.so"
-        if target.exists():
-            return target
         with tempfile.TemporaryDirectory(dir=out_dir) as tmp:
             c_file, so_file = Path(tmp) / "kernels.c", Path(tmp) / "kernels.so"
             c_file.write_bytes(src)
             cmd = [*cc, *flags, "-std=c11", "-shared", "-fPIC", str(c_file), "-o", str(so_file)]
             try:
-                done = subprocess.run(cmd, capture_output=True, timeout=120)
+                done = subprocess.run(cmd, capture_output=True, timeout=_BUILD_TIMEOUT_S)
             except (OSError, subprocess.TimeoutExpired) as e:
-                log.info("fused CPU kernels: %s failed: %s", " ".join(cc), e)
-                return None
+                return f"$ {shlex.join(cmd)}\n{e}"
             if done.returncode == 0:
+                so_file.chmod(0o700)
                 os.replace(so_file, target)  # atomic: a concurrent builder sees all or nothing
-                return target
-    log.info("fused CPU kernels off: %s could not build kernels.c", " ".join(cc))
+                return None
+            tail = done.stderr.decode(errors="replace").strip().splitlines()[-20:]
+            error = "\n".join([f"$ {shlex.join(cmd)}", *tail])
+    return error
+
+
+def _build() -> Path | None:
+    """The cached library for this source and machine, built if needed; None (logged) if not."""
+    cc = _compiler()
+    if cc is None:
+        log.info("fused CPU kernels off: no C compiler found (set CC, or install gcc)")
+        return None
+    out_dir = _safe_dir(cache_dir())
+    if out_dir is None:
+        return None
+    src = _source()
+    key = _cache_key(src, cc)
+    target, failed = out_dir / f"kernels-{key}.so", out_dir / f"kernels-{key}.failed"
+    if target.exists():
+        return target
+    if failed.exists() and os.environ.get("LENET_KERNELS_REBUILD", "") != "1":
+        log.info(
+            "fused CPU kernels off: the build failed before (%s); delete that file or set "
+            "LENET_KERNELS_REBUILD=1 to try again",
+            failed,
+        )
+        return None
+    error = _compile(src, cc, out_dir, target)
+    if error is None:
+        failed.unlink(missing_ok=True)
+        return target
+    atomic_write_text(failed, error + "\n")
+    log.info("fused CPU kernels off: %s could not build kernels.c (see %s)", cc[0], failed)
     return None
 
 
+def _switched_off() -> bool:
+    return os.environ.get("LENET_KERNELS", "1").strip().lower() in ("0", "false", "no", "off")
+
+
 def _load() -> ctypes.CDLL | None:
-    if os.environ.get("LENET_KERNELS", "1").strip().lower() in ("0", "false", "no", "off"):
+    if _switched_off():
         return None
     try:
-        path = _build(_source(), cache_dir())
-    except OSError as e:  # unwritable cache folder and the like: fall back, never fail
+        path = _build()
+        if path is None:
+            return None
+        why = _unsafe(path, os.lstat(path))
+        if why or path.is_symlink():
+            log.info("fused CPU kernels off: refusing the library: %s", why or f"{path} is a link")
+            return None
+        lib = ctypes.CDLL(str(path))
+    except OSError as e:  # unwritable cache folder, unloadable library: fall back, never fail
         log.info("fused CPU kernels off: %s", e)
         return None
-    if path is None:
-        return None
     try:
-        lib = ctypes.CDLL(str(path))
-    except OSError as e:
-        log.info("fused CPU kernels off: cannot load %s: %s", path, e)
+        abi_fn = lib.lenet_kernels_abi
+    except AttributeError:
+        log.info("fused CPU kernels off: %s exports no lenet_kernels_abi()", path)
         return None
-    if lib.lenet_kernels_abi() != ABI:
+    abi_fn.restype, abi_fn.argtypes = ctypes.c_char_p, []
+    abi = (abi_fn() or b"").decode(errors="replace")
+    if abi != expected_abi():
+        log.info(
+            "fused CPU kernels off: kernels.c's ABI does not match lenet.kernels.PROTOTYPES "
+            "(C: %r; Python: %r)",
+            abi,
+            expected_abi(),
+        )
         return None
-    p, i64 = ctypes.c_void_p, ctypes.c_int64  # the last i64 of each: the thread count
-    lib.lenet_conv_pool_relu_fwd.argtypes = [p, i64, i64, i64, p, p, i64, i64, i64, p, p, i64]
-    lib.lenet_conv_pool_relu_bwd.argtypes = [p, i64, i64, i64, p, p, i64, i64, i64, p, p, i64]
-    lib.lenet_conv16_pool_relu_fwd.argtypes = [p, i64, i64, i64, i64, p, p, i64, p, p, i64]
-    lib.lenet_conv16_pool_relu_bwd.argtypes = [p, i64, i64, i64, i64, p, i64, p, p, p, p, p, i64]
-    lib.lenet_conv_sig_avg_fwd.argtypes = lib.lenet_conv_pool_relu_fwd.argtypes
-    lib.lenet_conv_sig_avg_bwd.argtypes = lib.lenet_conv_pool_relu_bwd.argtypes
-    lib.lenet_conv16_sig_avg_fwd.argtypes = lib.lenet_conv16_pool_relu_fwd.argtypes
-    lib.lenet_conv16_sig_avg_bwd.argtypes = lib.lenet_conv16_pool_relu_bwd.argtypes
-    for f in ("conv_pool_relu_fwd", "conv_pool_relu_bwd", "conv16_pool_relu_fwd",
-              "conv16_pool_relu_bwd", "conv_sig_avg_fwd", "conv_sig_avg_bwd",
-              "conv16_sig_avg_fwd", "conv16_sig_avg_bwd"):  # fmt: skip
-        getattr(lib, f"lenet_{f}").restype = ctypes.c_int
+    for name, args in PROTOTYPES.items():
+        fn = getattr(lib, name)
+        fn.argtypes = [_CTYPES[a] for a in args.split()]
+        fn.restype = ctypes.c_int
     return lib
+
+
+@contextlib.contextmanager
+def turned_off():
+    """Inside this block :func:`available` is False, so models run PyTorch's own operators
+    (``lenet bench`` measures them side by side with the fused kernels)."""
+    global _off
+    before, _off = _off, True
+    try:
+        yield
+    finally:
+        _off = before
 
 
 def available() -> bool:
     """True when the fused kernels are built and loaded (the first call builds them)."""
+    if _off:
+        return False
+    if not _tried:  # double-checked: after the first call this is one global read, no lock
+        _init()
+    return _lib is not None
+
+
+def _init() -> None:
     global _lib, _tried
     with _lock:  # one build per process, even when the first calls race
         if not _tried:
             _lib = _load()
             _tried = True
-    return _lib is not None
 
 
-def _pool_2x2(pool: torch.nn.Module) -> bool:
-    if isinstance(pool, torch.nn.AvgPool2d):
-        plain = pool.divisor_override is None
-    else:
-        plain = (
-            isinstance(pool, torch.nn.MaxPool2d)
-            and _pair(pool.dilation) == (1, 1)
-            and not pool.return_indices
-        )
-    return (
-        plain
-        and _pair(pool.kernel_size) == (2, 2)
-        and _pair(pool.stride or pool.kernel_size) == (2, 2)
-        and _pair(pool.padding) == (0, 0)
-        and not pool.ceil_mode
-    )
+def _reset_for_tests() -> None:
+    """Forget the loaded library so the next :func:`available` loads again (tests only)."""
+    global _lib, _tried
+    with _lock:
+        _lib, _tried = None, False
 
 
-def _kind(pool: torch.nn.Module) -> str:
-    return "sigmoid_avg" if isinstance(pool, torch.nn.AvgPool2d) else "max_relu"
-
-
-def _plain_conv(conv: torch.nn.Conv2d) -> bool:
-    k = conv.kernel_size[0]
-    return (
-        conv.kernel_size == (k, k)
-        and k <= 7
-        and conv.stride == (1, 1)
-        and conv.dilation == (1, 1)
-        and conv.groups == 1
-        and conv.padding_mode == "zeros"
-        and isinstance(conv.padding, tuple)
-        and conv.padding[0] == conv.padding[1]
-        and conv.bias is not None
-        and conv.weight.dtype == conv.bias.dtype == torch.float32
-        and conv.weight.device.type == conv.bias.device.type == "cpu"
-    )
-
-
-def _cpu_float(x: torch.Tensor, channels: int) -> bool:
-    return (
-        x.dim() == 4
-        and x.shape[1] == channels
-        and x.dtype == torch.float32
-        and x.device.type == "cpu"
-    )
-
-
-# Two kinds of LeNet block, named by what follows the conv: "max_relu" is
-# relu(max_pool2d(conv(x), 2)) (lenet5-relu; ReLU after the pool, which commutes exactly with
-# it), "sigmoid_avg" is avg_pool2d(sigmoid(conv(x)), 2) (the study note's lenet5). The pool
-# module passed in picks the kind: MaxPool2d -> max_relu, AvgPool2d -> sigmoid_avg.
-KINDS = ("max_relu", "sigmoid_avg")
-
-
-def block1_supported(x: torch.Tensor, conv: torch.nn.Conv2d, pool: torch.nn.Module) -> bool:
-    """Whether :func:`block1` can run this one-input-channel conv block on ``x``."""
-    if not (_pool_2x2(pool) and _plain_conv(conv)):
-        return False
-    k = conv.kernel_size[0]
-    if not (conv.in_channels == 1 and conv.out_channels <= 16):
-        return False
-    # The kernel gives no input gradient (saliency maps need one): then use PyTorch's ops.
-    if not (_cpu_float(x, 1) and not x.requires_grad):
-        return False
-    p = conv.padding[0]
-    ho, wo = x.shape[2] + 2 * p - k + 1, x.shape[3] + 2 * p - k + 1
-    sizes_ok = ho >= 2 and wo >= 2 and ho % 2 == 0 and wo % 2 == 0 and wo <= 32
-    return sizes_ok and x.shape[2] + 2 * p <= 38 and available()
-
-
-def block2_supported(x: torch.Tensor, conv: torch.nn.Conv2d, pool: torch.nn.Module) -> bool:
-    """Whether :func:`block2` can run this 16-output-channel conv block on ``x``."""
-    if not (_pool_2x2(pool) and _plain_conv(conv)):
-        return False
-    k = conv.kernel_size[0]
-    if not (conv.out_channels == 16 and conv.in_channels <= 16 and conv.padding == (0, 0)):
-        return False
-    if not _cpu_float(x, conv.in_channels):
-        return False
-    ho, wo = x.shape[2] - k + 1, x.shape[3] - k + 1
-    return ho >= 2 and wo >= 2 and ho % 2 == 0 and wo % 2 == 0 and wo <= 12 and available()
-
-
-def _require() -> None:
-    if not available():
-        raise RuntimeError("lenet kernels are not available (see lenet.kernels.available)")
-
-
-def _check(rc: int, name: str) -> None:
+def _call(name: str, *args) -> None:
+    rc = getattr(_lib, name)(*args)
     if rc != 0:
         raise RuntimeError(f"lenet kernels: {name} failed ({rc})")
 
 
-class _Block1(torch.autograd.Function):
-    """A one-input-channel conv block; gradients for the conv's weight and bias (x needs none)."""
-
-    @staticmethod
-    def forward(ctx, x, weight, bias, padding: int, kind: str, need_grad: bool):
-        n, _, h, w = x.shape
-        oc, _, k, _ = weight.shape
-        x = x.detach().contiguous()  # (N, 1, H, W): one channel, so any layout is NCHW
-        wt = weight.detach().reshape(oc, k * k).contiguous()
-        b = bias.detach().contiguous()
-        ho, wo = h + 2 * padding - k + 1, w + 2 * padding - k + 1
-        # (N, oc, ho/2, wo/2) in channels-last memory: NHWC, as the kernel writes it.
-        out = torch.empty((n, oc, ho // 2, wo // 2), memory_format=torch.channels_last, **F32)
-        if kind == "max_relu":  # the argmax of each pooled value (uint8)
-            saved = torch.empty_like(out, dtype=torch.uint8) if need_grad else None
-            fwd = _lib.lenet_conv_pool_relu_fwd
-        else:  # the sigmoid outputs, (N, oc, ho, 32) with columns >= wo unused
-            saved = torch.empty((n, oc, ho, 32), **F32) if need_grad else None
-            fwd = _lib.lenet_conv_sig_avg_fwd
-        rc = fwd(
-            x.data_ptr(), n, h, w, wt.data_ptr(), b.data_ptr(), oc, k, padding,
-            out.data_ptr(), saved.data_ptr() if saved is not None else None,
-            torch.get_num_threads(),
-        )  # fmt: skip
-        _check(rc, fwd.__name__)
-        if need_grad:
-            ctx.save_for_backward(x, saved)
-            ctx.meta = (oc, k, padding, weight.shape, kind)
-        return out
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable  # no double backward: an error, never 0
-    def backward(ctx, grad_out):
-        x, saved = ctx.saved_tensors
-        oc, k, padding, wshape, kind = ctx.meta
-        n, _, h, w = x.shape
-        g = grad_out.contiguous(memory_format=torch.channels_last)
-        gw = torch.empty((oc, k * k), **F32)
-        gb = torch.empty(oc, **F32)
-        bwd = _lib.lenet_conv_pool_relu_bwd if kind == "max_relu" else _lib.lenet_conv_sig_avg_bwd
-        rc = bwd(
-            x.data_ptr(), n, h, w, g.data_ptr(), saved.data_ptr(), oc, k, padding,
-            gw.data_ptr(), gb.data_ptr(), torch.get_num_threads(),
-        )  # fmt: skip
-        _check(rc, bwd.__name__)
-        return None, gw.reshape(wshape), gb, None, None, None
+def _ptr(t: torch.Tensor | None) -> int | None:
+    return None if t is None else t.data_ptr()
 
 
-class _Block2(torch.autograd.Function):
-    """A 16-output-channel conv block (no padding); gradients for x, weight and bias."""
-
-    @staticmethod
-    def forward(ctx, x, weight, bias, kind: str, need_grad: bool):
-        n, ic, h, w = x.shape
-        k = weight.shape[-1]
-        x = x.detach().contiguous(memory_format=torch.channels_last)  # NHWC
-        wt = weight.detach().permute(0, 2, 3, 1).contiguous()  # (16, k, k, ic)
-        b = bias.detach().contiguous()
-        ho, wo = h - k + 1, w - k + 1
-        out = torch.empty((n, 16, ho // 2, wo // 2), memory_format=torch.channels_last, **F32)
-        if kind == "max_relu":
-            saved = torch.empty_like(out, dtype=torch.uint8) if need_grad else None
-            fwd = _lib.lenet_conv16_pool_relu_fwd
-        else:  # sigmoid outputs, NHWC (N, ho, wo, 16)
-            saved = torch.empty((n, ho, wo, 16), **F32) if need_grad else None
-            fwd = _lib.lenet_conv16_sig_avg_fwd
-        rc = fwd(
-            x.data_ptr(), n, h, w, ic, wt.data_ptr(), b.data_ptr(), k, out.data_ptr(),
-            saved.data_ptr() if saved is not None else None, torch.get_num_threads(),
-        )  # fmt: skip
-        _check(rc, fwd.__name__)
-        if need_grad:
-            ctx.save_for_backward(x, wt, saved)
-            ctx.kind = kind
-        return out
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad_out):
-        x, wt, saved = ctx.saved_tensors
-        n, ic, h, w = x.shape
-        k = wt.shape[1]
-        g = grad_out.contiguous(memory_format=torch.channels_last)
-        gx = torch.empty((n, ic, h, w), memory_format=torch.channels_last, **F32)
-        gw = torch.empty((16, k, k, ic), **F32)
-        gb = torch.empty(16, **F32)
-        if ctx.kind == "max_relu":
-            bwd = _lib.lenet_conv16_pool_relu_bwd
-        else:
-            bwd = _lib.lenet_conv16_sig_avg_bwd
-        rc = bwd(
-            x.data_ptr(), n, h, w, ic, wt.data_ptr(), k, g.data_ptr(), saved.data_ptr(),
-            gx.data_ptr(), gw.data_ptr(), gb.data_ptr(), torch.get_num_threads(),
-        )  # fmt: skip
-        _check(rc, bwd.__name__)
-        return gx, gw.permute(0, 3, 1, 2), gb, None, None  # (16, ic, k, k), channels-last
+# The calls below take and return plain tensors (no autograd); lenet.ops wraps them. "max" is
+# relu(max_pool2d(conv(x), 2)), "sigmoid" is avg_pool2d(sigmoid(conv(x)), 2); 2x2 pools.
 
 
-def block1(x: torch.Tensor, conv: torch.nn.Conv2d, pool: torch.nn.Module) -> torch.Tensor:
-    """The block ``conv`` -> ``pool`` (with its activation, see KINDS) as one fused kernel.
-
-    (N, 1, H, W) -> (N, oc, H'/2, W'/2) in channels-last memory. Call only where
-    :func:`block1_supported` is True. The input gets no gradient (it is the network's input).
-    """
-    _require()
-    # Inside forward() grad mode is always off: decide here whether backward data is kept.
-    need = torch.is_grad_enabled() and (conv.weight.requires_grad or conv.bias.requires_grad)
-    return _Block1.apply(x, conv.weight, conv.bias, conv.padding[0], _kind(pool), need)
-
-
-def block2(x: torch.Tensor, conv: torch.nn.Conv2d, pool: torch.nn.Module) -> torch.Tensor:
-    """The block ``conv`` (16 output channels) -> ``pool`` as one fused kernel, like :func:`block1`.
-
-    (N, C, H, W) -> (N, 16, (H-k+1)/2, (W-k+1)/2), channels-last. Call only where
-    :func:`block2_supported` is True; gradients flow to ``x`` too.
-    """
-    _require()
-    need = torch.is_grad_enabled() and (
-        x.requires_grad or conv.weight.requires_grad or conv.bias.requires_grad
+def block1_forward(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor,
+    padding: int,
+    sigmoid: bool,
+    keep: bool,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Block 1 (one input channel): (N, 1, H, W) -> (N, oc, H'/2, W'/2) channels-last, and the
+    data its backward needs when ``keep`` (uint8 argmax codes, or the (N, oc, H', 32) sigmoid
+    outputs), else None."""
+    n, _, h, w = x.shape
+    oc, _, k, _ = weight.shape
+    x = x.detach().contiguous()  # (N, 1, H, W): one channel, so any layout is NCHW
+    wt = weight.detach().reshape(oc, k * k).contiguous()
+    b = bias.detach().contiguous()
+    ho, wo = h + 2 * padding - k + 1, w + 2 * padding - k + 1
+    # (N, oc, ho/2, wo/2) in channels-last memory: NHWC, as the kernel writes it.
+    out = torch.empty((n, oc, ho // 2, wo // 2), memory_format=torch.channels_last, **F32)
+    if sigmoid:  # the sigmoid outputs, (N, oc, ho, 32) with columns >= wo unused
+        saved = torch.empty((n, oc, ho, 32), **F32) if keep else None
+        name = "lenet_conv_sig_avg_fwd"
+    else:  # the argmax code of each pooled value
+        saved = torch.empty_like(out, dtype=torch.uint8) if keep else None
+        name = "lenet_conv_pool_relu_fwd"
+    _call(
+        name,
+        x.data_ptr(),
+        n,
+        h,
+        w,
+        wt.data_ptr(),
+        b.data_ptr(),
+        oc,
+        k,
+        padding,
+        out.data_ptr(),
+        _ptr(saved),
+        torch.get_num_threads(),
     )
-    return _Block2.apply(x, conv.weight, conv.bias, _kind(pool), need)
+    return out, saved
 
 
-def _pair(v) -> tuple:
-    return tuple(v) if isinstance(v, (tuple, list)) else (v, v)
+def block1_backward(
+    x: torch.Tensor,
+    saved: torch.Tensor,
+    grad_out: torch.Tensor,
+    weight_shape,
+    padding: int,
+    sigmoid: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gradients of block 1's weight (``weight_shape``) and bias; the input gets none."""
+    n, _, h, w = x.shape
+    oc, _, k, _ = weight_shape
+    x = x.detach().contiguous()
+    g = grad_out.contiguous(memory_format=torch.channels_last)
+    gw = torch.empty((oc, k * k), **F32)
+    gb = torch.empty(oc, **F32)
+    name = "lenet_conv_sig_avg_bwd" if sigmoid else "lenet_conv_pool_relu_bwd"
+    _call(
+        name,
+        x.data_ptr(),
+        n,
+        h,
+        w,
+        g.data_ptr(),
+        saved.data_ptr(),
+        oc,
+        k,
+        padding,
+        gw.data_ptr(),
+        gb.data_ptr(),
+        torch.get_num_threads(),
+    )
+    return gw.reshape(weight_shape), gb
+
+
+def block2_forward(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, sigmoid: bool, keep: bool
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Block 2 (16 output channels, no padding): (N, C, H, W) -> (N, 16, (H-k+1)/2, (W-k+1)/2)
+    channels-last, and (when ``keep``) the argmax codes or the NHWC (N, H', W', 16) sigmoid
+    outputs."""
+    n, ic, h, w = x.shape
+    k = weight.shape[-1]
+    x = x.detach().contiguous(memory_format=torch.channels_last)  # NHWC
+    wt = weight.detach().permute(0, 2, 3, 1).contiguous()  # (16, k, k, ic)
+    b = bias.detach().contiguous()
+    ho, wo = h - k + 1, w - k + 1
+    out = torch.empty((n, 16, ho // 2, wo // 2), memory_format=torch.channels_last, **F32)
+    if sigmoid:
+        saved = torch.empty((n, ho, wo, 16), **F32) if keep else None
+        name = "lenet_conv16_sig_avg_fwd"
+    else:
+        saved = torch.empty_like(out, dtype=torch.uint8) if keep else None
+        name = "lenet_conv16_pool_relu_fwd"
+    _call(
+        name,
+        x.data_ptr(),
+        n,
+        h,
+        w,
+        ic,
+        wt.data_ptr(),
+        b.data_ptr(),
+        k,
+        out.data_ptr(),
+        _ptr(saved),
+        torch.get_num_threads(),
+    )
+    return out, saved
+
+
+def block2_backward(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    saved: torch.Tensor,
+    grad_out: torch.Tensor,
+    sigmoid: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Gradients of block 2's input (channels-last), weight (16, C, k, k) and bias."""
+    n, ic, h, w = x.shape
+    k = weight.shape[-1]
+    x = x.detach().contiguous(memory_format=torch.channels_last)
+    wt = weight.detach().permute(0, 2, 3, 1).contiguous()  # (16, k, k, ic)
+    g = grad_out.contiguous(memory_format=torch.channels_last)
+    gx = torch.empty((n, ic, h, w), memory_format=torch.channels_last, **F32)
+    gw = torch.empty((16, k, k, ic), **F32)
+    gb = torch.empty(16, **F32)
+    name = "lenet_conv16_sig_avg_bwd" if sigmoid else "lenet_conv16_pool_relu_bwd"
+    _call(
+        name,
+        x.data_ptr(),
+        n,
+        h,
+        w,
+        ic,
+        wt.data_ptr(),
+        k,
+        g.data_ptr(),
+        saved.data_ptr(),
+        gx.data_ptr(),
+        gw.data_ptr(),
+        gb.data_ptr(),
+        torch.get_num_threads(),
+    )
+    return gx, gw.permute(0, 3, 1, 2), gb  # gw: (16, ic, k, k), channels-last memory

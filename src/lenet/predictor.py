@@ -19,9 +19,9 @@ from lenet.config import BACKENDS
 from lenet.errors import LenetError, NoDigitError
 from lenet.models import count_parameters
 from lenet.normalization import normalize
+from lenet.ops import prepare_for_device
 from lenet.preprocess import preprocess
 from lenet.runtime import resolve_device
-from lenet.speed import optimize_model
 
 log = logging.getLogger(__name__)
 
@@ -147,8 +147,8 @@ class Predictor:
 
             self._onnx_dir = tempfile.TemporaryDirectory(prefix="lenet-onnx-")
             self._onnx = OnnxRunner(export_onnx(path, Path(self._onnx_dir.name) / "model.onnx"))
-        # Same math, faster on CPU: channels-last, GEMM c5, fused conv blocks (lenet.speed).
-        self.model = optimize_model(lm.model, self.device) if backend == "torch" else lm.model
+        # Same math, faster on CPU: channels-last, GEMM c5, fused conv blocks (lenet.ops).
+        self.model = prepare_for_device(lm.model, self.device) if backend == "torch" else lm.model
         self.name = lm.name
         self.normalization = lm.normalization
         self.path = lm.path

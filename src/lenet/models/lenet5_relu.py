@@ -18,6 +18,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from lenet import ops
 from lenet.models.lenet5 import C1_MAPS, C3_MAPS, C5_UNITS, F6_UNITS, KERNEL
 from lenet.models.registry import register_model
 from lenet.normalization import MNIST_STATS
@@ -47,17 +48,17 @@ class LeNet5ReLU(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.block1(x)  # (N, 6, 14, 14)
         x = self.block2(x)  # (N, 16, 5, 5)
-        x = self.relu(self.c5(x))  # (N, 120, 1, 1)
+        x = self.relu(ops.whole_input_conv(x, self.c5))  # (N, 120, 1, 1)
         x = self.relu(self.f6(self.flatten(x)))  # (N, 84)
         return self.output(x)  # (N, 10)
 
     # Each block pools, then applies ReLU: the two commute exactly (max is monotone, and the
-    # gradients match too), and the ReLU then touches a 4x smaller map. ``lenet.speed`` may
-    # run each block as one fused CPU kernel.
+    # gradients match too), and the ReLU then touches a 4x smaller map. Each block is one
+    # operator: a fused CPU kernel where it applies, else PyTorch's ops.
     def block1(self, x: torch.Tensor) -> torch.Tensor:
-        """c1 -> s2 -> ReLU: (N, 1, 28, 28) -> (N, 6, 14, 14)."""
-        return self.relu(self.s2(self.c1(x)))
+        """c1 -> s2 -> ReLU: (N, 1, 28, 28) -> (N, 6, 28, 28) -> (N, 6, 14, 14)."""
+        return ops.conv_maxpool_relu(x, self.c1, self.s2)
 
     def block2(self, x: torch.Tensor) -> torch.Tensor:
-        """c3 -> s4 -> ReLU: (N, 6, 14, 14) -> (N, 16, 5, 5)."""
-        return self.relu(self.s4(self.c3(x)))
+        """c3 -> s4 -> ReLU: (N, 6, 14, 14) -> (N, 16, 10, 10) -> (N, 16, 5, 5)."""
+        return ops.conv_maxpool_relu(x, self.c3, self.s4)
