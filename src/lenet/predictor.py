@@ -156,7 +156,7 @@ class Predictor:
         metrics = lm.checkpoint.get("metrics") or {}
         acc = metrics.get("test_accuracy")
         if acc is None and (lm.checkpoint.get("train_config") or {}).get("select_on") == "test":
-            acc = metrics.get("val_acc")  # the seed recipe selects on (and reports) the test set
+            acc = metrics.get("val_acc")  # the note recipe selects on (and reports) the test set
         self.info = {
             "model": self.name,
             "parameters": count_parameters(self.model),

@@ -1,7 +1,7 @@
 """``lenet bench``: the five performance benchmarks, measured side by side in one run.
 
 1. ``train-throughput``  training images/s of ``lenet train``'s own loop, per model (fast recipe)
-   and for the seed recipe, next to the study note's DataLoader path (ratio printed);
+   and for the note recipe, next to the study note's DataLoader path (ratio printed);
 2. ``time-to-accuracy``  a fresh ``lenet train`` process: wall from start to its saved checkpoint,
    and that checkpoint's test accuracy;
 3. ``inference-throughput``  batched prediction (batch 1024) on the test set: eager PyTorch and
@@ -234,7 +234,7 @@ def engine_train_throughput(
 
 
 def bench_train_throughput(ctx: dict) -> dict:
-    """Benchmark 1: ours per model (fast recipe), seed recipe, the note's path, and the ratio."""
+    """Benchmark 1: ours per model (fast recipe), note recipe, the note's path, and the ratio."""
     quick, device = ctx["quick"], ctx["device"]
     n_fast = 1024 if quick else 30_000
     n_seed = 256 if quick else 8_000
