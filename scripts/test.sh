@@ -1,32 +1,28 @@
 #!/usr/bin/env bash
-# README command 2 (and CI): install lenet with its test tools, lint, run the whole test suite.
+# README command 2 (and CI, through .ci/run): make .venv, install lenet with its test tools into
+# it, lint, run the test suite.
+#   bash scripts/test.sh [--python PATH] [PYTEST ARGS...]   (or PYTHON=PATH; default python3)
+# Without pytest arguments it runs the whole suite, slow tests included.
 set -euo pipefail
-cd "$(dirname "$0")/.."
-export PIP_ROOT_USER_ACTION=ignore PIP_DISABLE_PIP_VERSION_CHECK=1
-
-# Debian packages the tests need, installed with apt-get when missing (sudo when not root).
-apt_install() {
-  if ! command -v apt-get >/dev/null 2>&1; then
-    echo "test.sh: no apt-get here; install $* yourself (CI fails without them)" >&2
-    return 0
-  fi
-  SUDO=""
-  if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
-  echo "test.sh: installing $* (apt-get)"
-  $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "$@" >/dev/null
-}
+. "$(dirname "$0")/_env.sh"
+env_parse_args "$@"
+set -- ${ENV_REST[@]+"${ENV_REST[@]}"}
 
 # The browser test drives Debian's Chromium (never a downloaded browser).
 if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then
-  apt_install chromium chromium-driver
+  apt_install chromium chromium-driver || env_say "CI fails without chromium and chromium-driver"
 fi
 # The fused CPU kernels (src/lenet/kernels.c) are built with the system C compiler; CI tests them.
 if ! command -v cc >/dev/null 2>&1 && ! command -v gcc >/dev/null 2>&1; then
-  apt_install gcc
+  apt_install gcc || env_say "CI fails without a C compiler"
 fi
 
-python3 -m pip install -q -c constraints.txt -e ".[all,test]"
-python3 -m ruff format --check src tests scripts
-python3 -m ruff check src tests scripts
-python3 -m pytest "$@"
+env_setup
+env_pip_install all,test
+cd "$ENV_ROOT"
+python -m ruff format --check src tests scripts
+python -m ruff check src tests scripts
+status=0
+python -m pytest "$@" || status=$?
+env_how_to_enter
+exit "$status"
