@@ -111,8 +111,13 @@ RECIPES: dict[str, dict] = {
         select_on="test",
         normalize="totensor",
     ),
-    # Fashion-MNIST (d2l's LeNet chapter): the fast recipe run longer, >= 91% test with lenet5-relu.
-    "fashion": dict(dataset="fashion-mnist", epochs=10),
+    # Fashion-MNIST (d2l's LeNet chapter), lenet5-relu: the fast recipe for 10 epochs on all
+    # 60,000 training images (onecycle ends at its best, so the last epoch is kept) with AdamW
+    # weight decay 0.1 against the overfitting 3 epochs do not reach: test 91.05/91.09/91.34/90.94%
+    # over seeds 0-3 (600,000 images: ~8.6 s of training at the fast recipe's 70,000 img/s).
+    "fashion": dict(
+        dataset="fashion-mnist", epochs=10, val_size=0, select_on="last", weight_decay=0.1
+    ),
 }
 # Old recipe names still accepted, with a deprecation warning: old name -> current name.
 RECIPE_ALIASES = {"seed": "note"}
