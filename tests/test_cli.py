@@ -63,9 +63,22 @@ def test_usage_mistakes_are_one_line():
 
 def test_train_eval_show_smoke(mnist_dir, tmp_path):
     p = run_cli(
-        "train", "--limit", "2000", "--epochs", "1", "--val-size", "1000", "--threads", "1",
-        "--data-dir", str(mnist_dir), "--out", str(tmp_path), "--name", "smoke",
-    )  # fmt: skip
+        "train",
+        "--limit",
+        "2000",
+        "--epochs",
+        "1",
+        "--val-size",
+        "1000",
+        "--threads",
+        "1",
+        "--data-dir",
+        str(mnist_dir),
+        "--out",
+        str(tmp_path),
+        "--name",
+        "smoke",
+    )
     assert p.returncode == 0, p.stderr
     assert "epoch   1/1" in p.stdout and "img/s" in p.stdout
     run = tmp_path / "smoke"
@@ -97,9 +110,22 @@ def test_bad_flag_value_is_one_line(tmp_path):
 
 def test_resume_refuses_to_change_settings(mnist_dir, tmp_path):
     p = run_cli(
-        "train", "--limit", "500", "--epochs", "1", "--val-size", "100", "--threads", "1",
-        "--data-dir", str(mnist_dir), "--out", str(tmp_path), "--name", "r",
-    )  # fmt: skip
+        "train",
+        "--limit",
+        "500",
+        "--epochs",
+        "1",
+        "--val-size",
+        "100",
+        "--threads",
+        "1",
+        "--data-dir",
+        str(mnist_dir),
+        "--out",
+        str(tmp_path),
+        "--name",
+        "r",
+    )
     assert p.returncode == 0, p.stderr
     last = tmp_path / "r" / "last.pt"
     p = run_cli("train", "--resume", str(last), "--lr", "0.1", "--augment", "both")

@@ -30,8 +30,18 @@ from lenet.distributed import (
 from lenet.errors import LenetError
 
 # A small subset; 1001 images with batch 96 leave a last batch of 41 that splits 21/20 unevenly.
-SUBSET = ["--limit", "1001", "--val-size", "1000", "--batch-size", "96", "--device", "cpu",
-          "--threads", "1"]  # fmt: skip
+SUBSET = [
+    "--limit",
+    "1001",
+    "--val-size",
+    "1000",
+    "--batch-size",
+    "96",
+    "--device",
+    "cpu",
+    "--threads",
+    "1",
+]
 
 
 def _env(**extra: str) -> dict:
@@ -48,9 +58,14 @@ def _free_port() -> int:
 def _popen(cmd: list[str], cwd: Path, env: dict) -> subprocess.Popen:
     # Own session, so a whole process tree (torchrun + workers) can be killed at once.
     return subprocess.Popen(
-        cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        cmd,
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
         start_new_session=True,
-    )  # fmt: skip
+    )
 
 
 def _finish(p: subprocess.Popen, timeout: float) -> tuple[int, str, str]:
@@ -85,17 +100,31 @@ def _launch_ranks(
     for rank, cwd in enumerate(cwds):
         cwd.mkdir(parents=True, exist_ok=True)
         env = _env(
-            MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world),
-            RANK=str(rank), LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world),
+            MASTER_ADDR="127.0.0.1",
+            MASTER_PORT=str(port),
+            WORLD_SIZE=str(world),
+            RANK=str(rank),
+            LOCAL_RANK=str(rank),
+            LOCAL_WORLD_SIZE=str(world),
             LENET_DIST_TIMEOUT=str(timeout_s),
-        )  # fmt: skip
+        )
         procs.append(_popen(_lenet_train(*args), cwd, env))
     return procs
 
 
 def _torchrun(nproc: int, args: list[str], cwd: Path, *extra: str, **env: str) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-           f"--nproc-per-node={nproc}", *extra, "-m", "lenet", "train", *args]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc-per-node={nproc}",
+        *extra,
+        "-m",
+        "lenet",
+        "train",
+        *args,
+    ]
     return _popen(cmd, cwd, _env(**env))
 
 
@@ -201,9 +230,22 @@ def test_nproc_checkpoint_loads_in_one_process_and_back(mnist_dir, tmp_path):
     # more epochs is not what this test is about).
     common = [*SUBSET, "--scheduler", "none"]
     proc = run_cli(
-        "train", "--nproc", "2", *common, "--epochs", "1", "--data-dir", str(mnist_dir),
-        "--out", str(tmp_path), "--name", "n", "--json", cwd=tmp_path, timeout=300,
-    )  # fmt: skip
+        "train",
+        "--nproc",
+        "2",
+        *common,
+        "--epochs",
+        "1",
+        "--data-dir",
+        str(mnist_dir),
+        "--out",
+        str(tmp_path),
+        "--name",
+        "n",
+        "--json",
+        cwd=tmp_path,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr
     assert len(proc.stdout.strip().splitlines()) == 1  # rank 0 alone prints
     summary = json.loads(proc.stdout)
@@ -239,8 +281,20 @@ def _wait_for(path: Path, procs: list[subprocess.Popen], timeout: float) -> None
 
 
 # Long enough epochs (~1-3 s) that a kill right after epoch 1 lands inside epoch 2.
-LONGER = ["--limit", "8000", "--val-size", "1000", "--batch-size", "64", "--device", "cpu",
-          "--threads", "1", "--epochs", "3"]  # fmt: skip
+LONGER = [
+    "--limit",
+    "8000",
+    "--val-size",
+    "1000",
+    "--batch-size",
+    "64",
+    "--device",
+    "cpu",
+    "--threads",
+    "1",
+    "--epochs",
+    "3",
+]
 
 
 @pytest.mark.slow
@@ -313,8 +367,16 @@ def _children(pid: int) -> list[int]:
 @pytest.mark.slow
 def test_two_processes_reach_one_process_accuracy_on_the_fast_recipe(mnist_dir, tmp_path):
     """The full fast recipe under torchrun (2 ranks) vs one process: test accuracy within 0.2."""
-    common = ["--data-dir", str(mnist_dir), "--out", str(tmp_path), "--device", "cpu",
-              "--threads", "1"]  # fmt: skip
+    common = [
+        "--data-dir",
+        str(mnist_dir),
+        "--out",
+        str(tmp_path),
+        "--device",
+        "cpu",
+        "--threads",
+        "1",
+    ]
     tr = _torchrun(2, [*common, "--name", "two"], tmp_path)
     rc, _, err = _finish(tr, 900)
     assert rc == 0, err
@@ -324,9 +386,13 @@ def test_two_processes_reach_one_process_accuracy_on_the_fast_recipe(mnist_dir, 
     acc = {}
     for name in ("one", "two"):
         ev = run_cli(
-            "eval", str(tmp_path / name / "best.pt"), "--data-dir", str(mnist_dir), "--json",
+            "eval",
+            str(tmp_path / name / "best.pt"),
+            "--data-dir",
+            str(mnist_dir),
+            "--json",
             "--no-plots",
-        )  # fmt: skip
+        )
         assert ev.returncode == 0, ev.stderr
         acc[name] = 100 * json.loads(ev.stdout)["accuracy"]
     assert acc["one"] >= 98.8, acc
@@ -341,13 +407,37 @@ def test_nproc_forwards_every_given_flag(monkeypatch):
 
     seen: list[list[str]] = []
     monkeypatch.setattr(distributed, "launch_local", lambda n, cmd: seen.append(cmd) or 0)
-    argv = ["train", "--nproc", "2", "--augment", "both", "--model", "lenet5-plus", "--lr", "0.01",
-            "--epochs", "3", "--batch-size", "64", "--seed", "5", "--name", "x"]  # fmt: skip
+    argv = [
+        "train",
+        "--nproc",
+        "2",
+        "--augment",
+        "both",
+        "--model",
+        "lenet5-plus",
+        "--lr",
+        "0.01",
+        "--epochs",
+        "3",
+        "--batch-size",
+        "64",
+        "--seed",
+        "5",
+        "--name",
+        "x",
+    ]
     args = build_parser().parse_args(argv)
     assert _launch(args) == 0
     cmd = " ".join(seen[0])
-    for flag in ("--augment both", "--model lenet5-plus", "--lr 0.01", "--epochs 3",
-                 "--batch-size 64", "--seed 5", "--name x"):  # fmt: skip
+    for flag in (
+        "--augment both",
+        "--model lenet5-plus",
+        "--lr 0.01",
+        "--epochs 3",
+        "--batch-size 64",
+        "--seed 5",
+        "--name x",
+    ):
         assert flag in cmd, (flag, cmd)
     settable = {
         a.dest for a in build_parser()._subparsers._group_actions[0].choices["train"]._actions

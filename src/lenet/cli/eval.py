@@ -12,10 +12,13 @@ from lenet.config import DATASETS
 def register(sub) -> None:
     """Add the ``eval`` verb."""
     p = sub.add_parser(
-        "eval", help="evaluate a checkpoint on its test set",
+        "eval",
+        help="evaluate a checkpoint on its test set",
         description="Loss, accuracy, per-class precision/recall and a confusion matrix on the test "
-        "set of the checkpoint's dataset (MNIST or Fashion-MNIST); also the error-vs-rejection curve (how much must be refused, least confident first, for a given error); writes confusion.png, errors.png and rejection.png next to the checkpoint (or into --out).",
-    )  # fmt: skip
+        "set of the checkpoint's dataset (MNIST or Fashion-MNIST); also the error-vs-rejection "
+        "curve (how much must be refused, least confident first, for a given error); writes "
+        "confusion.png, errors.png and rejection.png next to the checkpoint (or into --out).",
+    )
     p.add_argument("checkpoint", help="best.pt / last.pt, or a bare state_dict .pth from the note")
     p.add_argument("--split", default="test", choices=["test", "train"])
     p.add_argument("--out", help="folder for confusion.png, errors.png and rejection.png")
@@ -80,9 +83,13 @@ def run(args: argparse.Namespace) -> int:
     from lenet.evaluation import evaluate
 
     r = evaluate(
-        args.checkpoint, data_dir=args.data_dir, dataset=args.dataset, split=args.split,
+        args.checkpoint,
+        data_dir=args.data_dir,
+        dataset=args.dataset,
+        split=args.split,
         device=args.device,
-        out_dir=args.out, plots=not args.no_plots,
-    )  # fmt: skip
+        out_dir=args.out,
+        plots=not args.no_plots,
+    )
     print(json.dumps(r.to_dict()) if args.json else format_report(r))
     return 0

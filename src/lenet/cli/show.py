@@ -12,11 +12,12 @@ from lenet.config import DATASETS
 def register(sub) -> None:
     """Add the ``show`` verb."""
     p = sub.add_parser(
-        "show", help="predict the first N test images and draw them as one grid",
+        "show",
+        help="predict the first N test images and draw them as one grid",
         description="Prints predicted/actual for the first N test images of the checkpoint's "
         "dataset (as the study note's test.py does) and writes them as ONE grid picture, wrong "
         "ones framed in red.",
-    )  # fmt: skip
+    )
     p.add_argument("checkpoint")
     p.add_argument("--n", type=int, default=20, help="how many test images (default 20)")
     p.add_argument("--start", type=int, default=0, help="first test index (default 0)")
@@ -38,13 +39,24 @@ def run(args: argparse.Namespace) -> int:
     if args.n < 1 or args.start < 0:
         raise LenetError("--n must be at least 1 and --start not negative")
     res = prediction_grid(
-        args.checkpoint, n=args.n, start=args.start, data_dir=args.data_dir,
-        dataset=args.dataset, device=args.device, out=args.out,
-    )  # fmt: skip
+        args.checkpoint,
+        n=args.n,
+        start=args.start,
+        data_dir=args.data_dir,
+        dataset=args.dataset,
+        device=args.device,
+        out=args.out,
+    )
     if args.json:
         grid = str(res.grid) if res.grid else None
-        rows = [{**r, "predicted_name": res.classes[r["predicted"]],
-                 "actual_name": res.classes[r["actual"]]} for r in res.rows]  # fmt: skip
+        rows = [
+            {
+                **r,
+                "predicted_name": res.classes[r["predicted"]],
+                "actual_name": res.classes[r["actual"]],
+            }
+            for r in res.rows
+        ]
         print(json.dumps({"dataset": res.dataset, "predictions": rows, "grid": grid}))
         return 0
     for r in res.rows:  # the class names: digits for MNIST, as the note prints them
