@@ -156,6 +156,18 @@ def test_train_flags_are_the_config_fields():
     assert list(dests["dataset"].choices) == ["mnist", "fashion-mnist"]
 
 
+def test_recipe_help_names_every_recipe():
+    """--recipe's help is made from config.RECIPES, so a new recipe cannot be left out of it."""
+    from lenet.cli import build_parser
+    from lenet.config import RECIPES
+
+    train = build_parser()._subparsers._group_actions[0].choices["train"]
+    recipe = next(a for a in train._actions if a.dest == "recipe")
+    for name in RECIPES:
+        assert f"{name} " in recipe.help, name
+    assert "fashion = lenet5-relu, fashion-mnist" in recipe.help
+
+
 def test_train_flags_do_not_import_torch():
     """The model names need torch: they are listed when help is shown, not when flags are made."""
     import subprocess

@@ -12,7 +12,7 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
-from dataclasses import fields
+from dataclasses import fields, replace
 from pathlib import Path
 
 from lenet.config import RECIPE_ALIASES, RECIPES, TrainConfig, flag_fields, make_config
@@ -72,6 +72,16 @@ def add_setting_flags(p: argparse.ArgumentParser) -> None:
         )
 
 
+def _recipes_help() -> str:
+    """Each recipe of config.RECIPES with its model, dataset and epochs (so a new one shows up)."""
+    parts = []
+    for name, settings in RECIPES.items():
+        cfg = replace(TrainConfig(), **settings)
+        default = " (default)" if name == TrainConfig.recipe else ""
+        parts.append(f"{name}{default} = {cfg.model}, {cfg.dataset}, {cfg.epochs} epochs")
+    return "; ".join(parts)
+
+
 def register(sub) -> None:
     """Add the ``train`` verb."""
     p = sub.add_parser(
@@ -86,8 +96,7 @@ def register(sub) -> None:
         "--recipe",
         choices=[*RECIPES, *RECIPE_ALIASES],
         metavar="{" + ",".join(RECIPES) + "}",
-        help=f"{recipe.metadata['help']} (default: fast, >=99%% in a few epochs; note: the "
-        "study note's recipe)",
+        help=f"{recipe.metadata['help']}: {_recipes_help()}",
     )
     add_setting_flags(p)
     p.add_argument("--overwrite", action="store_true", help="reuse an existing --name folder")
