@@ -227,6 +227,7 @@ def test_retired_names_only_as_history(md):
 
 
 def test_retired_names_check_catches_current_use():
-    text = "Run `lenet train --recipe seed`.\n\nThe earlier code had `lenet.speed`.\n\n| a | optimize_model |"
+    text = "Run `lenet train --recipe seed`.\n\nThe earlier code had `lenet.speed`.\n\n"
+    text += "| a | optimize_model |"
     flagged = [s for s in sentences(text) if RETIRED.search(s) and not OLD_MARKERS.search(s)]
     assert flagged == ["Run `lenet train --recipe seed`.", "| a | optimize_model |"]

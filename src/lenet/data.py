@@ -236,7 +236,7 @@ def _stderr_or_devnull():
 
 
 def _by_hand(dataset: str, data_dir: str | os.PathLike) -> str:
-    """The manual route for ``dataset``: the flag for a downloaded source file, or where to put the files."""
+    """How to get ``dataset`` by hand: the flag for a downloaded source, or where the files go."""
     ds = get_dataset(dataset)
     return (
         f"pass {ds.source_flag} PATH to a downloaded {ds.source}, or put the four {ds.title} "
@@ -354,7 +354,7 @@ def _download_deb(dest: Path, data_dir: Path) -> Path:
 
 
 def _read_deb(path: Path) -> bytes:
-    """The .deb's bytes, its size checked before reading and its sha256 before anything parses it."""
+    """The .deb's bytes: its size checked before reading, its sha256 before anything parses it."""
     try:
         size = path.stat().st_size
         if size != FASHION_DEB_SIZE:
