@@ -613,6 +613,27 @@ def test_turned_off_runs_the_convolution_for_c5():
     assert "Convolution" not in type(ops.whole_input_conv(x, conv).grad_fn).__name__
 
 
+def test_a_forward_does_not_import_torch_onnx():
+    # _eager asks torch.onnx only once an export has imported it (importing it costs start-up).
+    code = (
+        "import sys, torch\n"
+        "from lenet import ops\n"
+        "from lenet.models import create_model\n"
+        "m = ops.prepare_for_device(create_model('lenet5-relu'), 'cpu')\n"
+        "m(torch.randn(2, 1, 28, 28))\n"
+        "print('torch.onnx' in sys.modules, 'torch._dynamo' in sys.modules)"
+    )
+    assert _run(code, {}).stdout.strip() == "False False"
+
+
+def test_prepare_for_device_builds_the_kernels(monkeypatch):
+    # Predictor, serve workers and the trainer pay the one-off build at start-up.
+    calls = []
+    monkeypatch.setattr(kernels, "available", lambda: calls.append(1) or True)
+    ops.prepare_for_device(create_model("lenet5"), "cpu")
+    assert calls
+
+
 def test_hooked_layers_really_run():
     # lenet summary and feature-map pictures hook c1..c5: those layers must then be called.
     model = ops.prepare_for_device(create_model("lenet5-relu"), "cpu")
