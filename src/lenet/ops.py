@@ -5,11 +5,12 @@ The models call these in their forward: one call per conv block
 kernel covers its whole input (:func:`whole_input_conv`). Each gives the same values and
 gradients as PyTorch's own ops up to float32 rounding, with the same modules and parameters,
 so ``state_dict`` files are unchanged. The fused kernel runs when it applies: a CPU float32
-input that needs no gradient (block 1) and sizes ``kernels.c`` handles, no forward hooks on the
-block's layers, the kernels built (:func:`lenet.kernels.available`), and not while tracing,
-scripting, exporting or compiling;
-anything else runs the plain composite of PyTorch ops (so ONNX export, ``torch.export`` and
-``torch.compile`` see ATen ops only).
+input that needs no gradient (block 1) and sizes ``kernels.c`` handles, plain modules of the
+kernel's types (conv, pool and activation) with no hooks, the kernels built
+(:func:`lenet.kernels.available`, not inside :func:`lenet.kernels.turned_off`), and not while
+tracing, scripting, exporting or compiling. Anything else calls the model's own modules
+(so hooks on its conv, pool or activation see the block, and ONNX export, ``torch.export``
+and ``torch.compile`` see ATen ops only).
 
 The fused blocks are ``torch.autograd.Function`` subclasses, not ``torch.library.custom_op``
 operators: a ``lenet5-relu`` training step at batch 16 was ~1.2x slower with the custom ops'
