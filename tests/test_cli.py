@@ -39,6 +39,19 @@ def test_import_lenet_does_not_import_torch():
     assert p.returncode == 0, p.stderr
 
 
+def test_submodules_are_attributes_of_a_bare_import_lenet():
+    # `import lenet; lenet.data.load_split(...)` worked with the old eager __init__: still lazy.
+    code = (
+        "import sys, lenet\n"
+        "assert 'torch' not in sys.modules\n"
+        "assert callable(lenet.data.load_split) and callable(lenet.models.create_model)\n"
+        "assert lenet.engine.train is lenet.train\n"
+        "try:\n    lenet.no_such_thing\nexcept AttributeError:\n    print('ok')"
+    )
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert p.returncode == 0 and p.stdout.strip() == "ok", p.stderr
+
+
 def test_top_level_help_lists_every_verb_with_its_line():
     p = run_cli("--help")
     assert p.returncode == 0, p.stderr

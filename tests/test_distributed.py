@@ -22,10 +22,8 @@ from lenet.distributed import (
     DDPStrategy,
     DistContext,
     SingleProcess,
-    batch_loss,
     check_global_batch,
     setup,
-    shard,
 )
 from lenet.errors import LenetError
 
@@ -144,10 +142,10 @@ def _max_weight_diff(a: Path, b: Path) -> float:
 
 def test_shards_are_disjoint_and_cover_the_global_batch():
     batch = torch.arange(41)
-    parts = [shard(batch, DistContext(rank=r, world_size=3)) for r in range(3)]
+    parts = [DDPStrategy(DistContext(rank=r, world_size=3)).shard(batch) for r in range(3)]
     assert torch.equal(torch.cat(parts), batch)
     assert [len(p) for p in parts] == [14, 14, 13]
-    assert shard(batch, DistContext()) is batch
+    assert SingleProcess().shard(batch) is batch
 
 
 def test_scaled_shard_losses_average_to_the_global_mean():
@@ -155,8 +153,8 @@ def test_scaled_shard_losses_average_to_the_global_mean():
     torch.manual_seed(0)
     logits, labels = torch.randn(41, 10), torch.randint(0, 10, (41,))
     full = torch.nn.functional.cross_entropy(logits, labels)
-    ctxs = [DistContext(rank=r, world_size=2) for r in range(2)]
-    parts = [batch_loss(shard(logits, c), shard(labels, c), 41, c) for c in ctxs]
+    ranks = [DDPStrategy(DistContext(rank=r, world_size=2)) for r in range(2)]
+    parts = [s.batch_loss(s.shard(logits), s.shard(labels), 41) for s in ranks]
     assert torch.allclose(sum(parts) / 2, full, rtol=1e-6)
 
 
@@ -168,6 +166,10 @@ def test_one_strategy_object_with_the_same_methods_either_way():
     rows = torch.arange(5)
     assert single.shard(rows) is rows and single.from_main(lambda: 7) == 7
     assert single.sum_values(torch.tensor(2.0), 3) == (2.0, 3.0)
+    logits, labels = torch.tensor([[2.0, 0.0], [0.0, 1.0]]), torch.tensor([0, 0])
+    from lenet.runtime import loss_and_accuracy
+
+    assert single.loss_and_accuracy(logits, labels) == loss_and_accuracy(logits, labels)
     with single.failures_as_errors("last.pt"):
         pass
     ddp = DDPStrategy(DistContext(rank=1, world_size=2))

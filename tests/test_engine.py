@@ -143,6 +143,32 @@ def test_resume_allows_only_where_and_how_long():
     )
 
 
+def test_every_settings_path_applies_the_same_override_rules(tmp_path):
+    # A recipe, a config= and a resume all refuse unknown settings and map old recipe names.
+    from lenet.config import TrainConfig, make_config
+    from lenet.engine import resume_config, settings
+
+    saved = make_config(scheduler="none").to_dict()
+    for apply in (
+        lambda o: make_config(**o),
+        lambda o: settings(TrainConfig(), None, o)[0],
+        lambda o: resume_config(saved, o),
+    ):
+        with pytest.raises(LenetError, match="unknown setting\\(s\\): bogus"):
+            apply({"bogus": 1})
+    with pytest.warns(DeprecationWarning):
+        assert settings(TrainConfig(), None, {"recipe": "seed"})[0].recipe == "note"
+    with pytest.raises(LenetError, match="unknown setting"):  # the public API: one clear line
+        train(TrainConfig(), bogus=1)
+
+
+def test_config_and_resume_together_are_refused(tmp_path):
+    from lenet.config import TrainConfig
+
+    with pytest.raises(LenetError, match="config or resume, not both"):
+        train(TrainConfig(), resume=tmp_path / "last.pt")
+
+
 def test_seed_recipe_is_the_note_recipe_with_a_deprecation_warning():
     from lenet.config import make_config
 

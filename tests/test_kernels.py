@@ -21,6 +21,27 @@ CL = torch.channels_last
 SRC = Path(__file__).resolve().parents[1] / "src" / "lenet"
 
 
+# The operators with a fresh activation module (the models pass their own).
+def _max_relu(x, conv, pool):
+    return ops.conv_maxpool_relu(x, conv, pool, torch.nn.ReLU())
+
+
+def _sig_avg(x, conv, pool):
+    return ops.conv_sigmoid_avgpool(x, conv, torch.nn.Sigmoid(), pool)
+
+
+def _act(kind: type) -> torch.nn.Module:
+    return torch.nn.ReLU() if kind is torch.nn.MaxPool2d else torch.nn.Sigmoid()
+
+
+def _supported1(x, conv, pool, kind):
+    return ops.block1_supported(x, conv, pool, _act(kind), kind)
+
+
+def _supported2(x, conv, pool, kind):
+    return ops.block2_supported(x, conv, pool, _act(kind), kind)
+
+
 @pytest.fixture(scope="module", autouse=True)
 def built():
     """The kernels must build on a machine with a C compiler; in CI that is a failure, not a skip."""
@@ -68,13 +89,13 @@ def _fused_ran(out: torch.Tensor) -> bool:
 # The two kinds of block: (operator, pool module, pool type, PyTorch's own ops for the block).
 BLOCKS = {
     "max_relu": (
-        ops.conv_maxpool_relu,
+        _max_relu,
         torch.nn.MaxPool2d(2),
         torch.nn.MaxPool2d,
         lambda z: F.relu(F.max_pool2d(z, 2)),
     ),
     "sigmoid_avg": (
-        ops.conv_sigmoid_avgpool,
+        _sig_avg,
         torch.nn.AvgPool2d(2),
         torch.nn.AvgPool2d,
         lambda z: F.avg_pool2d(torch.sigmoid(z), 2),
@@ -90,7 +111,7 @@ def test_block1_matches_pytorch(kind, n, size, cout, k, pad):
     x = _images(n, 1, size, seed=n)
     conv = _conv(1, cout, k, pad, seed=k)
     op, pool, pool_type, after = BLOCKS[kind]
-    assert ops.block1_supported(x, conv, pool, pool_type)
+    assert _supported1(x, conv, pool, pool_type)
     ref = after(conv(x))
     out = op(x, conv, pool)
     assert _fused_ran(out)
@@ -113,7 +134,7 @@ def test_block2_matches_pytorch(kind, n, cin, size, k):
     x = F.relu(_images(n, cin, size, seed=cin)).contiguous(memory_format=CL).requires_grad_()
     conv = _conv(cin, 16, k, 0, seed=size)
     op, pool, pool_type, after = BLOCKS[kind]
-    assert ops.block2_supported(x, conv, pool, pool_type)
+    assert _supported2(x, conv, pool, pool_type)
     ref = after(conv(x))
     out = op(x, conv, pool)
     assert _fused_ran(out)
@@ -133,12 +154,12 @@ def test_ties_route_the_gradient_like_max_pool2d():
         conv.weight.fill_(0.1)
         conv.bias.fill_(0.2)
     ref = F.relu(F.max_pool2d(conv(x), 2))
-    out = ops.conv_maxpool_relu(x, conv, torch.nn.MaxPool2d(2))
+    out = _max_relu(x, conv, torch.nn.MaxPool2d(2))
     torch.testing.assert_close(out, ref)
     x2 = torch.ones(2, 6, 14, 14, requires_grad=True)
     conv2 = _conv(6, 16, 5, 0, seed=4)
     ref2 = F.relu(F.max_pool2d(conv2(x2), 2))
-    out2 = ops.conv_maxpool_relu(x2, conv2, torch.nn.MaxPool2d(2))
+    out2 = _max_relu(x2, conv2, torch.nn.MaxPool2d(2))
     assert _fused_ran(out2)
     g = torch.ones_like(ref2)
     (gx_ref,) = torch.autograd.grad(ref2, x2, g)
@@ -189,18 +210,18 @@ def test_unsupported_inputs_fall_back_to_pytorch(monkeypatch):
     conv, pool, mp = fast.c1, fast.s2, torch.nn.MaxPool2d
     # An input that needs a gradient (saliency maps): the kernel has no input gradient.
     x = torch.randn(4, 1, 28, 28, requires_grad=True)
-    assert not ops.block1_supported(x, conv, pool, mp)
+    assert not _supported1(x, conv, pool, mp)
     (gx,) = torch.autograd.grad(fast(x).sum(), x)
     # Other dtypes and sizes the kernels do not cover.
-    assert not ops.block1_supported(torch.randn(2, 1, 28, 28).double(), conv, pool, mp)
-    assert not ops.block1_supported(torch.randn(2, 1, 27, 27), conv, pool, mp)
-    assert not ops.block1_supported(torch.randn(2, 1, 64, 64), conv, pool, mp)
-    assert not ops.block1_supported(torch.randn(2, 3, 28, 28), conv, pool, mp)
-    assert not ops.block1_supported(torch.randn(2, 1, 28, 28), conv, mp(3), mp)
-    assert not ops.block1_supported(torch.randn(2, 1, 28, 28), conv, pool, torch.nn.AvgPool2d)
+    assert not _supported1(torch.randn(2, 1, 28, 28).double(), conv, pool, mp)
+    assert not _supported1(torch.randn(2, 1, 27, 27), conv, pool, mp)
+    assert not _supported1(torch.randn(2, 1, 64, 64), conv, pool, mp)
+    assert not _supported1(torch.randn(2, 3, 28, 28), conv, pool, mp)
+    assert not _supported1(torch.randn(2, 1, 28, 28), conv, mp(3), mp)
+    assert not _supported1(torch.randn(2, 1, 28, 28), conv, pool, torch.nn.AvgPool2d)
     odd_pool = torch.nn.AvgPool2d(2, divisor_override=3)
-    assert not ops.block2_supported(torch.randn(2, 6, 14, 14), fast.c3, odd_pool, type(odd_pool))
-    assert not ops.block2_supported(torch.randn(2, 6, 30, 30), fast.c3, fast.s4, mp)
+    assert not _supported2(torch.randn(2, 6, 14, 14), fast.c3, odd_pool, type(odd_pool))
+    assert not _supported2(torch.randn(2, 6, 30, 30), fast.c3, fast.s4, mp)
     wide = torch.randn(2, 6, 30, 30)  # too wide for block 2's kernel: PyTorch's ops run instead
     out_wide = fast.block2(wide)
     assert not _fused_ran(out_wide)
@@ -265,9 +286,37 @@ def test_a_failed_build_is_remembered(tmp_path):
     second = _run(AVAILABLE, env)  # another process: the marker stops it, no compiler call
     assert second.stdout.strip() == "False", second.stderr
     assert len(calls.read_text().splitlines()) == tries
+    # The honoured marker is a WARNING naming the file and how to retry.
+    assert marker.name in second.stderr, second.stderr  # logging's last-resort handler: WARNING+
+    assert "LENET_KERNELS_REBUILD=1" in second.stderr
     retry = _run(AVAILABLE, {**env, "LENET_KERNELS_REBUILD": "1"})  # the documented override
     assert retry.stdout.strip() == "False"
     assert len(calls.read_text().splitlines()) == 2 * tries
+
+
+@pytest.mark.parametrize("script", ["sleep 5", "exit 0"], ids=["timeout", "vanished"])
+def test_a_build_that_could_not_run_is_not_remembered(
+    tmp_path, monkeypatch, reload_kernels, script
+):
+    # A timeout (a loaded box) or an OSError (here: the compiler gone) says nothing about the
+    # next try: no marker, and the next process builds again.
+    cc = tmp_path / "cc"
+    cc.write_text(f"#!/bin/sh\n{script}\n")
+    cc.chmod(0o755)
+    monkeypatch.setenv("CC", str(cc))
+    monkeypatch.setenv("LENET_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(kernels, "_BUILD_TIMEOUT_S", 0.5)
+    if script == "exit 0":  # it vanishes between the cache key and the build: OSError
+        real_key = kernels._cache_key
+
+        def key_then_vanish(src, cc_cmd):
+            key = real_key(src, cc_cmd)
+            cc.unlink()
+            return key
+
+        monkeypatch.setattr(kernels, "_cache_key", key_then_vanish)
+    assert not kernels.available()
+    assert not list((tmp_path / "cache").glob("kernels-*.failed"))
 
 
 def test_abi_mismatch_turns_the_kernels_off(monkeypatch, reload_kernels, caplog):
@@ -280,6 +329,37 @@ def test_abi_mismatch_turns_the_kernels_off(monkeypatch, reload_kernels, caplog)
     # ... and the models still run, on PyTorch's ops.
     out = create_model("lenet5-relu")(torch.randn(2, 1, 28, 28))
     assert out.shape == (2, 10)
+
+
+# C parameter type -> PROTOTYPES' name for it.
+_C_TYPES = {
+    "const float *": "f32*",
+    "float *": "f32*",
+    "const uint8_t *": "u8*",
+    "uint8_t *": "u8*",
+}
+_C_TYPES |= {"int64_t": "i64", "const int64_t": "i64"}
+
+
+def _c_signatures() -> dict[str, str]:
+    """Every ``int lenet_...(...)`` definition in kernels.c, as PROTOTYPES writes it."""
+    c = (SRC / "kernels.c").read_text()
+    sigs = {}
+    for name, params in re.findall(r"^int (lenet_\w+)\(([^)]*)\)\s*\{", c, flags=re.M):
+        types = []
+        for param in params.split(","):
+            decl = " ".join(param.split())  # one line, single spaces
+            m = re.fullmatch(r"(.*?)\s*(\*?)\s*\w+", decl)
+            ctype = (m.group(1) + (" *" if m.group(2) else "")).strip()
+            assert ctype in _C_TYPES, f"{name}: unmapped C type {ctype!r}"
+            types.append(_C_TYPES[ctype])
+        sigs[name] = " ".join(types)
+    return sigs
+
+
+def test_prototypes_match_the_c_definitions():
+    # The hand-written table (and so the ABI string) against the C signatures themselves.
+    assert _c_signatures() == kernels.PROTOTYPES
 
 
 def test_the_abi_string_matches_the_table():
@@ -392,8 +472,10 @@ for name in ("lenet5-relu", "lenet5"):
     for bs in (1, 7, 65):
         x, y = torch.randn(bs, 1, 28, 28), torch.randint(0, 10, (bs,))
         F.cross_entropy(m(x), y).backward()
-for op, pool in ((ops.conv_maxpool_relu, torch.nn.MaxPool2d(2)),
-                 (ops.conv_sigmoid_avgpool, torch.nn.AvgPool2d(2))):  # generic (non-LeNet) sizes
+for op, pool in ((lambda x, c, p: ops.conv_maxpool_relu(x, c, p, torch.nn.ReLU()),
+                  torch.nn.MaxPool2d(2)),
+                 (lambda x, c, p: ops.conv_sigmoid_avgpool(x, c, torch.nn.Sigmoid(), p),
+                  torch.nn.AvgPool2d(2))):  # generic (non-LeNet) sizes
     c1, c3 = torch.nn.Conv2d(1, 5, 7, padding=3), torch.nn.Conv2d(3, 16, 3)
     x = torch.randn(3, 1, 30, 30)
     op(x, c1, pool).sum().backward()
@@ -435,13 +517,13 @@ def test_edge_cases_match_pytorch_or_fall_back():
     conv = _conv(1, 6, 5, 2, seed=0)
     pool = torch.nn.MaxPool2d(2)
     # An empty batch.
-    assert ops.conv_maxpool_relu(torch.zeros(0, 1, 28, 28), conv, pool).shape == (0, 6, 14, 14)
+    assert _max_relu(torch.zeros(0, 1, 28, 28), conv, pool).shape == (0, 6, 14, 14)
     # float64 as the default dtype: the model is still float32, and so is every buffer.
     old = torch.get_default_dtype()
     torch.set_default_dtype(torch.float64)
     try:
         x = _images(3, 1, 28, seed=5).float()
-        out = ops.conv_maxpool_relu(x, conv, pool)
+        out = _max_relu(x, conv, pool)
         assert _fused_ran(out)
         torch.testing.assert_close(out, F.relu(pool(conv(x))), rtol=1e-5, atol=1e-5)
     finally:
@@ -449,10 +531,10 @@ def test_edge_cases_match_pytorch_or_fall_back():
     # Weights that are not on the CPU, or a bias of another dtype: PyTorch's ops decide.
     x = torch.randn(2, 1, 28, 28)
     meta = torch.nn.Conv2d(1, 6, 5, padding=2, device="meta")
-    assert not ops.block1_supported(x, meta, pool, torch.nn.MaxPool2d)
+    assert not _supported1(x, meta, pool, torch.nn.MaxPool2d)
     odd = _conv(1, 6, 5, 2, seed=0)
     odd.bias.data = odd.bias.data.double()
-    assert not ops.block1_supported(x, odd, pool, torch.nn.MaxPool2d)
+    assert not _supported1(x, odd, pool, torch.nn.MaxPool2d)
 
 
 def test_nan_after_the_relu_passes_the_gradient_like_pytorch():
@@ -462,7 +544,7 @@ def test_nan_after_the_relu_passes_the_gradient_like_pytorch():
     conv = _conv(1, 6, 5, 2, seed=1)
     pool = torch.nn.MaxPool2d(2)
     ref = F.relu(pool(conv(x)))
-    out = ops.conv_maxpool_relu(x, conv, pool)
+    out = _max_relu(x, conv, pool)
     assert _fused_ran(out)
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5, equal_nan=True)
     g = torch.ones_like(ref)
@@ -474,7 +556,7 @@ def test_nan_after_the_relu_passes_the_gradient_like_pytorch():
 def test_double_backward_is_an_error_not_a_silent_zero():
     x = torch.randn(2, 6, 14, 14, requires_grad=True)
     conv = _conv(6, 16, 5, 0, seed=2)
-    out = ops.conv_maxpool_relu(x, conv, torch.nn.MaxPool2d(2))
+    out = _max_relu(x, conv, torch.nn.MaxPool2d(2))
     assert _fused_ran(out)
     (gx,) = torch.autograd.grad(out.sum(), x, create_graph=True)
     with pytest.raises(RuntimeError):
@@ -484,8 +566,72 @@ def test_double_backward_is_an_error_not_a_silent_zero():
 def test_inference_keeps_no_backward_data():
     conv = _conv(1, 6, 5, 2, seed=0)
     with torch.no_grad():
-        out = ops.conv_maxpool_relu(torch.randn(2, 1, 28, 28), conv, torch.nn.MaxPool2d(2))
+        out = _max_relu(torch.randn(2, 1, 28, 28), conv, torch.nn.MaxPool2d(2))
     assert out.grad_fn is None and out.is_contiguous(memory_format=CL)  # the kernel's NHWC
+
+
+@pytest.mark.parametrize("name,act", [("lenet5-relu", "relu"), ("lenet5", "Sigmoid")])
+def test_hooks_on_the_activation_module_see_the_blocks(name, act):
+    # The blocks apply the model's own activation module (feature-map pictures, user hooks).
+    model = ops.prepare_for_device(create_model(name), "cpu")
+    shapes = []
+    getattr(model, act).register_forward_hook(lambda m, a, out: shapes.append(tuple(out.shape)))
+    model(torch.randn(2, 1, 28, 28))
+    blocks = [(2, 6, 14, 14), (2, 16, 5, 5)] if act == "relu" else [(2, 6, 28, 28), (2, 16, 10, 10)]
+    assert shapes[:2] == blocks
+
+
+def test_summary_trace_marks_the_blocks_activated_maps():
+    from lenet.summary import trace
+
+    for name, activated in (
+        ("lenet5", {"c1", "c3"}),  # sigmoid right after each conv
+        ("lenet5-relu", {"s2", "s4", "c5", "f6"}),  # ReLU after each pool, c5 and f6
+    ):
+        model = ops.prepare_for_device(create_model(name), "cpu")
+        rows = trace(model, torch.randn(2, 1, 28, 28), keep_outputs=True)
+        assert {r.name for r in rows if r.activated is not None} == activated, name
+
+
+@pytest.mark.parametrize("name", ["lenet5", "lenet5-relu"])
+def test_models_can_be_scripted(name):
+    torch.manual_seed(0)
+    model = create_model(name).eval()
+    scripted = torch.jit.script(model)
+    x = torch.randn(3, 1, 28, 28)
+    with torch.no_grad():
+        torch.testing.assert_close(scripted(x), model(x), rtol=1e-5, atol=1e-5)
+
+
+def test_turned_off_runs_the_convolution_for_c5():
+    x = torch.randn(2, 16, 5, 5)
+    conv = _conv(16, 120, 5, 0, seed=0)
+    with kernels.turned_off():
+        assert kernels.is_turned_off() and not kernels.available()
+        out = ops.whole_input_conv(x, conv)
+    assert "Convolution" in type(out.grad_fn).__name__
+    assert "Convolution" not in type(ops.whole_input_conv(x, conv).grad_fn).__name__
+
+
+def test_a_forward_does_not_import_torch_onnx():
+    # _eager asks torch.onnx only once an export has imported it (importing it costs start-up).
+    code = (
+        "import sys, torch\n"
+        "from lenet import ops\n"
+        "from lenet.models import create_model\n"
+        "m = ops.prepare_for_device(create_model('lenet5-relu'), 'cpu')\n"
+        "m(torch.randn(2, 1, 28, 28))\n"
+        "print('torch.onnx' in sys.modules, 'torch._dynamo' in sys.modules)"
+    )
+    assert _run(code, {}).stdout.strip() == "False False"
+
+
+def test_prepare_for_device_builds_the_kernels(monkeypatch):
+    # Predictor, serve workers and the trainer pay the one-off build at start-up.
+    calls = []
+    monkeypatch.setattr(kernels, "available", lambda: calls.append(1) or True)
+    ops.prepare_for_device(create_model("lenet5"), "cpu")
+    assert calls
 
 
 def test_hooked_layers_really_run():

@@ -7,6 +7,7 @@ not pay for importing torch.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 
 from lenet._version import __version__
 
@@ -36,8 +37,11 @@ __all__ = ["__version__", *sorted(_EXPORTS)]
 
 
 def __getattr__(name: str):
-    """Import a public name's module the first time the name is used (PEP 562)."""
+    """Import a public name's module, or a submodule (``lenet.data``), on first use (PEP 562)."""
     if name not in _EXPORTS:
+        # ``lenet.data`` after a bare ``import lenet``: the submodule, as an eager package gives
+        if not name.startswith("_") and importlib.util.find_spec(f"lenet.{name}") is not None:
+            return importlib.import_module(f"lenet.{name}")  # import sets it as our attribute
         raise AttributeError(f"module 'lenet' has no attribute {name!r}")
     value = getattr(importlib.import_module(_EXPORTS[name]), name)
     globals()[name] = value  # later lookups skip this function

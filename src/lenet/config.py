@@ -136,17 +136,24 @@ def recipe_name(recipe: str) -> str:
     return recipe
 
 
-def make_config(recipe: str | None = "fast", **overrides) -> TrainConfig:
-    """Recipe defaults (``None`` = fast), then every non-None override; validated."""
-    recipe = recipe_name(recipe or "fast")
-    cfg = replace(TrainConfig(), recipe=recipe, **RECIPES[recipe])
+def given_overrides(overrides: dict) -> dict:
+    """The overrides that were given (not None), each a :class:`TrainConfig` field (else one
+    ``LenetError`` line), a deprecated recipe name mapped to its current one. Every path that
+    applies overrides (a recipe, a ``config=``, a resume) goes through here."""
     given = {k: v for k, v in overrides.items() if v is not None}
     unknown = set(given) - {f.name for f in fields(TrainConfig)}
     if unknown:
         raise LenetError(f"unknown setting(s): {', '.join(sorted(unknown))}")
     if "recipe" in given:
         given["recipe"] = recipe_name(given["recipe"])
-    cfg = replace(cfg, **given)
+    return given
+
+
+def make_config(recipe: str | None = "fast", **overrides) -> TrainConfig:
+    """Recipe defaults (``None`` = fast), then every non-None override; validated."""
+    recipe = recipe_name(recipe or "fast")
+    cfg = replace(TrainConfig(), recipe=recipe, **RECIPES[recipe])
+    cfg = replace(cfg, **given_overrides(overrides))
     validate(cfg)
     return cfg
 

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lenet.errors import LenetError
+from lenet.runtime import loss_and_accuracy
 
 log = logging.getLogger(__name__)
 
@@ -224,24 +225,6 @@ def _destroy() -> None:
         dist.destroy_process_group()
 
 
-def finish(ctx: DistContext) -> None:
-    """End of a successful run: wait until rank 0 has written every file, then close the group."""
-    if not ctx.enabled:
-        return
-    barrier(ctx)
-    if ctx.owned:
-        _destroy()
-
-
-def barrier(ctx: DistContext) -> None:
-    """Wait for every rank (bounded by the timeout)."""
-    if ctx.enabled:
-        if ctx.backend == "nccl":
-            dist.barrier(device_ids=[ctx.device.index])
-        else:
-            dist.barrier()
-
-
 def check_global_batch(batch_size: int, ctx: DistContext) -> int:
     """The per-rank batch: ``--batch-size`` is the global batch and must divide evenly."""
     if batch_size % ctx.world_size:
@@ -253,102 +236,6 @@ def check_global_batch(batch_size: int, ctx: DistContext) -> int:
             f"{ctx.world_size} processes (try {nearest})"
         )
     return batch_size // ctx.world_size
-
-
-def shard(rows: torch.Tensor, ctx: DistContext) -> torch.Tensor:
-    """This rank's contiguous part of ``rows`` (a global batch of indices, or a validation set).
-
-    Parts are disjoint, cover ``rows`` in order, and differ in size by at most one (a last,
-    partial batch may leave a rank with fewer rows, or none).
-    """
-    if not ctx.enabled:
-        return rows
-    return rows.tensor_split(ctx.world_size)[ctx.rank]
-
-
-def batch_loss(
-    logits: torch.Tensor, labels: torch.Tensor, global_count: int, ctx: DistContext
-) -> torch.Tensor:
-    """The loss to back-propagate for this rank's shard of a global batch of ``global_count``.
-
-    DDP averages gradients over ranks (divides their sum by world size), so each rank returns
-    ``world_size * (sum of its per-example losses) / global_count``: the average is then exactly
-    the gradient of the global batch mean, even when the last batch splits unevenly.
-    """
-    if not ctx.enabled:
-        return F.cross_entropy(logits, labels)
-    return F.cross_entropy(logits, labels, reduction="sum") * (ctx.world_size / global_count)
-
-
-def wrap_model(model: nn.Module, ctx: DistContext) -> nn.Module:
-    """The module to train with: DDP around ``model`` under torchrun, ``model`` itself otherwise.
-
-    Keep saving and evaluating ``model`` (never the wrapper), so checkpoints carry no ``module.``.
-    """
-    if not ctx.enabled:
-        return model
-    from torch.nn.parallel import DistributedDataParallel as DDP
-
-    ids = [ctx.device.index] if ctx.device.type == "cuda" else None
-    return DDP(model, device_ids=ids, output_device=ctx.device.index if ids else None)
-
-
-def sum_values(ctx: DistContext, *values: torch.Tensor | float | int) -> tuple[float, ...]:
-    """Sum scalars over all ranks (exact counts and sums, in float64); Python floats back."""
-    if not ctx.enabled:
-        return tuple(v.item() if isinstance(v, torch.Tensor) else float(v) for v in values)
-    t = torch.stack(
-        [torch.as_tensor(v, dtype=torch.float64, device=ctx.device).reshape(()) for v in values]
-    )
-    dist.all_reduce(t, op=dist.ReduceOp.SUM)
-    return tuple(t.tolist())
-
-
-def reduced_loss_and_accuracy(
-    logits: torch.Tensor, labels: torch.Tensor, ctx: DistContext
-) -> tuple[float, float]:
-    """Mean cross-entropy and accuracy over the shards of all ranks: sums and counts are reduced
-    first, then divided (never a mean of per-rank means)."""
-    loss_sum = F.cross_entropy(logits, labels, reduction="sum").item()
-    correct = (logits.argmax(1) == labels).sum().item()
-    loss_sum, correct, count = sum_values(ctx, loss_sum, correct, len(labels))
-    return loss_sum / max(count, 1), correct / max(count, 1)
-
-
-def once_per_machine(ctx: DistContext, fn: Callable[[], object]) -> None:
-    """Run ``fn`` on each machine's local rank 0 while that machine's other ranks wait.
-
-    For preparing local files (fetching MNIST) without N processes racing to write them; an
-    error there surfaces on the waiting ranks too, when they read the files.
-    """
-    if not ctx.enabled:
-        fn()
-        return
-    try:
-        if ctx.local_rank == 0:
-            fn()
-    finally:
-        barrier(ctx)
-
-
-def from_main(ctx: DistContext, fn: Callable[[], T]) -> T:
-    """Run ``fn`` on rank 0 only and hand its (picklable) result, or its LenetError, to every rank.
-
-    For decisions that must agree everywhere, such as the run folder's time-stamped name.
-    """
-    if not ctx.enabled:
-        return fn()
-    box: list = [None]
-    if ctx.is_main:
-        try:
-            box[0] = ("ok", fn())
-        except LenetError as e:
-            box[0] = ("error", str(e))
-    dist.broadcast_object_list(box, src=0, device=ctx.device if ctx.backend == "nccl" else None)
-    kind, value = box[0]
-    if kind == "error":
-        raise SameErrorOnEveryRank(value)
-    return value
 
 
 def is_collective_failure(exc: BaseException) -> bool:
@@ -412,11 +299,11 @@ class SingleProcess:
 
     def sum_values(self, *values: torch.Tensor | float | int) -> tuple[float, ...]:
         """The values as Python floats (nothing to add up across processes)."""
-        return sum_values(self.ctx, *values)
+        return tuple(v.item() if isinstance(v, torch.Tensor) else float(v) for v in values)
 
     def loss_and_accuracy(self, logits: torch.Tensor, labels: torch.Tensor) -> tuple[float, float]:
         """Mean cross-entropy and accuracy of ``logits`` against ``labels``."""
-        return reduced_loss_and_accuracy(logits, labels, self.ctx)
+        return loss_and_accuracy(logits, labels)
 
     def from_main(self, fn: Callable[[], T]) -> T:
         """``fn()``."""
@@ -439,24 +326,74 @@ class DDPStrategy(SingleProcess):
     model, sums reduced over ranks, rank 0 alone deciding and writing, bounded waits."""
 
     def shard(self, rows: torch.Tensor) -> torch.Tensor:
-        """This rank's contiguous part of ``rows`` (see :func:`shard`)."""
-        return shard(rows, self.ctx)
+        """This rank's contiguous part of ``rows`` (a global batch of indices, or a validation
+        set): parts are disjoint, cover ``rows`` in order, and differ in size by at most one (a
+        last, partial batch may leave a rank with fewer rows, or none)."""
+        return rows.tensor_split(self.ctx.world_size)[self.ctx.rank]
 
     def wrap_model(self, model: nn.Module) -> nn.Module:
-        """DDP around ``model`` (keep saving ``model`` itself: no ``module.`` prefixes)."""
-        return wrap_model(model, self.ctx)
+        """DDP around ``model``. Keep saving and evaluating ``model`` (never the wrapper), so
+        checkpoints carry no ``module.`` prefixes."""
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        ctx = self.ctx
+        ids = [ctx.device.index] if ctx.device.type == "cuda" else None
+        return DDP(model, device_ids=ids, output_device=ctx.device.index if ids else None)
 
     def batch_loss(self, logits: torch.Tensor, labels: torch.Tensor, global_count: int):
-        """This shard's loss, scaled so DDP's gradient average is the global batch mean."""
-        return batch_loss(logits, labels, global_count, self.ctx)
+        """The loss to back-propagate for this rank's shard of a global batch of ``global_count``.
+
+        DDP averages gradients over ranks (divides their sum by world size), so each rank
+        returns ``world_size * (sum of its per-example losses) / global_count``: the average is
+        then exactly the gradient of the global batch mean, even when the last batch splits
+        unevenly.
+        """
+        scale = self.ctx.world_size / global_count
+        return F.cross_entropy(logits, labels, reduction="sum") * scale
+
+    def sum_values(self, *values: torch.Tensor | float | int) -> tuple[float, ...]:
+        """Sum scalars over all ranks (exact counts and sums, in float64); Python floats back."""
+        device = self.ctx.device
+        t = torch.stack(
+            [torch.as_tensor(v, dtype=torch.float64, device=device).reshape(()) for v in values]
+        )
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+        return tuple(t.tolist())
+
+    def loss_and_accuracy(self, logits: torch.Tensor, labels: torch.Tensor) -> tuple[float, float]:
+        """Mean cross-entropy and accuracy over the shards of all ranks: sums and counts are
+        reduced first, then divided (never a mean of per-rank means)."""
+        loss_sum = F.cross_entropy(logits, labels, reduction="sum")
+        correct = (logits.argmax(1) == labels).sum()
+        loss_sum, correct, count = self.sum_values(loss_sum, correct, len(labels))
+        return loss_sum / max(count, 1), correct / max(count, 1)
 
     def from_main(self, fn: Callable[[], T]) -> T:
-        """Rank 0's ``fn()`` (or its LenetError) on every rank (see :func:`from_main`)."""
-        return from_main(self.ctx, fn)
+        """Run ``fn`` on rank 0 only and hand its (picklable) result, or its LenetError, to every
+        rank: for decisions that must agree everywhere, such as the run folder's name."""
+        ctx = self.ctx
+        box: list = [None]
+        if ctx.is_main:
+            try:
+                box[0] = ("ok", fn())
+            except LenetError as e:
+                box[0] = ("error", str(e))
+        device = ctx.device if ctx.backend == "nccl" else None
+        dist.broadcast_object_list(box, src=0, device=device)
+        kind, value = box[0]
+        if kind == "error":
+            raise SameErrorOnEveryRank(value)
+        return value
 
     def once_per_machine(self, fn: Callable[[], object]) -> None:
-        """``fn()`` on each machine's local rank 0 while the others wait."""
-        once_per_machine(self.ctx, fn)
+        """Run ``fn`` on each machine's local rank 0 while that machine's other ranks wait: for
+        preparing local files (fetching MNIST) without N processes racing to write them; an
+        error there surfaces on the waiting ranks too, when they read the files."""
+        try:
+            if self.ctx.local_rank == 0:
+                fn()
+        finally:
+            self._barrier()
 
     @contextlib.contextmanager
     def failures_as_errors(self, last_path: os.PathLike | str):
@@ -469,5 +406,15 @@ class DDPStrategy(SingleProcess):
             raise
 
     def finish(self) -> None:
-        """Wait until rank 0 has written every file, then close the group (see :func:`finish`)."""
-        finish(self.ctx)
+        """End of a successful run: wait until rank 0 has written every file, then close the
+        group (if :func:`join` created it)."""
+        self._barrier()
+        if self.ctx.owned:
+            _destroy()
+
+    def _barrier(self) -> None:
+        """Wait for every rank (bounded by the timeout)."""
+        if self.ctx.backend == "nccl":
+            dist.barrier(device_ids=[self.ctx.device.index])
+        else:
+            dist.barrier()

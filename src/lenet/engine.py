@@ -14,7 +14,7 @@ import json
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -22,7 +22,7 @@ import torch
 from lenet import distributed
 from lenet.augment import make_augmenter
 from lenet.checkpoint import clean_state_dict, make_payload, read_checkpoint, save_checkpoint
-from lenet.config import TrainConfig, derive_seed, make_config, recipe_name, validate
+from lenet.config import TrainConfig, derive_seed, given_overrides, make_config, validate
 from lenet.data import ensure_data, load_split
 from lenet.errors import LenetError
 from lenet.fileio import atomic_write_text
@@ -110,12 +110,7 @@ def resume_config(saved: dict, overrides: dict, source: str | Path = "last.pt") 
     may change (a setting given with its saved value is no change). ``lenet train --resume`` and
     ``lenet.train(resume=...)`` both refuse through here, with the same message."""
     cfg = TrainConfig.from_dict(saved)
-    given = {k: v for k, v in overrides.items() if v is not None}
-    unknown = set(given) - {f.name for f in fields(TrainConfig)}
-    if unknown:
-        raise LenetError(f"unknown setting(s): {', '.join(sorted(unknown))}")
-    if "recipe" in given:
-        given["recipe"] = recipe_name(given["recipe"])
+    given = given_overrides(overrides)
     changed = [k for k, v in given.items() if k not in RESUMABLE and v != getattr(cfg, k)]
     if changed:
         flags = ", ".join(f"--{k.replace('_', '-')}" for k in changed)
@@ -140,10 +135,15 @@ def settings(
 ) -> tuple[TrainConfig, dict | None]:
     """The run's settings (recipe or ``config``, then overrides) and, when resuming, the
     ``last.pt`` it continues from."""
+    if resume is not None and config is not None:
+        raise LenetError(
+            "pass config or resume, not both: a resumed run continues with its saved settings "
+            "(give the few that may change as keywords)"
+        )
     if resume is None:
         if config is None:
             return make_config(**overrides), None
-        cfg = replace(config, **{k: v for k, v in overrides.items() if v is not None})
+        cfg = replace(config, **given_overrides(overrides))
         validate(cfg)
         return cfg, None
     state = read_checkpoint(resume)

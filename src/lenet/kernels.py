@@ -89,6 +89,7 @@ _lib: ctypes.CDLL | None = None
 _tried = False  # set (after _lib) once loading was attempted: the lock-free fast path
 _off = False  # True inside turned_off()
 _lock = threading.Lock()
+_warned_markers: set[str] = set()  # failed-build markers already logged at WARNING
 
 
 def cache_dir() -> Path:
@@ -160,8 +161,14 @@ def _cache_key(src: bytes, cc: list[str]) -> str:
     return hashlib.sha256(src + repr((tag, _cpu_id())).encode()).hexdigest()[:16]
 
 
+class _Transient(Exception):
+    """The build could not run to an answer (a timeout, an OSError): worth trying again later."""
+
+
 def _compile(src: bytes, cc: list[str], out_dir: Path, target: Path) -> str | None:
-    """Build ``src`` into ``target`` atomically, trying each flag set; None, or the last error."""
+    """Build ``src`` into ``target`` atomically, trying each flag set; None, or the last error
+    when the compiler ran and refused every flag set. Raises :class:`_Transient` when it could
+    not run (timeout, OSError): that says nothing about the next try, so it is not remembered."""
     error = ""
     for flags in _FLAG_SETS:
         with tempfile.TemporaryDirectory(dir=out_dir) as tmp:
@@ -171,7 +178,7 @@ def _compile(src: bytes, cc: list[str], out_dir: Path, target: Path) -> str | No
             try:
                 done = subprocess.run(cmd, capture_output=True, timeout=_BUILD_TIMEOUT_S)
             except (OSError, subprocess.TimeoutExpired) as e:
-                return f"$ {shlex.join(cmd)}\n{e}"
+                raise _Transient(f"$ {shlex.join(cmd)}\n{e}") from e
             if done.returncode == 0:
                 so_file.chmod(0o700)
                 os.replace(so_file, target)  # atomic: a concurrent builder sees all or nothing
@@ -196,13 +203,22 @@ def _build() -> Path | None:
     if target.exists():
         return target
     if failed.exists() and os.environ.get("LENET_KERNELS_REBUILD", "") != "1":
-        log.info(
+        # WARNING: a remembered failure disables the kernels for good, so say how to retry
+        # (once per process and marker).
+        if str(failed) in _warned_markers:
+            return None
+        _warned_markers.add(str(failed))
+        log.warning(
             "fused CPU kernels off: the build failed before (%s); delete that file or set "
             "LENET_KERNELS_REBUILD=1 to try again",
             failed,
         )
         return None
-    error = _compile(src, cc, out_dir, target)
+    try:
+        error = _compile(src, cc, out_dir, target)
+    except _Transient as e:  # not remembered: the next process tries again
+        log.info("fused CPU kernels off: building kernels.c did not finish: %s", e)
+        return None
     if error is None:
         failed.unlink(missing_ok=True)
         return target
@@ -254,14 +270,20 @@ def _load() -> ctypes.CDLL | None:
 
 @contextlib.contextmanager
 def turned_off():
-    """Inside this block :func:`available` is False, so models run PyTorch's own operators
-    (``lenet bench`` measures them side by side with the fused kernels)."""
+    """Inside this block models run PyTorch's own operators: :func:`available` is False and
+    :func:`lenet.ops.whole_input_conv` runs the convolution (``lenet bench`` measures them side by
+    side with the fused kernels). Not thread-local: it is meant for a whole measurement."""
     global _off
     before, _off = _off, True
     try:
         yield
     finally:
         _off = before
+
+
+def is_turned_off() -> bool:
+    """True inside :func:`turned_off`: every lenet.ops operator must take PyTorch's own path."""
+    return _off
 
 
 def available() -> bool:

@@ -5,11 +5,12 @@ The models call these in their forward: one call per conv block
 kernel covers its whole input (:func:`whole_input_conv`). Each gives the same values and
 gradients as PyTorch's own ops up to float32 rounding, with the same modules and parameters,
 so ``state_dict`` files are unchanged. The fused kernel runs when it applies: a CPU float32
-input that needs no gradient (block 1) and sizes ``kernels.c`` handles, no forward hooks on the
-block's layers, the kernels built (:func:`lenet.kernels.available`), and not while tracing,
-scripting, exporting or compiling;
-anything else runs the plain composite of PyTorch ops (so ONNX export, ``torch.export`` and
-``torch.compile`` see ATen ops only).
+input that needs no gradient (block 1) and sizes ``kernels.c`` handles, plain modules of the
+kernel's types (conv, pool and activation) with no hooks, the kernels built
+(:func:`lenet.kernels.available`, not inside :func:`lenet.kernels.turned_off`), and not while
+tracing, scripting, exporting or compiling. Anything else calls the model's own modules
+(so hooks on its conv, pool or activation see the block, and ONNX export, ``torch.export``
+and ``torch.compile`` see ATen ops only).
 
 The fused blocks are ``torch.autograd.Function`` subclasses, not ``torch.library.custom_op``
 operators: a ``lenet5-relu`` training step at batch 16 was ~1.2x slower with the custom ops'
@@ -17,6 +18,8 @@ dispatch (``docs/benchmarks.md``, "Kernels as operators").
 """
 
 from __future__ import annotations
+
+import sys
 
 import torch
 import torch.nn.functional as F
@@ -65,13 +68,31 @@ def _plain_conv(conv: nn.Conv2d) -> bool:
     )
 
 
+# torch.compiler.is_compiling is new in torch 2.3; torch 2.1/2.2 have torch._dynamo's (importing
+# torch._dynamo costs ~1 s, so that one is looked up only when torch._dynamo is loaded anyway).
+_is_compiling = getattr(getattr(torch, "compiler", None), "is_compiling", None)
+
+
+def _compiling() -> bool:
+    if _is_compiling is not None:
+        return _is_compiling()
+    dynamo = sys.modules.get("torch._dynamo")
+    return dynamo is not None and dynamo.is_compiling()
+
+
+def _onnx_exporting() -> bool:
+    # An export has necessarily imported torch.onnx; asking otherwise would import it (slow).
+    onnx = sys.modules.get("torch.onnx")
+    return onnx is not None and onnx.is_in_onnx_export()
+
+
 def _eager(x: torch.Tensor) -> bool:
     """Not under a tracer, TorchScript, ONNX export or torch.compile/export (they see ATen ops)."""
     return not (
         torch.jit.is_scripting()
         or torch.jit.is_tracing()
-        or torch.onnx.is_in_onnx_export()
-        or torch.compiler.is_compiling()
+        or _onnx_exporting()
+        or _compiling()
         or type(x) is not torch.Tensor  # a FakeTensor or another subclass: not real memory
     )
 
@@ -102,9 +123,27 @@ def _cpu_float(x: torch.Tensor, channels: int) -> bool:
     )
 
 
-def block1_supported(x: torch.Tensor, conv: nn.Conv2d, pool: nn.Module, kind: type) -> bool:
-    """Whether the one-input-channel block kernel covers ``conv`` -> ``pool`` on ``x``."""
-    if not (_pool_2x2(pool, kind) and _plain_conv(conv) and _eager(x) and _unhooked(conv, pool)):
+def _plain_act(act: nn.Module, pool_kind: type) -> bool:
+    """``act`` is the activation the kernel for ``pool_kind`` applies (sigmoid with average
+    pooling, ReLU with max pooling), of exactly that type (a subclass may change it)."""
+    return type(act) is (nn.Sigmoid if pool_kind is nn.AvgPool2d else nn.ReLU)
+
+
+def _block_modules_ok(x, conv, pool, act, kind: type) -> bool:
+    return (
+        _pool_2x2(pool, kind)
+        and _plain_act(act, kind)
+        and _plain_conv(conv)
+        and _eager(x)
+        and _unhooked(conv, pool, act)
+    )
+
+
+def block1_supported(
+    x: torch.Tensor, conv: nn.Conv2d, pool: nn.Module, act: nn.Module, kind: type
+) -> bool:
+    """Whether the one-input-channel block kernel covers ``conv`` -> ``pool``/``act`` on ``x``."""
+    if not _block_modules_ok(x, conv, pool, act, kind):
         return False
     k = conv.kernel_size[0]
     if not (conv.in_channels == 1 and conv.out_channels <= 16):
@@ -118,9 +157,11 @@ def block1_supported(x: torch.Tensor, conv: nn.Conv2d, pool: nn.Module, kind: ty
     return sizes_ok and x.shape[2] + 2 * p <= 38 and kernels.available()
 
 
-def block2_supported(x: torch.Tensor, conv: nn.Conv2d, pool: nn.Module, kind: type) -> bool:
-    """Whether the 16-output-channel block kernel covers ``conv`` -> ``pool`` on ``x``."""
-    if not (_pool_2x2(pool, kind) and _plain_conv(conv) and _eager(x) and _unhooked(conv, pool)):
+def block2_supported(
+    x: torch.Tensor, conv: nn.Conv2d, pool: nn.Module, act: nn.Module, kind: type
+) -> bool:
+    """Whether the 16-output-channel block kernel covers ``conv`` -> ``pool``/``act`` on ``x``."""
+    if not _block_modules_ok(x, conv, pool, act, kind):
         return False
     k = conv.kernel_size[0]
     if not (conv.out_channels == 16 and conv.in_channels <= 16 and conv.padding == (0, 0)):
@@ -177,26 +218,34 @@ def _keep(*tensors: torch.Tensor) -> bool:
     return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
 
 
-def _fused(x, conv: nn.Conv2d, pool: nn.Module, pool_type: type, sigmoid: bool):
+def _fused(x, conv: nn.Conv2d, pool: nn.Module, act: nn.Module, pool_type: type, sigmoid: bool):
     """The block as one fused kernel call, or None where the kernels do not apply."""
     w, b = conv.weight, conv.bias
-    if block1_supported(x, conv, pool, pool_type):
+    if block1_supported(x, conv, pool, act, pool_type):
         return _Block1.apply(x, w, b, conv.padding[0], sigmoid, _keep(w, b))
-    if block2_supported(x, conv, pool, pool_type):
+    if block2_supported(x, conv, pool, act, pool_type):
         return _Block2.apply(x, w, b, sigmoid, _keep(x, w, b))
     return None
 
 
-def conv_maxpool_relu(x: torch.Tensor, conv: nn.Conv2d, pool: nn.Module) -> torch.Tensor:
-    """``relu(pool(conv(x)))``: ReLU after the pool, with which it commutes exactly (lenet5-relu)."""
-    out = _fused(x, conv, pool, nn.MaxPool2d, sigmoid=False)
-    return F.relu(pool(conv(x))) if out is None else out
+def conv_maxpool_relu(
+    x: torch.Tensor, conv: nn.Conv2d, pool: nn.Module, relu: nn.Module
+) -> torch.Tensor:
+    """``relu(pool(conv(x)))``: ReLU after the pool, with which it commutes exactly (lenet5-relu).
+
+    The fallback calls the model's own modules, so hooks on them (``lenet viz``, ``summary``,
+    a user's) see the block's activation.
+    """
+    out = _fused(x, conv, pool, relu, nn.MaxPool2d, sigmoid=False)
+    return relu(pool(conv(x))) if out is None else out
 
 
-def conv_sigmoid_avgpool(x: torch.Tensor, conv: nn.Conv2d, pool: nn.Module) -> torch.Tensor:
-    """``pool(sigmoid(conv(x)))``: the study note's block (lenet5)."""
-    out = _fused(x, conv, pool, nn.AvgPool2d, sigmoid=True)
-    return pool(torch.sigmoid(conv(x))) if out is None else out
+def conv_sigmoid_avgpool(
+    x: torch.Tensor, conv: nn.Conv2d, sigmoid: nn.Module, pool: nn.Module
+) -> torch.Tensor:
+    """``pool(sigmoid(conv(x)))``: the study note's block (lenet5), with the model's modules."""
+    out = _fused(x, conv, pool, sigmoid, nn.AvgPool2d, sigmoid=True)
+    return pool(sigmoid(conv(x))) if out is None else out
 
 
 def whole_input_conv(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
@@ -209,6 +258,7 @@ def whole_input_conv(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
     """
     if not (
         _eager(x)  # exported and compiled graphs keep the convolution they were written with
+        and not kernels.is_turned_off()  # PyTorch's own operators asked for: the convolution
         and _unhooked(conv)
         and x.dim() == 4
         and x.device.type == "cpu"
@@ -236,8 +286,12 @@ def prepare_for_device(model: nn.Module, device: torch.device | str) -> nn.Modul
 
     oneDNN's NHWC convolution and pooling paths are the faster ones at LeNet's sizes, and the
     fused kernels write NHWC. Nothing else changes: same class, parameters and ``state_dict``.
-    Elsewhere (CUDA/MPS) the model is returned as it is.
+    Elsewhere (CUDA/MPS) the model is returned as it is. On CPU this also builds the fused
+    kernels now (:func:`lenet.kernels.available`, a one-off compile the first time), so a
+    predictor, a serve worker or the trainer pays for it at start-up, not in its first
+    request or epoch.
     """
     if torch.device(device).type != "cpu":
         return model
+    kernels.available()
     return model.to(memory_format=torch.channels_last)

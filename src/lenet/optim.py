@@ -7,6 +7,13 @@ Every ``torch.optim`` optimizer imports ``torch._dynamo`` (~1 s, more than a thi
 ``step`` in a ``graph_break`` guard, there for ``torch.compile``, which never sees our optimizer.
 The classes here use torch's own methods without those wrappers and step through the same fused
 ATen kernels ``fused=True`` runs, with torch's state layout, so checkpoints are interchangeable.
+
+They cover what the engine uses (no closure, amsgrad, maximize, Nesterov, dampening, capturable,
+differentiable or tensor learning rate: asking for one is a ``ValueError``, and a closure a
+``NotImplementedError``, never silently ignored). :func:`build_optimizer` uses them only where
+this torch has the kernels and accepts them (CPU fused kernels are new in torch 2.4), else
+torch.optim's own class (``fused=True`` where it works), so every torch in the declared range
+trains.
 """
 
 from __future__ import annotations
@@ -21,6 +28,17 @@ def _unwrapped(fn):
     return getattr(fn, "__wrapped__", fn)
 
 
+# Options torch.optim accepts that the fused step below does not implement (value when off).
+_UNSUPPORTED = {
+    "amsgrad": False,
+    "maximize": False,
+    "capturable": False,
+    "differentiable": False,
+    "nesterov": False,
+    "dampening": 0,
+}
+
+
 class _Eager:
     """torch.optim's bookkeeping without the torch.compile guards (same code underneath)."""
 
@@ -28,6 +46,28 @@ class _Eager:
     zero_grad = _unwrapped(Optimizer.zero_grad)
     state_dict = _unwrapped(Optimizer.state_dict)
     load_state_dict = _unwrapped(Optimizer.load_state_dict)
+
+    def __init__(self, params, **kwargs):
+        for key, off in _UNSUPPORTED.items():
+            if kwargs.get(key, off) != off:
+                raise ValueError(f"{type(self).__name__} does not support {key}={kwargs[key]!r}")
+        if isinstance(kwargs.get("lr"), torch.Tensor):
+            raise ValueError(f"{type(self).__name__} does not support a tensor lr")
+        super().__init__(params, **{**kwargs, "fused": True})
+        for group in self.param_groups:  # add_param_group can bring a group's own options
+            self._check_group(group)
+
+    def _check_group(self, group: dict) -> None:
+        bad = [k for k, off in _UNSUPPORTED.items() if group.get(k, off) != off]
+        if bad or isinstance(group["lr"], torch.Tensor):
+            raise ValueError(f"{type(self).__name__} does not support {bad or 'a tensor lr'}")
+
+    @staticmethod
+    def _no_closure(closure) -> None:
+        if closure is not None:
+            raise NotImplementedError(
+                "lenet.optim's fused optimizers take no closure: call the closure, then step()"
+            )
 
 
 class FusedAdam(_Eager, torch.optim.Adam):
@@ -38,6 +78,7 @@ class FusedAdam(_Eager, torch.optim.Adam):
     @torch.no_grad()
     def step(self, closure=None):
         """One update of every parameter with a gradient (``closure`` is not supported)."""
+        self._no_closure(closure)
         kernel = torch._fused_adamw_ if self.decoupled else torch._fused_adam_
         for group in self.param_groups:
             params = [p for p in group["params"] if p.grad is not None]
@@ -80,6 +121,7 @@ class FusedSGD(_Eager, torch.optim.SGD):
     @torch.no_grad()
     def step(self, closure=None):
         """One update of every parameter with a gradient (``closure`` is not supported)."""
+        self._no_closure(closure)
         for group in self.param_groups:
             params = [p for p in group["params"] if p.grad is not None]
             grads = [p.grad for p in params]
@@ -104,17 +146,30 @@ class FusedSGD(_Eager, torch.optim.SGD):
             )
 
 
+# optimizer -> (our class, torch's class, the ATen kernel our class steps with)
+_CLASSES = {
+    "sgd": (FusedSGD, torch.optim.SGD, "_fused_sgd_"),
+    "adam": (FusedAdam, torch.optim.Adam, "_fused_adam_"),
+    "adamw": (FusedAdamW, torch.optim.AdamW, "_fused_adamw_"),
+}
+_NOT_HERE = (RuntimeError, TypeError, ValueError)  # what torch raises for fused=True it lacks
+
+
 def build_optimizer(cfg: TrainConfig, params, device: torch.device) -> Optimizer:
-    """SGD (with momentum), Adam or AdamW from the config, fused on CPU and CUDA."""
+    """SGD (with momentum), Adam or AdamW from the config, fused on CPU and CUDA where this torch
+    has the kernels; else torch.optim's own (fused where it accepts that, else plain)."""
     params = list(params)
     kw = dict(lr=cfg.lr, weight_decay=cfg.weight_decay)
     if cfg.optimizer == "sgd":
         kw["momentum"] = cfg.momentum
-    if device.type in ("cpu", "cuda"):
-        cls = {"sgd": FusedSGD, "adam": FusedAdam, "adamw": FusedAdamW}[cfg.optimizer]
-        return cls(params, fused=True, **kw)
-    cls = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
-    return cls[cfg.optimizer](params, **kw)  # other devices: torch's own step
+    ours, theirs, kernel = _CLASSES[cfg.optimizer]
+    if device.type in ("cpu", "cuda") and hasattr(torch, kernel):
+        for make in (ours, lambda p, **k: theirs(p, fused=True, **k)):
+            try:  # torch < 2.4 has no CPU fused kernels (< 2.3 no fused SGD): it raises here
+                return make(params, **kw)
+            except _NOT_HERE:
+                pass
+    return theirs(params, **kw)  # other devices and older torch: torch's own step
 
 
 def build_scheduler(

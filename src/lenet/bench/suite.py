@@ -165,7 +165,15 @@ def note_train_throughput(
     data_dir: str, device: torch.device, n_images: int, warmup_batches: int = 20
 ) -> float:
     """Images/s of the note's own training loop (its DataLoader, its step, its ``.item()`` calls)
-    over the first ``n_images`` training images, batch 16, shuffled."""
+    over the first ``n_images`` training images, batch 16, shuffled, on PyTorch's own operators
+    (:func:`lenet.kernels.turned_off`), as the note runs it."""
+    with kernels.turned_off():
+        return _note_train_throughput(data_dir, device, n_images, warmup_batches)
+
+
+def _note_train_throughput(
+    data_dir: str, device: torch.device, n_images: int, warmup_batches: int
+) -> float:
     from lenet.models import create_model
 
     split = load_split("train", data_dir)
@@ -489,10 +497,9 @@ def bench_predict_latency(ctx: dict) -> dict:
 
         return f
 
-    add(
-        f"1 preprocessed image, eager PyTorch ({device.type})",
-        time_calls(eager(lm.model, x1), calls, device),
-    )
+    with kernels.turned_off():  # PyTorch's own operators, NCHW
+        plain_times = time_calls(eager(lm.model, x1), calls, device)
+    add(f"1 preprocessed image, eager PyTorch ({device.type})", plain_times)
     fast_model = prepare_for_device(load_model(ckpt, device).model, device)
     add(
         f"1 preprocessed image, optimized eager ({device.type})",
