@@ -52,6 +52,7 @@ def _pool_2x2(pool: nn.Module, kind: type) -> bool:
 def _plain_conv(conv: nn.Conv2d) -> bool:
     """A square-kernel, stride-1, zero-padded float32 CPU conv with bias (what the kernels do)."""
     k = conv.kernel_size[0]
+    w, b = conv.weight, conv.bias  # parameters: each read goes through Module.__getattr__
     return (
         type(conv) is nn.Conv2d
         and conv.kernel_size == (k, k)
@@ -62,9 +63,9 @@ def _plain_conv(conv: nn.Conv2d) -> bool:
         and conv.padding_mode == "zeros"
         and isinstance(conv.padding, tuple)
         and conv.padding[0] == conv.padding[1]
-        and conv.bias is not None
-        and conv.weight.dtype == conv.bias.dtype == torch.float32
-        and conv.weight.device.type == conv.bias.device.type == "cpu"
+        and b is not None
+        and w.dtype == b.dtype == torch.float32
+        and w.device.type == b.device.type == "cpu"
     )
 
 
@@ -221,9 +222,10 @@ def _keep(*tensors: torch.Tensor) -> bool:
 def _fused(x, conv: nn.Conv2d, pool: nn.Module, act: nn.Module, pool_type: type, sigmoid: bool):
     """The block as one fused kernel call, or None where the kernels do not apply."""
     w, b = conv.weight, conv.bias
-    if block1_supported(x, conv, pool, act, pool_type):
+    # The channel counts pick the kernel that may apply, so a call pays for one support check.
+    if conv.in_channels == 1 and block1_supported(x, conv, pool, act, pool_type):
         return _Block1.apply(x, w, b, conv.padding[0], sigmoid, _keep(w, b))
-    if block2_supported(x, conv, pool, act, pool_type):
+    if conv.out_channels == 16 and block2_supported(x, conv, pool, act, pool_type):
         return _Block2.apply(x, w, b, sigmoid, _keep(x, w, b))
     return None
 
