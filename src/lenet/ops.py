@@ -20,6 +20,7 @@ dispatch (``docs/benchmarks.md``, "Kernels as operators").
 from __future__ import annotations
 
 import sys
+import weakref
 
 import torch
 import torch.nn.functional as F
@@ -50,9 +51,8 @@ def _pool_2x2(pool: nn.Module, kind: type) -> bool:
 
 
 def _plain_conv(conv: nn.Conv2d) -> bool:
-    """A square-kernel, stride-1, zero-padded float32 CPU conv with bias (what the kernels do)."""
+    """A square-kernel (<= 7), stride-1, zero-padded conv with bias (what the kernels do)."""
     k = conv.kernel_size[0]
-    w, b = conv.weight, conv.bias  # parameters: each read goes through Module.__getattr__
     return (
         type(conv) is nn.Conv2d
         and conv.kernel_size == (k, k)
@@ -63,10 +63,30 @@ def _plain_conv(conv: nn.Conv2d) -> bool:
         and conv.padding_mode == "zeros"
         and isinstance(conv.padding, tuple)
         and conv.padding[0] == conv.padding[1]
-        and b is not None
-        and w.dtype == b.dtype == torch.float32
-        and w.device.type == b.device.type == "cpu"
+        and conv.bias is not None
     )
+
+
+def _cpu_float32(conv: nn.Conv2d) -> bool:
+    """The conv's weight and bias are float32 CPU tensors (``model.to()`` can change that)."""
+    w, b = conv.weight, conv.bias  # parameters: each read goes through Module.__getattr__
+    return w.dtype == b.dtype == torch.float32 and w.device.type == b.device.type == "cpu"
+
+
+# Layer hyper-parameters are fixed when a model is built, so whether a (conv, pool, activation)
+# triple fits the kernels is worked out once per conv layer, not on every forward (~5 us of
+# Python each time, a tenth of a batch-1 forward). Weak keys: a dropped model frees its entry.
+_FITS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _layers_fit(conv: nn.Conv2d, pool: nn.Module, act: nn.Module, kind: type) -> bool:
+    """``_pool_2x2`` and ``_plain_act`` and ``_plain_conv``, remembered per conv layer."""
+    entry = _FITS.get(conv)
+    if entry is None or entry[0] is not pool or entry[1] is not act or entry[2] is not kind:
+        fits = _pool_2x2(pool, kind) and _plain_act(act, kind) and _plain_conv(conv)
+        entry = (pool, act, kind, fits)
+        _FITS[conv] = entry
+    return entry[3]
 
 
 # torch.compiler.is_compiling is new in torch 2.3; torch 2.1/2.2 have torch._dynamo's (importing
@@ -98,10 +118,13 @@ def _eager(x: torch.Tensor) -> bool:
     )
 
 
+_module = torch.nn.modules.module  # holds the global hook dicts
+
+
 def _unhooked(*modules: nn.Module) -> bool:
     """No hooks would be skipped: a hooked layer (``lenet summary``'s shape trace, a user's
     feature-map or gradient hook) must really run, so the block then takes PyTorch's path."""
-    g = torch.nn.modules.module
+    g = _module
     if (
         g._global_forward_hooks
         or g._global_forward_pre_hooks
@@ -109,10 +132,10 @@ def _unhooked(*modules: nn.Module) -> bool:
         or g._global_backward_pre_hooks
     ):
         return False
-    return not any(
-        m._forward_hooks or m._forward_pre_hooks or m._backward_hooks or m._backward_pre_hooks
-        for m in modules
-    )
+    for m in modules:
+        if m._forward_hooks or m._forward_pre_hooks or m._backward_hooks or m._backward_pre_hooks:
+            return False
+    return True
 
 
 def _cpu_float(x: torch.Tensor, channels: int) -> bool:
@@ -132,10 +155,10 @@ def _plain_act(act: nn.Module, pool_kind: type) -> bool:
 
 def _block_modules_ok(x, conv, pool, act, kind: type) -> bool:
     return (
-        _pool_2x2(pool, kind)
-        and _plain_act(act, kind)
-        and _plain_conv(conv)
-        and _eager(x)
+        _eager(x)  # first: under torch.compile nothing below is traced
+        and kernels.available()
+        and _layers_fit(conv, pool, act, kind)
+        and _cpu_float32(conv)
         and _unhooked(conv, pool, act)
     )
 
@@ -155,7 +178,7 @@ def block1_supported(
     p = conv.padding[0]
     ho, wo = x.shape[2] + 2 * p - k + 1, x.shape[3] + 2 * p - k + 1
     sizes_ok = ho >= 2 and wo >= 2 and ho % 2 == 0 and wo % 2 == 0 and wo <= 32
-    return sizes_ok and x.shape[2] + 2 * p <= 38 and kernels.available()
+    return sizes_ok and x.shape[2] + 2 * p <= 38
 
 
 def block2_supported(
@@ -170,7 +193,7 @@ def block2_supported(
     if not _cpu_float(x, conv.in_channels):
         return False
     ho, wo = x.shape[2] - k + 1, x.shape[3] - k + 1
-    return ho >= 2 and wo >= 2 and ho % 2 == 0 and wo % 2 == 0 and wo <= 12 and kernels.available()
+    return ho >= 2 and wo >= 2 and ho % 2 == 0 and wo % 2 == 0 and wo <= 12
 
 
 class _Block1(torch.autograd.Function):
