@@ -6,6 +6,9 @@ import hashlib
 import io
 import logging
 import os
+from collections import deque
+from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -20,7 +23,7 @@ from lenet.errors import LenetError, NoDigitError
 from lenet.models import count_parameters
 from lenet.normalization import normalize
 from lenet.ops import prepare_for_device
-from lenet.preprocess import preprocess
+from lenet.preprocess import MAX_PIXELS, preprocess
 from lenet.runtime import resolve_device
 
 log = logging.getLogger(__name__)
@@ -116,12 +119,38 @@ def png_base64(image: np.ndarray) -> str:
     return base64.b64encode(png_bytes(image)).decode("ascii")
 
 
+def _check_options(top_k: int, min_confidence: float | None) -> None:
+    if not 1 <= top_k <= 10:
+        raise LenetError("top_k must be between 1 and 10")
+    if min_confidence is not None and not 0.0 <= min_confidence <= 1.0:
+        raise LenetError("min_confidence must be between 0 and 1")
+
+
+def _is_single(inputs) -> bool:
+    """One input rather than a collection (a file-like is one image, though it iterates lines)."""
+    single = (str, os.PathLike, bytes, bytearray, memoryview, np.ndarray, Image.Image)
+    return isinstance(inputs, single) or hasattr(inputs, "read") or not hasattr(inputs, "__iter__")
+
+
+def _batches(inputs: Iterable, size: int) -> Iterator[list]:
+    batch: list = []
+    for x in inputs:
+        batch.append(x)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
 class Predictor:
     """A model loaded once, answering digit predictions for outside images (CLI, service, API).
 
     ``Predictor()`` uses the pretrained weights bundled with the package; ``checkpoint`` may be
     any checkpoint ``lenet eval`` reads. ``backend`` (one of ``lenet.config.BACKENDS``): "torch"
     runs the checkpoint's model in PyTorch, "onnx" the same weights exported to ONNX Runtime.
+    ``workers`` threads decode and preprocess lists of inputs (default: the CPU count, at most
+    8); ``max_pixels`` refuses larger images from their header, before decoding.
     """
 
     def __init__(
@@ -130,9 +159,13 @@ class Predictor:
         device: str = "cpu",
         batch_size: int = 256,
         backend: str = "torch",
+        workers: int | None = None,
+        max_pixels: int = MAX_PIXELS,
     ):
         if backend not in BACKENDS:
             raise LenetError(f"backend must be one of {', '.join(BACKENDS)}")
+        if batch_size < 1 or (workers is not None and workers < 1) or max_pixels < 1:
+            raise LenetError("batch_size, workers and max_pixels must be at least 1")
         path = Path(checkpoint) if checkpoint is not None else bundled_checkpoint()
         self.device = resolve_device(device) if backend == "torch" else torch.device("cpu")
         lm = load_model(path, self.device)
@@ -153,6 +186,10 @@ class Predictor:
         self.normalization = lm.normalization
         self.path = lm.path
         self.batch_size = batch_size
+        # Preprocessing threads for lists of inputs (0 or 1: all in the calling thread).
+        self.workers = workers if workers is not None else min(os.cpu_count() or 1, 8)
+        self.max_pixels = max_pixels  # inputs larger than this are refused before decoding
+        self._pool: ThreadPoolExecutor | None = None
         metrics = lm.checkpoint.get("metrics") or {}
         acc = metrics.get("test_accuracy")
         if acc is None and (lm.checkpoint.get("train_config") or {}).get("select_on") == "test":
@@ -175,8 +212,9 @@ class Predictor:
     def predict_one(
         self, source, top_k: int = 3, min_confidence: float | None = None
     ) -> Prediction:
-        """:meth:`predict` for a single input."""
-        return self.predict([source], top_k=top_k, min_confidence=min_confidence)[0]
+        """:meth:`predict` for a single input (preprocessed in the calling thread)."""
+        _check_options(top_k, min_confidence)
+        return self.classify([self.prepare(source)], top_k, min_confidence)[0]
 
     def predict(
         self, inputs, top_k: int = 3, min_confidence: float | None = None
@@ -186,37 +224,87 @@ class Predictor:
         ``inputs``: an iterable of paths, bytes, file-likes, PIL images or numpy arrays (a single
         one of these is accepted too). Unusable inputs get ``error``; blank ones ``reason="no
         digit found"``; answers below ``min_confidence`` get ``digit=None, reason="unsure"``.
+        Inputs are decoded and preprocessed in parallel (:attr:`workers` threads).
         """
-        if not 1 <= top_k <= 10:
-            raise LenetError("top_k must be between 1 and 10")
-        if min_confidence is not None and not 0.0 <= min_confidence <= 1.0:
-            raise LenetError("min_confidence must be between 0 and 1")
-        single = (str, os.PathLike, bytes, bytearray, np.ndarray, Image.Image)
-        # a file-like is one image too, even though iterating it would yield its lines
-        if isinstance(inputs, single) or hasattr(inputs, "read") or not hasattr(inputs, "__iter__"):
+        return list(self.predict_iter(inputs, top_k=top_k, min_confidence=min_confidence))
+
+    def predict_iter(
+        self, inputs, top_k: int = 3, min_confidence: float | None = None
+    ) -> Iterator[Prediction]:
+        """:meth:`predict` as a stream: answers come out in input order, batch by batch.
+
+        While the network answers one batch, the thread pool already preprocesses the next
+        (decoders and OpenCV release the GIL), so at most two batches of inputs are held.
+        """
+        _check_options(top_k, min_confidence)
+        if _is_single(inputs):
             inputs = [inputs]
-        results: list[Prediction] = []
-        ready: list[int] = []  # indexes of results whose 28x28 goes to the network
-        for source in inputs:
-            pred = Prediction(describe_source(source))
-            try:
-                pred.preprocessed = preprocess(source)
-                ready.append(len(results))
-            except NoDigitError as e:
-                log.debug("%s: %s", pred.source, e)
-                pred.reason = NO_DIGIT
-            except LenetError as e:
-                pred.error = str(e)
-            except Exception as e:  # a bug must not sink the other inputs; say what it was
-                log.exception("unexpected failure on %s", pred.source)
-                pred.error = f"internal error: {type(e).__name__}: {e}"
-            results.append(pred)
+        pool = self._executor()
+        ahead: deque[list] = deque()  # batches submitted to the pool, oldest first
+        try:
+            for chunk in _batches(inputs, self.batch_size):
+                if pool is None or len(chunk) == 1 and not ahead:
+                    ahead.append([self.prepare(s) for s in chunk])
+                else:
+                    ahead.append([pool.submit(self.prepare, s) for s in chunk])
+                if len(ahead) > 1:
+                    yield from self._answer(ahead.popleft(), top_k, min_confidence)
+            while ahead:
+                yield from self._answer(ahead.popleft(), top_k, min_confidence)
+        finally:  # the caller stopped early (Ctrl-C, break): drop work nobody will read
+            for batch in ahead:
+                for f in batch:
+                    if isinstance(f, Future):
+                        f.cancel()
+
+    def _answer(self, batch: list, top_k: int, min_confidence: float | None) -> list[Prediction]:
+        preds = [f.result() if isinstance(f, Future) else f for f in batch]
+        return self.classify(preds, top_k, min_confidence)
+
+    def prepare(self, source) -> Prediction:
+        """Decode and preprocess one input, without the network: a :class:`Prediction` with
+        ``preprocessed`` set, or with ``reason`` (no digit) or ``error`` (unusable input)."""
+        pred = Prediction(describe_source(source))
+        try:
+            pred.preprocessed = preprocess(source, max_pixels=self.max_pixels)
+        except NoDigitError as e:
+            log.debug("%s: %s", pred.source, e)
+            pred.reason = NO_DIGIT
+        except LenetError as e:
+            pred.error = str(e)
+        except Exception as e:  # a bug must not sink the other inputs; say what it was
+            log.exception("unexpected failure on %s", pred.source)
+            pred.error = f"internal error: {type(e).__name__}: {e}"
+        return pred
+
+    def classify(
+        self, preds: list[Prediction], top_k: int = 3, min_confidence: float | None = None
+    ) -> list[Prediction]:
+        """Run the network on every prepared prediction (in batches) and fill in its answer.
+
+        Predictions without a preprocessed image (errors, no digit) are left as they are; the
+        same list is returned.
+        """
+        ready = [p for p in preds if p.preprocessed is not None and p.error is None]
         for i in range(0, len(ready), self.batch_size):
             batch = ready[i : i + self.batch_size]
-            probs = self.probabilities(np.stack([results[j].preprocessed for j in batch]))
-            for j, p in zip(batch, probs, strict=True):
-                self._fill(results[j], p, top_k, min_confidence)
-        return results
+            probs = self.probabilities(np.stack([p.preprocessed for p in batch]))
+            for pred, p in zip(batch, probs, strict=True):
+                self._fill(pred, p, top_k, min_confidence)
+        return preds
+
+    def _executor(self) -> ThreadPoolExecutor | None:
+        if self.workers <= 1:
+            return None
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="lenet-preprocess")
+        return self._pool
+
+    def close(self) -> None:
+        """Stop the preprocessing threads (a new pool starts if the predictor is used again)."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
 
     def probabilities(self, images: np.ndarray) -> np.ndarray:
         """Softmax probabilities (N, 10) for preprocessed uint8 images (N, 28, 28)."""

@@ -53,7 +53,7 @@ SUPPORTED_MODES = frozenset(
 # ----------------------------------------------------------------------------- 1. reading
 
 
-def load_image(source) -> Image.Image:
+def load_image(source, max_pixels: int = MAX_PIXELS) -> Image.Image:
     """Read an image from a path, bytes, a file-like, a PIL image or a numpy array.
 
     Returns a decoded PIL image with its EXIF orientation applied. Raises :class:`ImageError`
@@ -62,15 +62,15 @@ def load_image(source) -> Image.Image:
     """
     if isinstance(source, Image.Image):
         im = source
-        _check_size(im.size)
+        _check_size(im.size, max_pixels)
         try:
             im.load()
         except Exception as e:
             raise ImageError(f"truncated or corrupt image data ({_first_line(e)})") from None
     elif isinstance(source, np.ndarray):
-        im = _from_array(source)
+        im = _from_array(source, max_pixels)
     elif isinstance(source, (bytes, bytearray, memoryview)):
-        im = _open_bytes(bytes(source))
+        im = _open_bytes(bytes(source), max_pixels)
     elif isinstance(source, (str, os.PathLike)):
         path = Path(source)
         if not path.exists():
@@ -79,9 +79,9 @@ def load_image(source) -> Image.Image:
             raise ImageError("is a folder, not an image file")
         if path.stat().st_size == 0:
             raise ImageError("empty file (0 bytes)")
-        im = _open(path)
+        im = _open(path, max_pixels)
     elif hasattr(source, "read"):
-        im = _open_bytes(source.read())
+        im = _open_bytes(source.read(), max_pixels)
     else:
         raise ImageError(f"cannot read an image from a {type(source).__name__}")
     if im.mode not in SUPPORTED_MODES:
@@ -98,23 +98,23 @@ def _first_line(e: BaseException) -> str:
     return (text.splitlines()[0] if text else type(e).__name__)[:200]
 
 
-def _check_size(size: tuple[int, int]) -> None:
+def _check_size(size: tuple[int, int], max_pixels: int = MAX_PIXELS) -> None:
     w, h = size
-    if w * h > MAX_PIXELS:
-        raise ImageError(f"image too large: {w}x{h} pixels (limit {MAX_PIXELS:,} pixels)")
+    if w * h > max_pixels:
+        raise ImageError(f"image too large: {w}x{h} pixels (limit {max_pixels:,} pixels)")
     if min(w, h) < MIN_SIDE:
         raise ImageError(
             f"image too small: {w}x{h} pixels (a digit needs at least {MIN_SIDE}x{MIN_SIDE})"
         )
 
 
-def _open_bytes(data: bytes) -> Image.Image:
+def _open_bytes(data: bytes, max_pixels: int = MAX_PIXELS) -> Image.Image:
     if not data:
         raise ImageError("empty file (0 bytes)")
-    return _open(io.BytesIO(data))
+    return _open(io.BytesIO(data), max_pixels)
 
 
-def _open(fp) -> Image.Image:
+def _open(fp, max_pixels: int = MAX_PIXELS) -> Image.Image:
     """Image.open + our caps + a full decode, every failure as one ImageError line."""
     with warnings.catch_warnings():
         # Pillow warns (does not raise) between its two bomb limits: treat that as a bomb too.
@@ -127,7 +127,7 @@ def _open(fp) -> Image.Image:
             raise ImageError("not an image (Pillow cannot identify the format)") from None
         except Exception as e:
             raise ImageError(f"unreadable image ({_first_line(e)})") from None
-        _check_size(im.size)
+        _check_size(im.size, max_pixels)
         if getattr(im, "n_frames", 1) > 1:
             im.seek(0)  # animations and multi-page TIFFs: the first frame
         if im.format == "JPEG" and max(im.size) > 2 * WORK_SIDE:
@@ -141,7 +141,7 @@ def _open(fp) -> Image.Image:
     return im
 
 
-def _from_array(a: np.ndarray) -> Image.Image:
+def _from_array(a: np.ndarray, max_pixels: int = MAX_PIXELS) -> Image.Image:
     """HxW, HxWx1, HxWx3 or HxWx4 array (uint8, other ints, bool or float in [0,1]) -> image."""
     if a.ndim == 3 and a.shape[2] == 1:
         a = a[:, :, 0]
@@ -149,7 +149,7 @@ def _from_array(a: np.ndarray) -> Image.Image:
         raise ImageError(
             f"array of shape {tuple(a.shape)} is not an image (expected HxW, HxWx3 or HxWx4)"
         )
-    _check_size((a.shape[1], a.shape[0]))
+    _check_size((a.shape[1], a.shape[0]), max_pixels)
     if a.dtype == bool:
         a = a.astype(np.uint8) * 255
     elif np.issubdtype(a.dtype, np.floating):
@@ -528,14 +528,14 @@ def place_by_center_of_mass(patch: np.ndarray, size: int = CANVAS) -> np.ndarray
 # ----------------------------------------------------------------------------- all together
 
 
-def preprocess(image, steps: dict | None = None) -> np.ndarray:
+def preprocess(image, steps: dict | None = None, *, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     """Any image source -> uint8 (28, 28), light on dark, MNIST style (see the module doc).
 
     ``image`` is anything :func:`load_image` takes. Raises :class:`ImageError` for unusable
     input and :class:`NoDigitError` when no digit is found. When ``steps`` is a dict, the
     intermediate images are stored in it (for pictures and debugging).
     """
-    im = load_image(image)
+    im = load_image(image, max_pixels)
     gray = to_gray(im)
     dark = ink_is_dark(gray)
     x = 1.0 - gray if dark else gray

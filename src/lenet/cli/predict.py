@@ -10,13 +10,12 @@ import re
 import sys
 from pathlib import Path
 
-from lenet.cli import add_backend, add_device, add_min_confidence, add_top_k
+from lenet.cli import add_backend, add_device, add_min_confidence, add_top_k, bounded
 
 # Files taken from folders (explicitly named files are tried whatever their extension).
 IMAGE_SUFFIXES = frozenset(
     ".png .jpg .jpeg .jpe .bmp .gif .tif .tiff .webp .pgm .ppm .pbm .pnm".split()
 )
-CHUNK = 64  # inputs preprocessed and predicted per step (results stream out chunk by chunk)
 
 
 def register(sub) -> None:
@@ -43,6 +42,13 @@ def register(sub) -> None:
     )
     add_min_confidence(
         p, help='answer "digit": null, "reason": "unsure" when the top probability is below P'
+    )
+    p.add_argument(
+        "--workers",
+        type=bounded(int, 1, 64),
+        default=None,
+        metavar="N",
+        help="threads that decode and preprocess images (default: the CPU count, at most 8)",
     )
     add_backend(p)
     add_device(p)
@@ -109,7 +115,9 @@ def run(args: argparse.Namespace) -> int:
     inputs = expand_paths(args.paths)
     if not inputs:
         raise LenetError("no image files found in the given paths")
-    predictor = Predictor(args.model, device=args.device, backend=args.backend)
+    predictor = Predictor(
+        args.model, device=args.device, backend=args.backend, workers=args.workers
+    )
     save_dir = Path(args.save_preprocessed) if args.save_preprocessed else None
     used: set[str] = set()
     width = min(max(len(n) for n, _ in inputs), 60)
@@ -127,41 +135,40 @@ def run(args: argparse.Namespace) -> int:
     bar = tqdm(
         total=len(inputs),
         unit="img",
-        disable=None if len(inputs) > CHUNK else True,
+        disable=None if len(inputs) > predictor.batch_size else True,
         file=sys.stderr,
         leave=False,
     )
-    for i in range(0, len(inputs), CHUNK):
-        chunk = inputs[i : i + CHUNK]
-        preds = predictor.predict(
-            [src for _, src in chunk], top_k=args.top_k, min_confidence=args.min_confidence
-        )
-        for (name, _), pr in zip(chunk, preds, strict=True):
-            pr.source = name
-            failed += pr.error is not None
-            if save_dir is not None and pr.preprocessed is not None:
-                atomic_write_bytes(_unique_png(save_dir, name, used), png_bytes(pr.preprocessed))
-                saved += 1
-            d = pr.to_dict()
-            if args.format == "json":
-                print(json.dumps(d))
-            elif writer is not None:
-                probs = d.get("probabilities") or [""] * 10
-                writer.writerow(
-                    [
-                        d["path"],
-                        d.get("digit", ""),
-                        d.get("confidence", ""),
-                        " ".join(f"{k}:{p}" for k, p in d.get("top_k", [])),
-                        d.get("reason", ""),
-                        d.get("error", ""),
-                        *probs,
-                    ]
-                )
-            else:
-                print(_table_row(d, width))
-        sys.stdout.flush()
-        bar.update(len(chunk))
+    answers = predictor.predict_iter(
+        [src for _, src in inputs], top_k=args.top_k, min_confidence=args.min_confidence
+    )
+    for n, ((name, _), pr) in enumerate(zip(inputs, answers, strict=True), 1):
+        pr.source = name
+        failed += pr.error is not None
+        if save_dir is not None and pr.preprocessed is not None:
+            atomic_write_bytes(_unique_png(save_dir, name, used), png_bytes(pr.preprocessed))
+            saved += 1
+        d = pr.to_dict()
+        if args.format == "json":
+            print(json.dumps(d))
+        elif writer is not None:
+            probs = d.get("probabilities") or [""] * 10
+            writer.writerow(
+                [
+                    d["path"],
+                    d.get("digit", ""),
+                    d.get("confidence", ""),
+                    " ".join(f"{k}:{p}" for k, p in d.get("top_k", [])),
+                    d.get("reason", ""),
+                    d.get("error", ""),
+                    *probs,
+                ]
+            )
+        else:
+            print(_table_row(d, width))
+        if n % predictor.batch_size == 0:  # results stream out batch by batch
+            sys.stdout.flush()
+            bar.update(predictor.batch_size)
     bar.close()
     if saved:
         print(f"lenet: {saved} preprocessed 28x28 images written to {save_dir}", file=sys.stderr)
