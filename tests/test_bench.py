@@ -1,4 +1,4 @@
-"""``lenet bench --quick`` smoke run (all five sections in the JSON) and --help of the new verbs."""
+"""``lenet bench --quick`` smoke run (all six sections in the JSON) and --help of the new verbs."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""``lenet bench``: the five performance benchmarks, measured side by side in one run.
+"""``lenet bench``: the six performance benchmarks, measured side by side in one run.
 
 1. ``train-throughput``  training images/s of ``lenet train``'s own loop, per model (fast recipe)
    and for the note recipe, next to the study note's DataLoader path (ratio printed);
@@ -7,7 +7,9 @@
 3. ``inference-throughput``  batched prediction (batch 1024) on the test set: eager PyTorch and
    ONNX Runtime;
 4. ``predict-latency``  one preprocessed image in-process (p50/p99), and one photo end to end;
-5. ``data-load``  seconds to read MNIST from disk into (normalized, on-device) tensors.
+5. ``data-load``  seconds to read MNIST from disk into (normalized, on-device) tensors;
+6. ``image-path``  outside images: preprocessing, ``lenet predict`` on a folder, ``lenet serve``
+   under load (:mod:`lenet.bench.image_path`).
 
 Figures, not assertions. Every timing on CUDA synchronizes before the clock is read.
 """
@@ -33,6 +35,7 @@ import torch
 
 from lenet import kernels
 from lenet._version import __version__
+from lenet.bench.image_path import bench_image_path
 from lenet.checkpoint import load_model, make_payload, save_checkpoint
 from lenet.config import TrainConfig, make_config
 from lenet.data import load_split
@@ -50,6 +53,7 @@ BENCHMARKS = (
     "inference-throughput",
     "predict-latency",
     "data-load",
+    "image-path",
 )
 # The issue's targets for the 2-core CPU box (the GPU target is time-to-99% < 1 s of training).
 TARGETS = {
@@ -564,6 +568,7 @@ RUNNERS: dict[str, Callable[[dict], dict]] = {
     "inference-throughput": bench_inference_throughput,
     "predict-latency": bench_predict_latency,
     "data-load": bench_data_load,
+    "image-path": bench_image_path,
 }
 
 
