@@ -113,6 +113,34 @@ def test_predict_many_kinds_of_input_and_errors_per_input(predictor, mnist_test,
     assert res[0].preprocessed.shape == (28, 28) and res[0].preprocessed.dtype == np.uint8
 
 
+def test_thread_pool_keeps_order_and_errors_per_input(mnist_test):
+    """Inputs preprocessed by 4 threads, 3 per network batch (so batches overlap with the pool):
+    the same answers, in the same order, as one thread; a generator is consumed lazily."""
+    images, labels = mnist_test[0][:40], mnist_test[1][:40]
+    inputs = [255 - a for a in images]  # dark on white, as a scan
+    inputs[5], inputs[17] = b"nope", np.full((60, 60), 240, np.uint8)
+    serial = Predictor(workers=1, batch_size=3).predict(inputs)
+    pooled = Predictor(workers=4, batch_size=3)
+    parallel = pooled.predict(inputs)
+    assert [r.to_dict() for r in parallel] == [r.to_dict() for r in serial]
+    assert parallel[5].error and parallel[17].reason == "no digit found"
+    ok = [i for i in range(40) if i not in (5, 17)]
+    assert np.mean([parallel[i].digit == labels[i] for i in ok]) > 0.9
+    pulled = []
+
+    def lazy():
+        for i, x in enumerate(inputs):
+            pulled.append(i)
+            yield x
+
+    stream = pooled.predict_iter(lazy())
+    first = next(stream)
+    assert first.digit == serial[0].digit
+    assert len(pulled) <= 2 * 3  # at most two batches read ahead, not the whole input
+    stream.close()  # stopping early cancels what was queued
+    pooled.close()
+
+
 def test_min_confidence_says_unsure(predictor, mnist_test):
     one = predictor.predict_one(mnist_test[0][0])
     assert isinstance(one, Prediction) and one.digit == 7
