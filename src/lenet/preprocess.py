@@ -270,12 +270,11 @@ def _to_arrays(im: Image.Image, f: int) -> tuple[np.ndarray, np.ndarray | None]:
     conversion, so a 4000x4000 16-bit PNG or GIF never exists as a float or RGB copy. ``f``:
     the integer shrink factor."""
     im = _native(im)
-    if im.mode.startswith("I;16"):  # Pillow cannot reduce these: OpenCV, in uint16
-        a = np.asarray(im)
-        a = a.astype(np.uint16) if a.dtype != np.uint16 else a
+    if im.mode.startswith("I;16"):  # no Image.reduce for these: a BOX resize, in 16 bits
         if f > 1:
-            a = _area_reduce(a, f)
-        return a.astype(np.float32) * np.float32(1 / 65535), None
+            size = (math.ceil(im.width / f), math.ceil(im.height / f))
+            im = im.resize(size, Image.Resampling.BOX)
+        return np.asarray(im).astype(np.float32) * np.float32(1 / 65535), None
     if f > 1:
         im = im.reduce(f)  # area average in the image's own mode (LA/RGBA premultiplied)
     if im.mode in ("I", "F"):
@@ -294,12 +293,6 @@ def _to_arrays(im: Image.Image, f: int) -> tuple[np.ndarray, np.ndarray | None]:
         value = a[:, :, 0] if im.mode == "LA" else a[:, :, :3]
         return value, (alpha if cv2.minMaxLoc(alpha)[0] < 255 else None)
     return a, None
-
-
-def _area_reduce(a: np.ndarray, f: int) -> np.ndarray:
-    """Mean over f x f blocks (the last row/column of blocks partial), like ``Image.reduce``."""
-    h, w = a.shape[:2]
-    return cv2.resize(a, (math.ceil(w / f), math.ceil(h / f)), interpolation=cv2.INTER_AREA)
 
 
 def to_gray(im: Image.Image, max_side: int = WORK_SIDE) -> np.ndarray:
