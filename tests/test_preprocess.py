@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import io
 import struct
+import subprocess
+import sys
 import zlib
 
 import numpy as np
@@ -300,3 +302,176 @@ def test_huge_photo_is_handled(mnist_test):
     out = preprocess(buf.getvalue())
     ref = preprocess(255 - mnist_test[0][0])
     assert np.abs(out.astype(int) - ref.astype(int)).mean() < 12
+
+
+# ----------------------------------------------------------------------------- hostile inputs
+
+
+def gif_bomb(w: int = 4000, h: int = 4000) -> bytes:
+    """A valid 35-byte GIF: a w x h canvas (2-colour table) holding one 1x1 frame."""
+    screen = b"GIF89a" + struct.pack("<HHBBB", w, h, 0x80, 0, 0) + b"\xff\xff\xff\x00\x00\x00"
+    frame = b"," + struct.pack("<HHHHB", 0, 0, 1, 1, 0)
+    lzw = b"\x02\x02\x44\x01\x00"  # min code size 2; one 2-byte block: CLEAR, 0, END
+    return screen + frame + lzw + b";"
+
+
+def png16(w: int, h: int) -> bytes:
+    """A 16-bit grayscale PNG of w x h mid-gray, compressed row by row (a few KB per 1000 rows)."""
+
+    def chunk(t: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + t + data + struct.pack(">I", zlib.crc32(t + data))
+
+    z = zlib.compressobj(9)
+    row = b"\0" + b"\x80\x00" * w
+    body = b"".join(z.compress(row) for _ in range(h)) + z.flush()
+    ihdr = struct.pack(">IIBBBBB", w, h, 16, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", body) + chunk(b"IEND", b"")
+
+
+def many_page_tiff(first: np.ndarray, pages: int) -> bytes:
+    """A TIFF whose first page is ``first`` (uint8 HxW) followed by ``pages - 1`` IFDs pointing at
+    the same pixels: ~120 bytes a page."""
+    h, w = first.shape
+    data = first.tobytes()
+    head = 8
+    ifd_size = 2 + 9 * 12 + 4
+    out = [b"II*\x00", struct.pack("<I", head + len(data)), data]
+    for i in range(pages):
+        nxt = head + len(data) + (i + 1) * ifd_size if i + 1 < pages else 0
+        entries = [
+            (256, 3, 1, w), (257, 3, 1, h), (258, 3, 1, 8), (259, 3, 1, 1), (262, 3, 1, 1),
+            (273, 4, 1, head), (277, 3, 1, 1), (278, 3, 1, h), (279, 4, 1, len(data)),
+        ]  # fmt: skip
+        ifd = struct.pack("<H", len(entries))
+        for tag, typ, count, value in entries:
+            ifd += struct.pack("<HHI", tag, typ, count) + struct.pack("<I", value)
+        out.append(ifd + struct.pack("<I", nxt))
+    return b"".join(out)
+
+
+def encoded(a: np.ndarray, fmt: str, **kw) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(a).save(buf, fmt, **kw)
+    return buf.getvalue()
+
+
+def test_size_is_checked_from_the_header_with_the_callers_cap():
+    header = png_header_only(8000, 8000)  # no pixel data at all: decoding would fail differently
+    with pytest.raises(ImageError, match=r"image too large: 8000x8000 pixels \(limit 1,000,000"):
+        preprocess(header, max_pixels=1_000_000)
+    with pytest.raises(ImageError, match="image too large: 4000x4000"):
+        load_image(gif_bomb(), max_pixels=2_000_000)
+    assert load_image(png(Image.new("L", (100, 100))), max_pixels=10_000).size == (100, 100)
+
+
+@pytest.mark.parametrize("fmt", ["BMP", "TIFF", "WEBP", "PPM", "GIF", "JPEG"])
+def test_allowed_formats_give_the_same_answer(fmt, mnist_test):
+    digit = 255 - mnist_test[0][0]
+    ref = preprocess(png(Image.fromarray(digit)))
+    kw = {"lossless": True} if fmt == "WEBP" else {"quality": 95} if fmt == "JPEG" else {}
+    out = preprocess(encoded(digit, fmt, **kw))
+    # JPEG rings around a 28x28 digit's strokes (18 gray levels on average here, 22 before OpenCV)
+    assert np.abs(out.astype(int) - ref.astype(int)).mean() < (25 if fmt == "JPEG" else 1)
+
+
+def test_other_formats_are_refused_without_being_parsed(monkeypatch):
+    from PIL import EpsImagePlugin, IcoImagePlugin
+
+    def parsed(self):
+        raise AssertionError("a refused format's plugin parsed the bytes")
+
+    monkeypatch.setattr(EpsImagePlugin.EpsImageFile, "_open", parsed)
+    monkeypatch.setattr(IcoImagePlugin.IcoImageFile, "_open", parsed)
+    eps = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 100 100\nshowpage\n%%EOF\n"
+    buf = io.BytesIO()
+    Image.new("L", (32, 32), 255).save(buf, "ICO")
+    pdf_with_a_jpeg = b"%PDF-1.4\n" + encoded(np.full((32, 32), 200, np.uint8), "JPEG")
+    cases = [
+        (eps, "unsupported image format (EPS)"),
+        (buf.getvalue(), "unsupported image format (ICO)"),
+        (pdf_with_a_jpeg, "unsupported image format (PDF)"),
+        (encoded(np.full((32, 32), 200, np.uint8), "TGA"), "unsupported image format"),
+    ]
+    for data, needle in cases:
+        with pytest.raises(ImageError) as e:
+            preprocess(data)
+        msg = str(e.value)
+        assert needle in msg and "send PNG, JPEG, GIF, BMP, TIFF, WebP or PNM" in msg, msg
+        assert "\n" not in msg
+
+
+def test_polyglots_are_read_as_their_first_format_only(mnist_test):
+    digit = 255 - mnist_test[0][0]
+    clean = png(Image.fromarray(digit))
+    # A PNG with an archive / a script glued to its end is the PNG; the tail is never parsed.
+    tail = b"PK\x03\x04" + b"\0" * 26 + b"<script>alert(1)</script>"
+    assert np.array_equal(preprocess(clean + tail), preprocess(clean))
+    # A "GIF" that is really a script: a one-line error.
+    with pytest.raises(ImageError) as e:
+        preprocess(b"GIF89a/*\x00\x00*/=1;alert(1)//" + b"\0" * 40)
+    assert "\n" not in str(e.value)
+
+
+def test_many_page_tiff_reads_the_first_page_only(monkeypatch, mnist_test):
+    from PIL import GifImagePlugin, TiffImagePlugin
+
+    def walked(self):
+        raise AssertionError("n_frames walks every page")
+
+    for cls in (TiffImagePlugin.TiffImageFile, GifImagePlugin.GifImageFile):
+        monkeypatch.setattr(cls, "n_frames", property(walked))
+    digit = 255 - mnist_test[0][0]
+    data = many_page_tiff(digit, pages=3000)
+    assert len(data) < 400_000
+    assert np.array_equal(preprocess(data), preprocess(digit))
+    frames = [Image.fromarray(digit)] + [Image.new("L", (28, 28), 255)] * 3
+    buf = io.BytesIO()
+    frames[0].save(buf, "GIF", save_all=True, append_images=frames[1:])
+    assert np.abs(preprocess(buf.getvalue()).astype(int) - preprocess(digit)).mean() < 1
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda d: encoded(d, "JPEG")[:400],
+        lambda d: encoded(d, "GIF")[:60],
+        lambda d: encoded(d, "TIFF")[:300],
+        lambda d: encoded(d, "WEBP")[:40],
+        lambda d: encoded(d, "BMP")[:100],
+        lambda d: b"\x89PNG\r\n\x1a\n",
+        lambda d: b"\xff\xd8\xff",
+        lambda d: b"GIF89a",
+        lambda d: gif_bomb()[:20],
+    ],
+)
+def test_truncated_files_are_one_clear_error(make, mnist_test):
+    with pytest.raises(ImageError) as e:
+        preprocess(make(255 - mnist_test[0][0]))
+    assert "\n" not in str(e.value)
+
+
+PEAK_RSS = """
+import resource, sys
+from lenet.errors import LenetError
+from lenet.preprocess import preprocess
+data = open(sys.argv[1], "rb").read()
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+try:
+    preprocess(data)
+except LenetError:
+    pass
+print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) // 1024)
+"""
+
+
+@pytest.mark.parametrize("bomb, limit_mb", [("gif_4000", 60), ("png16_4000", 120)])
+def test_bombs_cost_little_memory(bomb, limit_mb, tmp_path):
+    """A 35-byte GIF and a 16-bit PNG, both 4000x4000: shrunk before any conversion, so the peak is
+    the decoder's own buffer (16 / 32 MB) plus a copy, not hundreds of MB (measured in a fresh
+    process: ru_maxrss is a high-water mark). Measured: 38 and 63 MB; before, 82 and 246 MB."""
+    f = tmp_path / "bomb"
+    f.write_bytes(gif_bomb() if bomb == "gif_4000" else png16(4000, 4000))
+    out = subprocess.run(
+        [sys.executable, "-c", PEAK_RSS, str(f)], capture_output=True, text=True, check=True
+    )
+    assert int(out.stdout.strip()) < limit_mb, out.stdout  # MB over the imported baseline

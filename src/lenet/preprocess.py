@@ -5,17 +5,20 @@ digit is 20 px (aspect ratio kept, anti-aliased) and placed in a 28x28 field so 
 mass of the ink sits at the centre. A photo is dark ink on light, unevenly lit paper, off-centre,
 large and noisy. :func:`preprocess` bridges the two, step by step:
 
-1. :func:`load_image` -- read anything Pillow reads (safely: size caps, clear errors), EXIF
-   orientation applied.
-2. :func:`to_gray` -- alpha composited on white, grayscale in [0, 1], large images reduced.
+1. :func:`load_image` -- read PNG, JPEG, GIF, BMP, TIFF, WebP or PNM with Pillow (safely: format
+   allow-list, size caps from the header before decoding, first frame only, clear errors), EXIF
+   orientation applied; large JPEGs decoded at reduced size.
+2. :func:`to_gray` -- shrunk to :data:`WORK_SIDE` in the image's own mode, then alpha composited
+   on white, grayscale in [0, 1].
 3. :func:`ink_is_dark` -- decide the ink polarity; invert so the ink is light on dark.
 4. :func:`remove_background` -- subtract a smooth background surface (uneven lighting is not ink).
 5. :func:`find_digit` -- threshold, connected components; specks and border clutter ignored.
 6. crop, :func:`scale_to_box` (longest side 20 px, aspect kept, anti-aliased) and
    :func:`place_by_center_of_mass` in 28x28.
 
-The model's own input scaling (:func:`lenet.normalization.normalize`) is applied afterwards by the
-caller; it is not part of this module. An MNIST test image goes through unchanged in effect.
+The pixel work is OpenCV (``cv2``); Pillow identifies, checks and decodes. The model's own input
+scaling (:func:`lenet.normalization.normalize`) is applied afterwards by the caller; it is not part
+of this module. An MNIST test image goes through unchanged in effect.
 """
 
 from __future__ import annotations
@@ -27,16 +30,24 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
+import cv2
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from lenet.errors import ImageError, NoDigitError
 
+# Callers run preprocess in a thread pool and the service runs one worker per core: OpenCV's own
+# worker threads would only oversubscribe the cores (and the images here are small, so they never
+# paid off: measured in scripts/bench_preprocess.py). The one place this is decided.
+cv2.setNumThreads(1)
+
 # Our own pixel cap, below Pillow's decompression-bomb limits (a warning at ~89.5 MP, an error at
-# twice that), which stay in force: an 8000x8000 photo is the largest we accept.
+# twice that), which stay in force: an 8000x8000 photo is the largest we accept. The service
+# passes its own, lower cap (``max_pixels``).
 MAX_PIXELS = 8000 * 8000
 MIN_SIDE = 8  # anything smaller cannot hold a recognisable digit
-WORK_SIDE = 1024  # images are reduced (area-averaged) to this longest side before float work
+WORK_SIDE = 512  # images are reduced (area-averaged) to at most this longest side before the work
+DETAIL_SIDE = 1024  # ... but a small digit in a large image is cut out again at up to this side
 CANVAS = 28  # MNIST field
 BOX = 20  # MNIST size-normalization box for the digit's longest side
 LABEL_SIDE = 160  # connected components are labelled on a grid of at most this many cells a side
@@ -44,6 +55,41 @@ BG_BLOCKS = 8  # background surface: a grid of this many blocks a side
 MIN_CONTRAST = 0.15  # peak ink contrast (on a 0..1 scale) below which the page is blank
 SPECK_MASS = 0.05  # components with less ink than this fraction of the largest are specks
 MIN_DIGIT_FRACTION = 0.02  # a digit spans at least this fraction of the image's longest side
+HIST_BINS = 4096  # quantiles of [0, 1] images come from a histogram this fine (0.00024 a bin)
+
+# Only these Pillow plugins ever parse client bytes (Pillow's format names; PPM covers PBM, PGM,
+# PPM and PNM; the JPEG plugin also opens MPO, a JPEG with extra pictures).
+ALLOWED_FORMATS = ("PNG", "JPEG", "GIF", "BMP", "TIFF", "WEBP", "PPM")
+SEND = "send PNG, JPEG, GIF, BMP, TIFF, WebP or PNM"
+
+# What a refused file most likely is, from its first bytes only (for the message; nothing parses
+# the body). Offsets are into the file.
+_MAGIC = (
+    (0, b"%!PS", "EPS"),
+    (0, b"\xc5\xd0\xd3\xc6", "EPS"),
+    (0, b"%PDF", "PDF"),
+    (0, b"8BPS", "PSD"),
+    (0, b"\x00\x00\x01\x00", "ICO"),
+    (0, b"\x00\x00\x02\x00", "CUR"),
+    (0, b"icns", "ICNS"),
+    (0, b"qoif", "QOI"),
+    (0, b"DDS ", "DDS"),
+    (0, b"\xffO\xffQ", "JPEG 2000"),
+    (0, b"\x00\x00\x00\x0cjP  ", "JPEG 2000"),
+    (0, b"SIMPLE  =", "FITS"),
+    (0, b"\x01\xda", "SGI"),
+    (0, b"BLP", "BLP"),
+    (0, b"gimp xcf", "XCF"),
+    (0, b"\x76\x2f\x31\x01", "OpenEXR"),
+    (0, b"#define", "XBM"),
+    (0, b"/* XPM */", "XPM"),
+    (0, b"\x59\xa6\x6a\x95", "Sun raster"),
+    (0, b"<svg", "SVG"),
+    (0, b"<?xml", "XML/SVG"),
+    (4, b"ftypavif", "AVIF"),
+    (4, b"ftyphei", "HEIF"),
+    (4, b"ftypmif1", "HEIF"),
+)
 
 SUPPORTED_MODES = frozenset(
     "1 L P PA LA La RGB RGBA RGBa RGBX CMYK YCbCr LAB HSV I I;16 I;16L I;16B I;16N F".split()
@@ -56,11 +102,18 @@ SUPPORTED_MODES = frozenset(
 def load_image(source, max_pixels: int = MAX_PIXELS) -> Image.Image:
     """Read an image from a path, bytes, a file-like, a PIL image or a numpy array.
 
-    Returns a decoded PIL image with its EXIF orientation applied. Raises :class:`ImageError`
-    with a one-line reason for anything that cannot be used (not an image, 0 bytes, truncated,
-    larger than :data:`MAX_PIXELS` or Pillow's bomb limit, smaller than 8x8, unsupported mode).
+    Returns a decoded PIL image with its EXIF orientation applied (a JPEG over twice
+    :data:`DETAIL_SIDE` is decoded at 1/2, 1/4 or 1/8 scale). Raises :class:`ImageError` with a
+    one-line reason for anything that cannot be used (not an image, a format outside
+    :data:`ALLOWED_FORMATS`, 0 bytes, truncated, more than ``max_pixels`` pixels by its header or
+    over Pillow's bomb limit, smaller than 8x8, unsupported mode).
     """
-    if isinstance(source, Image.Image):
+    return _load(source, max_pixels, gray=False)
+
+
+def _load(source, max_pixels: int, gray: bool) -> Image.Image:
+    """:func:`load_image`; ``gray`` lets a colour JPEG decode straight to luma (for preprocess)."""
+    if isinstance(source, Image.Image):  # already decoded by the caller: trusted, size-checked
         im = source
         _check_size(im.size, max_pixels)
         try:
@@ -70,7 +123,7 @@ def load_image(source, max_pixels: int = MAX_PIXELS) -> Image.Image:
     elif isinstance(source, np.ndarray):
         im = _from_array(source, max_pixels)
     elif isinstance(source, (bytes, bytearray, memoryview)):
-        im = _open_bytes(bytes(source), max_pixels)
+        im = _open_bytes(bytes(source), max_pixels, gray)
     elif isinstance(source, (str, os.PathLike)):
         path = Path(source)
         if not path.exists():
@@ -79,14 +132,15 @@ def load_image(source, max_pixels: int = MAX_PIXELS) -> Image.Image:
             raise ImageError("is a folder, not an image file")
         if path.stat().st_size == 0:
             raise ImageError("empty file (0 bytes)")
-        im = _open(path, max_pixels)
+        im = _open(path, max_pixels, gray)
     elif hasattr(source, "read"):
-        im = _open_bytes(source.read(), max_pixels)
+        im = _open_bytes(source.read(), max_pixels, gray)
     else:
         raise ImageError(f"cannot read an image from a {type(source).__name__}")
     if im.mode not in SUPPORTED_MODES:
         raise ImageError(f"unsupported image mode {im.mode!r}")
     try:
+        # Pillow decoded without looking at the orientation: it is applied here, exactly once.
         im = ImageOps.exif_transpose(im)
     except Exception:  # a broken EXIF block must not cost the picture; keep it as stored
         pass
@@ -108,32 +162,55 @@ def _check_size(size: tuple[int, int], max_pixels: int = MAX_PIXELS) -> None:
         )
 
 
-def _open_bytes(data: bytes, max_pixels: int = MAX_PIXELS) -> Image.Image:
+def _open_bytes(data: bytes, max_pixels: int, gray: bool) -> Image.Image:
     if not data:
         raise ImageError("empty file (0 bytes)")
-    return _open(io.BytesIO(data), max_pixels)
+    return _open(io.BytesIO(data), max_pixels, gray)
 
 
-def _open(fp, max_pixels: int = MAX_PIXELS) -> Image.Image:
-    """Image.open + our caps + a full decode, every failure as one ImageError line."""
+def _sniff(fp) -> str | None:
+    """The likely format of a refused file from its first 16 bytes (None when unknown)."""
+    try:
+        if isinstance(fp, Path):
+            with open(fp, "rb") as f:
+                head = f.read(16)
+        else:
+            fp.seek(0)
+            head = fp.read(16)
+    except OSError:
+        return None
+    for offset, magic, name in _MAGIC:
+        if head[offset : offset + len(magic)] == magic:
+            return name
+    return None
+
+
+def _open(fp, max_pixels: int, gray: bool) -> Image.Image:
+    """Image.open (allow-listed formats) + our caps + a first-frame decode, one ImageError line."""
     with warnings.catch_warnings():
         # Pillow warns (does not raise) between its two bomb limits: treat that as a bomb too.
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         try:
-            im = Image.open(fp)
+            im = Image.open(fp, formats=ALLOWED_FORMATS)
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
             raise ImageError(f"image too large (decompression bomb): {_first_line(e)}") from None
         except UnidentifiedImageError:
-            raise ImageError("not an image (Pillow cannot identify the format)") from None
+            kind = _sniff(fp)
+            if kind:
+                raise ImageError(f"unsupported image format ({kind}): {SEND}") from None
+            raise ImageError(f"not an image, or an unsupported image format: {SEND}") from None
         except Exception as e:
             raise ImageError(f"unreadable image ({_first_line(e)})") from None
+        # The header's size, before a single pixel is decoded. Never ask for n_frames (it walks
+        # every page of a TIFF or GIF): Pillow opens at the first frame, and that one is used.
         _check_size(im.size, max_pixels)
-        if getattr(im, "n_frames", 1) > 1:
-            im.seek(0)  # animations and multi-page TIFFs: the first frame
-        if im.format == "JPEG" and max(im.size) > 2 * WORK_SIDE:
-            # Decode large JPEGs at 1/2, 1/4 or 1/8 scale (DCT scaling): many times faster, and
-            # we reduce to WORK_SIDE anyway.
-            im.draft(im.mode, (WORK_SIDE, WORK_SIDE))
+        if im.format in ("JPEG", "MPO"):
+            # DCT scaling: decode at 1/2, 1/4 or 1/8 scale, no smaller than DETAIL_SIDE (many times
+            # faster, a fraction of the memory); luma straight from the decoder for preprocess.
+            f = _reduce_factor(im.size, DETAIL_SIDE)
+            if f > 1 or gray:
+                w, h = im.size
+                im.draft("L" if gray else im.mode, (max(1, w // f), max(1, h // f)))
         try:
             im.load()
         except Exception as e:
@@ -169,25 +246,53 @@ def _from_array(a: np.ndarray, max_pixels: int = MAX_PIXELS) -> Image.Image:
 # ----------------------------------------------------------------------------- 2. grayscale
 
 
-def _standard_mode(im: Image.Image) -> Image.Image:
-    """Any supported mode -> one of L, LA, RGB, RGBA, F (palette, CMYK, 16-bit, ... resolved)."""
+def _reduce_factor(size: tuple[int, int], max_side: int = WORK_SIDE) -> int:
+    return max(1, math.ceil(max(size) / max_side))
+
+
+def _native(im: Image.Image) -> Image.Image:
+    """Modes Pillow cannot shrink (palette, bilevel, odd alpha) -> L, LA, RGB or RGBA, 1 B/px/band."""
     m = im.mode
-    if m in ("L", "LA", "RGB", "RGBA", "F"):
-        return im
-    if m in ("P", "PA"):
-        transparent = m == "PA" or "transparency" in im.info
-        return im.convert("RGBA" if transparent else "RGB")
-    if m in ("1",):
-        return im.convert("L")
-    if m == "La":
+    if m == "P":  # palette -> luma (Pillow uses the same ITU-R 601 weights), alpha if it has one
+        return im.convert("LA" if "transparency" in im.info else "L")
+    if m in ("PA", "La"):
         return im.convert("LA")
+    if m == "1":
+        return im.convert("L")
     if m == "RGBa":
         return im.convert("RGBA")
-    if m.startswith("I"):
+    return im
+
+
+def _to_arrays(im: Image.Image, f: int) -> tuple[np.ndarray, np.ndarray | None]:
+    """-> (value, alpha): value uint8 (H, W) or (H, W, 3), or float32 (H, W) in [0, 1] for 16-bit,
+    32-bit and float images; alpha uint8 (H, W) or None. Shrunk (area average) BEFORE any mode
+    conversion, so a 4000x4000 16-bit PNG or GIF never exists as a float or RGB copy. ``f``:
+    the integer shrink factor."""
+    im = _native(im)
+    if im.mode.startswith("I;16"):  # no Image.reduce for these: a BOX resize, in 16 bits
+        if f > 1:
+            size = (math.ceil(im.width / f), math.ceil(im.height / f))
+            im = im.resize(size, Image.Resampling.BOX)
+        return np.asarray(im).astype(np.float32) * np.float32(1 / 65535), None
+    if f > 1:
+        im = im.reduce(f)  # area average in the image's own mode (LA/RGBA premultiplied)
+    if im.mode in ("I", "F"):
         a = np.asarray(im, dtype=np.float32)
-        top = 65535.0 if (m.startswith("I;16") or a.max(initial=0) > 255) else 255.0
-        return Image.fromarray(np.clip(a / top, 0, 1).astype(np.float32), mode="F")
-    return im.convert("RGB")  # CMYK, YCbCr, LAB, HSV, RGBX
+        top = a.max(initial=0)
+        if im.mode == "I":
+            a = a * np.float32(1 / (65535 if top > 255 else 255))
+        elif top > 1.0:
+            a = a * np.float32(1 / 255)
+        return np.clip(a, 0, 1), None
+    if im.mode not in ("L", "LA", "RGB", "RGBA"):
+        im = im.convert("RGB")  # CMYK, YCbCr, LAB, HSV, RGBX: after the shrink
+    a = np.asarray(im)
+    if im.mode in ("LA", "RGBA"):
+        alpha = a[:, :, -1]
+        value = a[:, :, 0] if im.mode == "LA" else a[:, :, :3]
+        return value, (alpha if cv2.minMaxLoc(alpha)[0] < 255 else None)
+    return a, None
 
 
 def to_gray(im: Image.Image, max_side: int = WORK_SIDE) -> np.ndarray:
@@ -196,49 +301,79 @@ def to_gray(im: Image.Image, max_side: int = WORK_SIDE) -> np.ndarray:
     A transparent canvas whose strokes are light (they vanish on white) is composited on black
     instead, so the strokes survive either way.
     """
-    im = _standard_mode(im)
-    factor = math.ceil(max(im.size) / max_side)
-    if factor > 1:
-        im = im.reduce(factor)  # area average: anti-aliased and fast
-    a = np.asarray(im, dtype=np.float32)
-    if im.mode != "F":
-        a = a / 255.0
-    else:
-        a = np.clip(a / (255.0 if a.max(initial=0) > 1.0 else 1.0), 0, 1)
-    alpha = None
-    if a.ndim == 3:
-        if a.shape[2] in (2, 4):
-            alpha, a = a[:, :, -1], a[:, :, :-1]
-        if a.shape[2] == 3:
-            a = a @ np.array([0.299, 0.587, 0.114], dtype=np.float32)  # ITU-R 601 luma
-        else:
-            a = a[:, :, 0]
-    if alpha is not None and alpha.min() < 1.0:
-        on_white = a * alpha + (1.0 - alpha)
-        if _spread(on_white) < 0.1 and _spread(alpha) > 0.3:
-            return (a * alpha).astype(np.float32)  # light strokes on a transparent canvas
-        return on_white.astype(np.float32)
-    return a.astype(np.float32)
+    return _gray(im, _reduce_factor(im.size, max_side))
+
+
+def _gray(im: Image.Image, f: int) -> np.ndarray:
+    """:func:`to_gray` with the shrink factor given."""
+    value, alpha = _to_arrays(im, f)
+    if value.ndim == 3:
+        value = cv2.cvtColor(value, cv2.COLOR_RGB2GRAY)  # ITU-R 601 luma
+    g = value.astype(np.float32) * np.float32(1 / 255) if value.dtype == np.uint8 else value
+    if alpha is None:
+        return g
+    a = alpha.astype(np.float32) * np.float32(1 / 255)
+    on_white = g * a + (1.0 - a)
+    if _spread(on_white) < 0.1 and _spread(a) > 0.3:
+        return g * a  # light strokes on a transparent canvas
+    return on_white
 
 
 def _spread(a: np.ndarray) -> float:
-    lo, hi = np.percentile(a, [1, 99.9])
-    return float(hi - lo)
+    lo, hi = _quantiles(a, (0.01, 0.999))
+    return hi - lo
+
+
+def _quantiles(
+    a: np.ndarray, qs, mask: np.ndarray | None = None, scale: float = 255.0
+) -> list[float]:
+    """Quantiles (0..1, numpy's linear definition) of a float image ``a >= 0`` (within ``mask``).
+
+    From a 256-bin histogram of ``a * scale`` rounded to uint8 (OpenCV, one pass; values above
+    255 / scale land in the top bin), values spread evenly inside their bin: exact to
+    0.5 / scale, and exact for images that came from 8-bit data at scale 255.
+    """
+    q8 = cv2.convertScaleAbs(a, alpha=scale)  # rounded, saturated
+    cum = np.concatenate(([0.0], np.cumsum(cv2.calcHist([q8], [0], mask, [256], [0, 256]))))
+    edges = (np.arange(257) - 0.5) / scale
+    n = cum[-1]
+    # Rank q*(n-1) sits in the middle of its share of the piecewise-linear CDF: +0.5.
+    return [float(np.interp(q * (n - 1) + 0.5, cum, edges)) for q in qs]
+
+
+def _median_and_sigma(r: np.ndarray) -> tuple[float, float]:
+    """Median and robust noise level (1.4826 x the median absolute deviation) of ``r >= 0``.
+
+    Both depend only on the lower part of the distribution (the background), so a histogram of
+    ``r`` at 1/2040 resolution, saturating at 0.125, is enough; a clean image (mostly exact
+    zeros, like an MNIST digit) gets exactly 0 and 0.
+    """
+    scale = 2040.0
+    q8 = cv2.convertScaleAbs(r, alpha=scale)
+    hist = cv2.calcHist([q8], [0], None, [256], [0, 256]).ravel().astype(np.float64)
+    n = r.size
+    if 2 * hist[0] > n:
+        return 0.0, 0.0
+    cum = np.concatenate(([0.0], np.cumsum(hist)))
+    edges = np.maximum((np.arange(257) - 0.5) / scale, 0.0)
+    med = float(np.interp(n / 2, cum, edges))
+    # Median |r - med|: the smallest t with at least n/2 values in [med - t, med + t].
+    t = np.arange(257) / scale
+    inside = np.interp(med + t, edges, cum) - np.interp(med - t, edges, cum, left=0.0)
+    if inside[-2] < n / 2:  # noise beyond the histogram's range: count exactly
+        med = float(np.median(r))
+        return med, 1.4826 * float(np.median(np.abs(r - med)))
+    return med, 1.4826 * float(np.interp(n / 2, inside, t))
 
 
 # ----------------------------------------------------------------------------- 3. polarity
 
 
 def box_blur(a: np.ndarray, k: int) -> np.ndarray:
-    """Mean over a k x k window (k odd), edges replicated; integral-image implementation."""
+    """Mean over a k x k window (k odd), edges replicated (float32)."""
     if k <= 1:
         return a
-    r = k // 2
-    p = np.pad(a.astype(np.float64), r + 1, mode="edge")
-    s = p.cumsum(0).cumsum(1)
-    h, w = a.shape
-    out = (s[k : k + h, k : k + w] - s[0:h, k : k + w] - s[k : k + h, 0:w] + s[0:h, 0:w]) / (k * k)
-    return out.astype(np.float32)
+    return cv2.blur(np.asarray(a, dtype=np.float32), (k, k), borderType=cv2.BORDER_REPLICATE)
 
 
 def _blur_size(shape: tuple[int, ...]) -> int:
@@ -253,31 +388,12 @@ def ink_is_dark(gray: np.ndarray) -> bool:
     both sides a little; ink moves one side a lot.
     """
     b = box_blur(gray, _blur_size(gray.shape))
-    m = float(np.median(b))
-    return (m - float(b.min())) > (float(b.max()) - m)
+    lo, hi = cv2.minMaxLoc(b)[:2]
+    (m,) = _quantiles(b, (0.5,))  # to 1/510: ties aside, the decision cannot move
+    return (m - lo) > (hi - m)
 
 
 # ----------------------------------------------------------------------------- 4. background
-
-
-def _block_view(a: np.ndarray, blocks: int) -> tuple[np.ndarray, int]:
-    """Pad ``a`` (edge) to a multiple of the block size; -> (blocks_y, blocks_x, b*b) view."""
-    h, w = a.shape
-    b = max(1, math.ceil(max(h, w) / blocks))
-    ph, pw = math.ceil(h / b) * b, math.ceil(w / b) * b
-    p = np.pad(a, ((0, ph - h), (0, pw - w)), mode="edge")
-    v = p.reshape(ph // b, b, pw // b, b).transpose(0, 2, 1, 3).reshape(ph // b, pw // b, b * b)
-    return v, b
-
-
-def _grey_morph(g: np.ndarray, op) -> np.ndarray:
-    """3x3 grey erosion (op=np.minimum) or dilation (np.maximum) of a small grid."""
-    p = np.pad(g, 1, mode="edge")
-    out = g.copy()
-    for dy in range(3):
-        for dx in range(3):
-            out = op(out, p[dy : dy + g.shape[0], dx : dx + g.shape[1]])
-    return out
 
 
 def background_surface(x: np.ndarray, blocks: int = BG_BLOCKS) -> np.ndarray:
@@ -287,55 +403,37 @@ def background_surface(x: np.ndarray, blocks: int = BG_BLOCKS) -> np.ndarray:
     morphological opening of the block grid removes blocks that are mostly ink; then bilinear
     interpolation back to full size.
     """
-    v, b = _block_view(x, blocks)
-    grid = np.percentile(v, 25, axis=2).astype(np.float32)
-    grid = _grey_morph(_grey_morph(grid, np.minimum), np.maximum)
     h, w = x.shape
-    # Block centres sit at (i + 0.5) * b; interpolate between them, clamped at the edges.
-    ys = np.clip((np.arange(h) + 0.5) / b - 0.5, 0, grid.shape[0] - 1)
-    xs = np.clip((np.arange(w) + 0.5) / b - 0.5, 0, grid.shape[1] - 1)
-    y0, x0 = np.floor(ys).astype(int), np.floor(xs).astype(int)
-    y1, x1 = np.minimum(y0 + 1, grid.shape[0] - 1), np.minimum(x0 + 1, grid.shape[1] - 1)
-    fy, fx = (ys - y0)[:, None], (xs - x0)[None, :]
-    top = grid[y0][:, x0] * (1 - fx) + grid[y0][:, x1] * fx
-    bot = grid[y1][:, x0] * (1 - fx) + grid[y1][:, x1] * fx
-    return (top * (1 - fy) + bot * fy).astype(np.float32)
+    b = max(1, math.ceil(max(h, w) / blocks))
+    gh, gw = math.ceil(h / b), math.ceil(w / b)
+    # 8-bit levels (exact for 8-bit sources): numpy sorts uint8 with a radix sort, in linear time.
+    q8 = cv2.convertScaleAbs(x, alpha=255.0)
+    p = cv2.copyMakeBorder(q8, 0, gh * b - h, 0, gw * b - w, cv2.BORDER_REPLICATE)
+    v = p.reshape(gh, b, gw, b).transpose(0, 2, 1, 3).reshape(gh * gw, b * b)  # (blocks, b*b)
+    v = np.sort(v, axis=1, kind="stable")
+    i, f = divmod(0.25 * (b * b - 1), 1.0)  # numpy's linear 25th percentile
+    i = int(i)
+    lo, hi = v[:, i].astype(np.float32), v[:, min(i + 1, b * b - 1)].astype(np.float32)
+    grid = ((lo + np.float32(f) * (hi - lo)) * np.float32(1 / 255)).reshape(gh, gw)
+    grid = cv2.morphologyEx(grid, cv2.MORPH_OPEN, np.ones((3, 3), np.uint8))
+    # INTER_LINEAR maps output pixel i to grid coordinate (i + 0.5) / b - 0.5, clamped at the
+    # edges: block centres sit at (k + 0.5) * b, and the interpolation runs between them.
+    surface = cv2.resize(grid, (gw * b, gh * b), interpolation=cv2.INTER_LINEAR)
+    return surface[:h, :w]
 
 
 def remove_background(x: np.ndarray) -> np.ndarray:
     """Light-on-dark ``x`` minus its background surface, clipped at 0: only ink stays positive."""
-    return np.clip(x - background_surface(x), 0.0, None)
+    x = np.asarray(x, dtype=np.float32)
+    return np.maximum(cv2.subtract(x, background_surface(x)), 0.0)
 
 
 # ----------------------------------------------------------------------------- 5. the digit
 
 
 def label_components(mask: np.ndarray) -> np.ndarray:
-    """8-connected component labels of a boolean mask (0 = background, 1..n), pure numpy.
-
-    Each pixel starts with its own index; repeated 3x3 minimum (within the mask) plus pointer
-    jumping makes every pixel of a component carry the smallest index in it.
-    """
-    h, w = mask.shape
-    big = h * w
-    lab = np.where(mask, np.arange(big).reshape(h, w), big)
-    while True:
-        p = np.pad(lab, 1, constant_values=big)
-        new = lab.copy()
-        for dy in range(3):
-            for dx in range(3):
-                new = np.minimum(new, p[dy : dy + h, dx : dx + w])
-        new = np.where(mask, new, big)
-        flat = np.append(new.ravel(), big)
-        new = np.where(mask, flat[new], big)  # pointer jumping: label of my label's pixel
-        if np.array_equal(new, lab):
-            break
-        lab = new
-    out = np.zeros((h, w), dtype=np.int64)
-    if mask.any():
-        _, inv = np.unique(lab[mask], return_inverse=True)
-        out[mask] = inv.ravel() + 1
-    return out
+    """8-connected component labels of a boolean mask (0 = background, 1..n), int32."""
+    return cv2.connectedComponents(np.asarray(mask, dtype=np.uint8), connectivity=8)[1]
 
 
 @dataclass
@@ -361,31 +459,24 @@ class Component:
         return self.x1 - self.x0
 
 
-def _components(labels: np.ndarray, weight: np.ndarray) -> list[Component]:
-    h, w = labels.shape
-    band = np.zeros((h, w), bool)
+def _components(grid: np.ndarray, weight: np.ndarray) -> tuple[np.ndarray, list[Component]]:
+    """Label a uint8 grid (8-connected) and describe every component: -> (labels, components)."""
+    h, w = grid.shape
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(grid, connectivity=8)
+    flat = labels.ravel()
+    mass = np.bincount(flat, weights=weight.ravel(), minlength=n)
+    band = np.ones((h, w), np.float64)
     by, bx = max(1, math.ceil(0.1 * h)), max(1, math.ceil(0.1 * w))
-    band[:by], band[-by:], band[:, :bx], band[:, -bx:] = True, True, True, True
+    band[by : h - by, bx : w - bx] = 0.0
+    in_band = np.bincount(flat, weights=band.ravel(), minlength=n)
     out = []
-    for lab in range(1, int(labels.max()) + 1):
-        ys, xs = np.nonzero(labels == lab)
-        if not len(ys):
-            continue
-        y0, y1, x0, x1 = int(ys.min()), int(ys.max()) + 1, int(xs.min()), int(xs.max()) + 1
-        out.append(
-            Component(
-                lab,
-                len(ys),
-                float(weight[ys, xs].sum()),
-                y0,
-                x0,
-                y1,
-                x1,
-                (y0 == 0, y1 == h, x0 == 0, x1 == w),
-                float(band[ys, xs].mean()),
-            )
-        )
-    return out
+    for lab in range(1, n):
+        x0, y0, cw, ch, area = (int(v) for v in stats[lab])
+        y1, x1 = y0 + ch, x0 + cw
+        touches = (y0 == 0, y1 == h, x0 == 0, x1 == w)
+        comp = Component(lab, area, float(mass[lab]), y0, x0, y1, x1, touches, in_band[lab] / area)
+        out.append(comp)
+    return labels, out
 
 
 def is_border_clutter(c: Component, h: int, w: int) -> bool:
@@ -430,13 +521,15 @@ def select_digit(comps: list[Component], h: int, w: int) -> list[Component]:
     return chosen
 
 
-def _pool(a: np.ndarray, cell: int, how) -> np.ndarray:
+def _pool(a: np.ndarray, cell: int) -> np.ndarray:
+    """Sum over cell x cell blocks (zero-padded at the bottom/right) of a float32 image."""
     if cell == 1:
         return a
     h, w = a.shape
-    ph, pw = math.ceil(h / cell) * cell, math.ceil(w / cell) * cell
-    p = np.pad(a, ((0, ph - h), (0, pw - w)))
-    return how(p.reshape(ph // cell, cell, pw // cell, cell), axis=(1, 3))
+    gh, gw = math.ceil(h / cell), math.ceil(w / cell)
+    p = cv2.copyMakeBorder(a, 0, gh * cell - h, 0, gw * cell - w, cv2.BORDER_CONSTANT, value=0)
+    # An exact integer factor: INTER_AREA is the plain block mean.
+    return cv2.resize(p, (gw, gh), interpolation=cv2.INTER_AREA) * np.float32(cell * cell)
 
 
 @dataclass
@@ -453,36 +546,45 @@ def find_digit(r: np.ndarray) -> Digit:
     Contrast: ink is stretched so its typical level (90th percentile) becomes 1 and the noise
     floor (3 sigma of the background) becomes 0, so a pale pencil and a black marker look alike.
     """
+    r = np.asarray(r, dtype=np.float32)
     h, w = r.shape
-    dev = np.abs(r - np.median(r))
-    sigma = 1.4826 * float(np.median(dev))  # robust noise level of the (mostly) background
-    peak = float(box_blur(r, _blur_size(r.shape)).max())
+    _, sigma = _median_and_sigma(r)  # robust noise level of the (mostly) background
+    peak = cv2.minMaxLoc(box_blur(r, _blur_size(r.shape)))[1]
     if peak < MIN_CONTRAST or peak < 6 * sigma:
         raise NoDigitError("no digit found")
-    mask = r > max(0.3 * peak, 4 * sigma)
+    mask = cv2.compare(r, max(0.3 * peak, 4 * sigma), cv2.CMP_GT)  # uint8 0/255 (H, W)
 
+    # Components on a grid of at most LABEL_SIDE cells a side: a cell is ink if any pixel is.
     cell = max(1, math.ceil(max(h, w) / LABEL_SIDE))
-    small = _pool(mask, cell, np.any)
-    labels = label_components(small)
-    comps = _components(labels, _pool(np.where(mask, r, 0), cell, np.sum))
+    inked = cv2.bitwise_and(r, r, mask=mask)  # r where the mask holds, else 0
+    mass = _pool(inked, cell)
+    small = (_pool(mask.astype(np.float32), cell) > 0).astype(np.uint8)
+    labels, comps = _components(small, mass)
     chosen = select_digit(comps, *small.shape)
     if not chosen:
         raise NoDigitError("no digit found")
-    keep = np.isin(labels, [c.label for c in chosen])
+    pick = np.zeros(len(comps) + 1, np.uint8)
+    pick[[c.label for c in chosen]] = 1
+    keep = pick[labels]  # (cells_y, cells_x)
     # Back to working pixels, with a margin so the faint anti-aliased rim of strokes is kept.
-    region = np.kron(keep, np.ones((cell, cell), dtype=bool))[:h, :w]
-    region = box_blur(region.astype(np.float32), 2 * max(2, cell) + 1) > 0
+    region = np.repeat(np.repeat(keep, cell, axis=0), cell, axis=1)[:h, :w]
+    k = 2 * max(2, cell) + 1
+    region = cv2.dilate(region, np.ones((k, k), np.uint8))  # (H, W) 0/1
 
     floor = 3 * sigma
-    level = float(np.percentile(r[mask & region], 90))
-    ink = np.clip((r - floor) / max(level - floor, 1e-6), 0.0, 1.0) * region
-    ys, xs = np.nonzero(ink > 0)
-    if not len(ys):
+    (level,) = _quantiles(r, (0.9,), mask=cv2.bitwise_and(mask, mask, mask=region))
+    ink = np.zeros((h, w), np.float32)
+    x, y, bw, bh = cv2.boundingRect(region)
+    roi = (slice(y, y + bh), slice(x, x + bw))
+    scaled = (r[roi] - np.float32(floor)) * np.float32(1 / max(level - floor, 1e-6))
+    ink[roi] = np.clip(scaled, 0.0, 1.0) * region[roi]
+    x, y, bw, bh = cv2.boundingRect(cv2.compare(ink, 0, cv2.CMP_GT))
+    if bw == 0:
         raise NoDigitError("no digit found")
-    box = (int(ys.min()), int(xs.min()), int(ys.max()) + 1, int(xs.max()) + 1)
-    if max(box[2] - box[0], box[3] - box[1]) < max(3, MIN_DIGIT_FRACTION * max(h, w)):
+    box = (y, x, y + bh, x + bw)
+    if max(bh, bw) < max(3, MIN_DIGIT_FRACTION * max(h, w)):
         raise NoDigitError("no digit found (only specks)")
-    return Digit(ink.astype(np.float32), box)
+    return Digit(ink, box)
 
 
 # ----------------------------------------------------------------------------- 6. MNIST box
@@ -490,24 +592,23 @@ def find_digit(r: np.ndarray) -> Digit:
 
 def scale_to_box(patch: np.ndarray, box: int = BOX) -> np.ndarray:
     """Resize so the longest side is ``box`` px, aspect ratio kept (area-averaged when shrinking)."""
+    patch = np.asarray(patch, dtype=np.float32)
     h, w = patch.shape
     s = box / max(h, w)
     size = (max(1, round(w * s)), max(1, round(h * s)))
     if size == (w, h):
-        return patch.astype(np.float32)
-    im = Image.fromarray(patch.astype(np.float32), mode="F")
-    # BOX = exact area averaging when shrinking (MNIST's anti-aliasing); bilinear when growing.
-    filt = Image.Resampling.BOX if s < 1 else Image.Resampling.BILINEAR
-    return np.clip(np.asarray(im.resize(size, filt), dtype=np.float32), 0, 1)
+        return patch
+    # INTER_AREA = exact area averaging when shrinking (MNIST's anti-aliasing); bilinear growing.
+    how = cv2.INTER_AREA if s < 1 else cv2.INTER_LINEAR
+    return np.clip(cv2.resize(patch, size, interpolation=how), 0, 1)
 
 
 def center_of_mass(a: np.ndarray) -> tuple[float, float]:
     """(row, column) of the intensity-weighted centre, in pixel-index coordinates."""
-    m = float(a.sum())
-    if m <= 0:
+    m = cv2.moments(np.asarray(a, dtype=np.float64))
+    if m["m00"] <= 0:
         return (a.shape[0] - 1) / 2, (a.shape[1] - 1) / 2
-    ys, xs = np.arange(a.shape[0]), np.arange(a.shape[1])
-    return float(a.sum(1) @ ys) / m, float(a.sum(0) @ xs) / m
+    return m["m01"] / m["m00"], m["m10"] / m["m00"]
 
 
 def place_by_center_of_mass(patch: np.ndarray, size: int = CANVAS) -> np.ndarray:
@@ -528,23 +629,51 @@ def place_by_center_of_mass(patch: np.ndarray, size: int = CANVAS) -> np.ndarray
 # ----------------------------------------------------------------------------- all together
 
 
+def _in_detail(im: Image.Image, f: int, digit: Digit, dark: bool, bg: np.ndarray) -> Digit:
+    """A digit found small (under 2 x BOX px) in an image shrunk ``f`` times: cut it out again
+    from the decoded image at up to :data:`DETAIL_SIDE` resolution, so it is not blown up from
+    a handful of pixels. Same steps on the crop; the page's polarity and background are kept
+    (the background surface is smooth: interpolated onto the crop). Otherwise ``digit``."""
+    y0, x0, y1, x1 = digit.box
+    side = max(y1 - y0, x1 - x0)
+    f2 = _reduce_factor(im.size, DETAIL_SIDE)
+    if side >= 2 * BOX or f2 >= f:
+        return digit
+    h, w = bg.shape
+    cy0, cx0 = max(0, y0 - side), max(0, x0 - side)  # one digit-size of margin all round
+    cy1, cx1 = min(h, y1 + side), min(w, x1 + side)
+    crop = im.crop((cx0 * f, cy0 * f, min(im.width, cx1 * f), min(im.height, cy1 * f)))
+    g = _gray(crop, f2)
+    x = 1.0 - g if dark else g
+    bg_crop = cv2.resize(
+        bg[cy0:cy1, cx0:cx1], (g.shape[1], g.shape[0]), interpolation=cv2.INTER_LINEAR
+    )
+    try:
+        return find_digit(np.maximum(cv2.subtract(x, bg_crop), 0.0))
+    except NoDigitError:
+        return digit
+
+
 def preprocess(image, steps: dict | None = None, *, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     """Any image source -> uint8 (28, 28), light on dark, MNIST style (see the module doc).
 
-    ``image`` is anything :func:`load_image` takes. Raises :class:`ImageError` for unusable
-    input and :class:`NoDigitError` when no digit is found. When ``steps`` is a dict, the
-    intermediate images are stored in it (for pictures and debugging).
+    ``image`` is anything :func:`load_image` takes; files over ``max_pixels`` pixels (by their
+    header) are refused before decoding. Raises :class:`ImageError` for unusable input and
+    :class:`NoDigitError` when no digit is found. When ``steps`` is a dict, the intermediate
+    images are stored in it (for pictures and debugging).
     """
-    im = load_image(image, max_pixels)
+    im = _load(image, max_pixels, gray=True)
     gray = to_gray(im)
     dark = ink_is_dark(gray)
     x = 1.0 - gray if dark else gray
-    r = remove_background(x)
+    bg = background_surface(x)
+    r = np.maximum(cv2.subtract(x, bg), 0.0)  # remove_background(x)
     digit = find_digit(r)
+    digit = _in_detail(im, _reduce_factor(im.size), digit, dark, bg)
     y0, x0, y1, x1 = digit.box
     patch = scale_to_box(digit.ink[y0:y1, x0:x1])
     out = place_by_center_of_mass(patch)
-    result = np.clip(np.rint(out * 255.0), 0, 255).astype(np.uint8)
+    result = cv2.convertScaleAbs(out, alpha=255.0)  # rounded, saturated uint8
     if steps is not None:
         steps.update(
             gray=gray,
