@@ -46,7 +46,7 @@ cv2.setNumThreads(1)
 # passes its own, lower cap (``max_pixels``).
 MAX_PIXELS = 8000 * 8000
 MIN_SIDE = 8  # anything smaller cannot hold a recognisable digit
-WORK_SIDE = 512  # images are reduced (area-averaged) to at most this longest side before the work
+WORK_SIDE = 256  # images are reduced (area-averaged) to at most this longest side before the work
 DETAIL_SIDE = 1024  # ... but a small digit in a large image is cut out again at up to this side
 CANVAS = 28  # MNIST field
 BOX = 20  # MNIST size-normalization box for the digit's longest side
