@@ -18,7 +18,14 @@ import pytest
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 ENTRY_POINTS = ("lenet.cli", "lenet.bench", "lenet.__main__")  # and their submodules
-INFERENCE = ("lenet.predictor", "lenet.evaluation", "lenet.server", "lenet.export", "lenet.runtime")
+INFERENCE = (
+    "lenet.predictor",
+    "lenet.evaluation",
+    "lenet.server",
+    "lenet.httpguard",
+    "lenet.export",
+    "lenet.runtime",
+)
 TRAINING = ("lenet.engine", "lenet.distributed")
 
 
@@ -137,6 +144,11 @@ def _where(importer: str, target_packages: tuple[str, ...]) -> list[str]:
 def test_the_graph_sees_the_package():
     assert {"lenet", "lenet.cli", "lenet.engine", "lenet.models.registry"} <= set(MODULES)
     assert "lenet.runtime" in graph(True)["lenet.predictor"]
+
+
+def test_httpguard_is_a_leaf():
+    """The service's guards import no other lenet module: the CLI reads its helpers at start-up."""
+    assert graph(False)["lenet.httpguard"] == set()
 
 
 @pytest.mark.parametrize("at_import_only", [True, False], ids=["module-level", "with-functions"])

@@ -287,7 +287,7 @@ def test_oversized_declared_length_refused_before_body_is_sent(server):
     host, port = server.removeprefix("http://").split(":")
     with socket.create_connection((host, int(port)), timeout=10) as s:
         s.sendall(
-            b"POST /api/predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"
+            b"POST /api/predict HTTP/1.1\r\nHost: localhost\r\nContent-Type: image/png\r\n"
             b"Content-Length: 100000000\r\n\r\n"
         )
         reply = b""
@@ -323,7 +323,11 @@ def test_streamed_body_is_counted_and_cut_off(predictor):
         "raw_path": b"/api/predict",
         "query_string": b"",
         "root_path": "",
-        "headers": [(b"content-type", b"image/png"), (b"transfer-encoding", b"chunked")],
+        "headers": [
+            (b"host", b"localhost"),
+            (b"content-type", b"image/png"),
+            (b"transfer-encoding", b"chunked"),
+        ],
         "client": ("127.0.0.1", 1),
         "server": ("t", 80),
     }

@@ -26,9 +26,12 @@ from starlette.requests import Request as StarletteRequest
 
 from lenet._version import __version__
 from lenet.errors import LenetError
+from lenet.httpguard import LOOPBACK_HOSTS, HostAllowList, RequestLog
 from lenet.predictor import png_base64
 
 if TYPE_CHECKING:
+    from collections.abc import Iterable
+
     from lenet.predictor import Prediction, Predictor
 
 log = logging.getLogger("lenet.server")
@@ -153,42 +156,6 @@ def model_json(predictor: Predictor) -> dict:
     return info
 
 
-class RequestLog:
-    """Pure ASGI middleware: one log line per HTTP request (method, path, status, ms, extra)."""
-
-    def __init__(self, app):
-        self.app = app
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        start = time.perf_counter()
-        status = 500
-
-        async def send_wrapper(message):
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_wrapper)
-        finally:
-            ms = 1000 * (time.perf_counter() - start)
-            client = scope.get("client") or ("-", 0)
-            extra = scope.get("state", {}).get("log_extra", "")
-            log.info(
-                "%s %s %s %d %.1fms%s",
-                client[0],
-                scope["method"],
-                scope["path"],
-                status,
-                ms,
-                f" {extra}" if extra else "",
-            )
-
-
 def create_app(
     predictor: Predictor,
     max_bytes: int = DEFAULT_MAX_BYTES,
@@ -196,13 +163,15 @@ def create_app(
     min_confidence: float | None = None,
     max_concurrency: int | None = None,
     static_dir: str | os.PathLike | None = None,
+    allowed_hosts: Iterable[str] = LOOPBACK_HOSTS,
 ) -> FastAPI:
     """The service around one loaded predictor.
 
     ``max_bytes`` caps every request body; ``top_k``/``min_confidence`` are the defaults a
     request can override with query parameters; ``max_concurrency`` caps how many predictions
     run at once in worker threads (default: the CPU count), so a burst queues instead of
-    oversubscribing the cores.
+    oversubscribing the cores. ``allowed_hosts`` are the names a request's Host header may
+    carry (port ignored; ``"*"``: any); the rest get 400 (DNS rebinding, see lenet.httpguard).
     """
     if max_bytes <= 0:
         raise ValueError("max_bytes must be positive")
@@ -323,7 +292,8 @@ def create_app(
         return out
 
     app.mount("/static", StaticFiles(directory=static), name="static")
-    app.add_middleware(RequestLog)
+    app.add_middleware(HostAllowList, allowed_hosts=tuple(allowed_hosts))
+    app.add_middleware(RequestLog)  # added last = outermost: refused hosts are logged too
     return app
 
 
@@ -348,4 +318,7 @@ def app_from_env() -> FastAPI:
         max_bytes=int(os.environ.get("LENET_SERVE_MAX_BYTES", DEFAULT_MAX_BYTES)),
         top_k=int(os.environ.get("LENET_SERVE_TOP_K", 3)),
         min_confidence=float(min_conf) if min_conf else None,
+        allowed_hosts=(
+            os.environ.get("LENET_SERVE_ALLOWED_HOSTS") or ",".join(LOOPBACK_HOSTS)
+        ).split(","),
     )

@@ -74,6 +74,9 @@ class ServerProcess:
             m = RUNNING.search(line)
             if m and not self._ready.is_set():
                 scheme, host, port = m.groups()
+                # Bound to every interface: talk to it by a loopback name (the Host allow-list
+                # refuses "0.0.0.0", and the benchmark only runs against loopback).
+                host = {"0.0.0.0": "127.0.0.1", "[::]": "[::1]"}.get(host, host)
                 self.url = f"{scheme}://{host}:{port}"
                 self._ready.set()
 

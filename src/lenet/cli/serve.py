@@ -9,11 +9,20 @@ import os
 
 from lenet.cli import add_backend, add_min_confidence, add_top_k, bounded
 from lenet.errors import LenetError
+from lenet.httpguard import is_wildcard, parse_hosts, serve_hosts
 
 log = logging.getLogger("lenet.serve")
 
 
 _positive_int = bounded(int, 1)
+
+
+def _host_list(text: str) -> list[str]:
+    """An argparse ``type``: comma-separated host names."""
+    try:
+        return parse_hosts(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def register(sub) -> None:
@@ -26,6 +35,15 @@ def register(sub) -> None:
     )
     p.add_argument("--model", metavar="CKPT", help="checkpoint (default: the bundled weights)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1)")
+    p.add_argument(
+        "--allowed-hosts",
+        type=_host_list,
+        default=[],
+        metavar="NAMES",
+        help="comma-separated names the Host header may carry besides localhost, 127.0.0.1, ::1 "
+        "and the --host address (port ignored; '*' = any); other requests get 400, against DNS "
+        "rebinding",
+    )
     p.add_argument(
         "--port",
         type=bounded(int, 0, 65535),
@@ -68,6 +86,15 @@ def _check_host(host: str) -> None:
         log.warning("listening on %s: reachable from other machines, no authentication", host)
 
 
+def _check_names(host: str, allowed: list[str]) -> None:
+    """On a wildcard address, say that other machines must use a name in --allowed-hosts."""
+    if is_wildcard(host) and not allowed:
+        log.warning(
+            "requests naming this machine other than by localhost/127.0.0.1/::1 are refused "
+            "(400): pass --allowed-hosts NAME,... (or '*') to accept them"
+        )
+
+
 def run(args: argparse.Namespace) -> int:
     """Load the model once (failing fast on a bad checkpoint), then run uvicorn."""
     try:
@@ -84,6 +111,8 @@ def run(args: argparse.Namespace) -> int:
 
     torch.set_num_threads(args.threads)
     _check_host(args.host)
+    _check_names(args.host, args.allowed_hosts)
+    allowed_hosts = serve_hosts(args.host, args.allowed_hosts)
     # a bad checkpoint -> one clear line, exit 2
     predictor = Predictor(args.model, device="cpu", backend=args.backend)
     sha = predictor.info["checkpoint_sha256"][:12]
@@ -103,6 +132,7 @@ def run(args: argparse.Namespace) -> int:
             max_bytes=args.max_bytes,
             top_k=args.top_k,
             min_confidence=args.min_confidence,
+            allowed_hosts=allowed_hosts,
         )
         uvicorn.run(app, **common)
         return 0
@@ -114,6 +144,7 @@ def run(args: argparse.Namespace) -> int:
         LENET_SERVE_MIN_CONFIDENCE="" if args.min_confidence is None else str(args.min_confidence),
         LENET_SERVE_THREADS=str(args.threads),
         LENET_SERVE_BACKEND=args.backend,
+        LENET_SERVE_ALLOWED_HOSTS=",".join(allowed_hosts),
     )
     uvicorn.run("lenet.server:app_from_env", factory=True, workers=args.workers, **common)
     return 0
