@@ -119,7 +119,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         import uvicorn
 
-        from lenet.server import create_app
+        from lenet.server import create_app, freeze_heap
         from lenet.server_protocol import ENV_READ_TIMEOUT
     except ImportError as e:
         raise LenetError(
@@ -162,6 +162,7 @@ def run(args: argparse.Namespace) -> int:
             queue=args.queue,
             read_timeout=args.read_timeout,
         )
+        freeze_heap()
         uvicorn.run(app, **common)
         return 0
     # Several processes: each imports the app factory and loads the model once itself.
