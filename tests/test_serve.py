@@ -524,11 +524,34 @@ def test_queue_bound_503_retry_after_and_gone_clients_dropped(predictor):
     clients, batcher = asyncio.run(scenario())
     busy = clients[3]
     assert busy.status == 503 and busy.headers()["retry-after"] == "1"
+    assert not busy.sent_body and busy.headers()["connection"] == "close"  # refused unread
     assert busy.headers()["content-type"] == "application/json"
     assert "server busy" in busy.json()["error"] and "try again" in busy.json()["error"]
     assert clients[0].status == 200 and clients[0].json()["digit"] == 1
     assert clients[2].status == 200 and clients[2].json()["digit"] == 1
     assert batcher.dropped == 1 and gated.prepared == 2  # the gone client's image never ran
+
+
+def test_batcher_refuses_over_the_bound_after_the_body_too(predictor):
+    """The queue can fill while a body is being read: the second check raises ServerBusy."""
+    from lenet.batcher import Batcher, ServerBusy
+
+    gated = GatedPredictor(predictor)
+    batcher = Batcher(gated, queue=1, max_batch=1)
+
+    async def scenario():
+        first = asyncio.create_task(batcher.predict(drawn_one(), 3, None))
+        await wait_until(lambda: batcher.running == 1)
+        second = asyncio.create_task(batcher.predict(drawn_one(), 3, None))
+        await wait_until(lambda: batcher.waiting == 1)
+        with pytest.raises(ServerBusy):
+            await batcher.predict(drawn_one(), 3, None)
+        gated.gate.set()
+        answers = await asyncio.wait_for(asyncio.gather(first, second), 30)
+        batcher.close()
+        return answers
+
+    assert [p.digit for p in asyncio.run(scenario())] == [1, 1]
 
 
 def test_batched_answers_match_one_by_one(predictor, mnist_dir):

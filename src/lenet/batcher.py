@@ -69,6 +69,11 @@ class Batcher:
         """Requests queued behind the running batch."""
         return len(self._jobs)
 
+    @property
+    def full(self) -> bool:
+        """True when one more request would be refused."""
+        return len(self._jobs) >= self.queue
+
     def _start(self, loop: asyncio.AbstractEventLoop) -> None:
         # Created lazily inside the serving loop (the app is built before uvicorn's loop runs;
         # a test client may run each request on a new loop: start again there).
@@ -95,7 +100,7 @@ class Batcher:
         loop = asyncio.get_running_loop()
         if self._loop is not loop or self._task is None or self._task.done():
             self._start(loop)
-        if len(self._jobs) >= self.queue:
+        if self.full:
             raise ServerBusy(f"{len(self._jobs)} requests are already waiting")
         fut = loop.create_future()
         self._jobs.append(_Job(data, top_k, min_confidence, fut))

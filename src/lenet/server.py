@@ -51,6 +51,7 @@ DEFAULT_QUEUE = 64  # requests waiting per worker process beyond the batch being
 DEFAULT_MAX_BATCH = 16  # requests per network call
 DEFAULT_READ_TIMEOUT = 10.0  # seconds for the request head, then for the body
 RETRY_AFTER_S = 1  # what a 503 tells the client to wait
+BUSY = "server busy: too many requests are waiting, try again"
 # Content types accepted as a raw image body (besides multipart/form-data with a ``file`` part).
 RAW_TYPES = ("image/", "application/octet-stream")
 # Only the drawing page gets this policy: everything it loads comes from this server.
@@ -63,10 +64,11 @@ PAGE_CSP = (
 class ApiError(Exception):
     """An error answered as ``{"error": message}`` with an HTTP status (never a traceback)."""
 
-    def __init__(self, status: int, message: str):
+    def __init__(self, status: int, message: str, close: bool = False):
         super().__init__(message)
         self.status = status
         self.message = message
+        self.close = close or status in (408, 413)  # the rest of the body is not read
 
 
 async def read_body_limited(
@@ -258,11 +260,9 @@ def create_app(
 
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
-        headers = None
-        if exc.status in (408, 413):  # the rest of the body is not read: end the connection
-            headers = {"Connection": "close"}
-        elif exc.status == 503:
-            headers = {"Retry-After": str(RETRY_AFTER_S)}
+        headers = {"Connection": "close"} if exc.close else {}
+        if exc.status == 503:
+            headers["Retry-After"] = str(RETRY_AFTER_S)
         return JSONResponse({"error": exc.message}, status_code=exc.status, headers=headers)
 
     @app.exception_handler(StarletteHTTPException)
@@ -348,6 +348,9 @@ def create_app(
         ),
     ) -> Response:
         t0 = time.perf_counter()
+        if batcher.full:  # refuse before reading (and holding) a body that would not be queued
+            request.state.log_extra = f"busy waiting={batcher.waiting}"
+            raise ApiError(503, BUSY, close=True)
         data = await image_bytes_from_request(request, max_bytes, read_timeout)
         try:
             p = await batcher.predict(
@@ -355,7 +358,7 @@ def create_app(
             )
         except ServerBusy:
             request.state.log_extra = f"busy waiting={batcher.waiting}"
-            raise ApiError(503, "server busy: too many requests are waiting, try again") from None
+            raise ApiError(503, BUSY) from None
         except ClientGone:  # nobody is listening; this status only reaches the log
             request.state.log_extra = "client gone, not computed"
             return Response(status_code=499)
