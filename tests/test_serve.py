@@ -362,7 +362,17 @@ def test_serve_bad_checkpoint_is_one_line(tmp_path):
 
 
 def test_serve_bad_flags():
-    for args in (["--port", "70000"], ["--workers", "0"], ["--max-bytes", "-1"]):
+    for args in (
+        ["--port", "70000"],
+        ["--workers", "0"],
+        ["--max-bytes", "-1"],
+        ["--max-pixels", "0"],
+        ["--queue", "0"],
+        ["--read-timeout", "0"],
+        ["--read-timeout", "nan"],
+        ["--limit-concurrency", "0"],
+        ["--keep-alive", "-1"],
+    ):
         p = run_cli("serve", *args)
         assert p.returncode == 2 and "Traceback" not in p.stderr, p.stderr
 
@@ -397,3 +407,287 @@ def test_lenet_serve_workers_and_load(mnist_dir):
     assert result.errors == 0, result.first_errors
     assert result.statuses == {"200": 300}
     assert result.accuracy >= 0.95
+
+
+# --- bounds: queue, deadlines, connections, pixels (issue 12) ----------------------------------
+
+
+class GatedPredictor:
+    """The real predictor whose preprocessing waits for a gate (so requests pile up) and counts."""
+
+    def __init__(self, predictor: Predictor):
+        self._p = predictor
+        self.gate = threading.Event()
+        self.prepared = 0
+
+    def __getattr__(self, name):
+        return getattr(self._p, name)
+
+    def prepare(self, source):
+        assert self.gate.wait(30), "the test never opened the gate"
+        self.prepared += 1
+        return self._p.prepare(source)
+
+
+def asgi_scope(body_len: int | None = None) -> dict:
+    """An ASGI HTTP scope for ``POST /api/predict`` with a PNG body."""
+    headers = [(b"content-type", b"image/png")]
+    if body_len is not None:
+        headers.append((b"content-length", str(body_len).encode()))
+    return {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/api/predict",
+        "raw_path": b"/api/predict",
+        "query_string": b"",
+        "root_path": "",
+        "headers": headers,
+        "client": ("127.0.0.1", 1),
+        "server": ("t", 80),
+    }
+
+
+class FakeClient:
+    """One ASGI request: sends ``body`` (then, if ``hang``, never the rest), can disconnect."""
+
+    def __init__(self, body: bytes, more_body: bool = False):
+        self.body, self.more_body = body, more_body
+        self.sent_body = False
+        self.gone = asyncio.Event()
+        self.messages: list[dict] = []
+
+    async def receive(self) -> dict:
+        if not self.sent_body:
+            self.sent_body = True
+            return {"type": "http.request", "body": self.body, "more_body": self.more_body}
+        await self.gone.wait()  # a client that sends nothing more until it goes away
+        return {"type": "http.disconnect"}
+
+    async def send(self, message: dict) -> None:
+        self.messages.append(message)
+
+    @property
+    def status(self) -> int | None:
+        return self.messages[0]["status"] if self.messages else None
+
+    def headers(self) -> dict:
+        return {k.decode(): v.decode() for k, v in self.messages[0]["headers"]}
+
+    def json(self) -> dict:
+        return json.loads(b"".join(m.get("body", b"") for m in self.messages[1:]))
+
+
+def in_process(app, calls):
+    """Run ``await calls(client)`` against the app in this process (httpx's ASGI transport)."""
+
+    async def go():
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as c:
+            out = await calls(c)
+        app.state.batcher.close()
+        return out
+
+    return asyncio.run(go())
+
+
+async def wait_until(cond, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, "condition not reached"
+        await asyncio.sleep(0.005)
+
+
+def test_queue_bound_503_retry_after_and_gone_clients_dropped(predictor):
+    """queue=2, batches of 1: one runs, two wait, the fourth gets 503 + Retry-After; a waiting
+    request whose client disconnects is dropped, never preprocessed."""
+    gated = GatedPredictor(predictor)
+    app = create_app(gated, queue=2, max_batch=1)
+    body = drawn_one()
+
+    async def scenario():
+        clients = [FakeClient(body) for _ in range(4)]
+        tasks = [
+            asyncio.create_task(app(asgi_scope(len(body)), clients[0].receive, clients[0].send))
+        ]
+        batcher = app.state.batcher
+        await wait_until(lambda: batcher.running == 1)  # the first is computing (at the gate)
+        for c in clients[1:3]:
+            tasks.append(asyncio.create_task(app(asgi_scope(len(body)), c.receive, c.send)))
+        await wait_until(lambda: batcher.waiting == 2)
+        await app(asgi_scope(len(body)), clients[3].receive, clients[3].send)  # over the bound
+        clients[1].gone.set()  # this client leaves while waiting
+        await wait_until(lambda: tasks[1].done())
+        gated.gate.set()
+        await asyncio.wait_for(asyncio.gather(*tasks), 30)
+        batcher.close()
+        return clients, batcher
+
+    clients, batcher = asyncio.run(scenario())
+    busy = clients[3]
+    assert busy.status == 503 and busy.headers()["retry-after"] == "1"
+    assert not busy.sent_body and busy.headers()["connection"] == "close"  # refused unread
+    assert busy.headers()["content-type"] == "application/json"
+    assert "server busy" in busy.json()["error"] and "try again" in busy.json()["error"]
+    assert clients[0].status == 200 and clients[0].json()["digit"] == 1
+    assert clients[2].status == 200 and clients[2].json()["digit"] == 1
+    assert batcher.dropped == 1 and gated.prepared == 2  # the gone client's image never ran
+
+
+def test_batcher_refuses_over_the_bound_after_the_body_too(predictor):
+    """The queue can fill while a body is being read: the second check raises ServerBusy."""
+    from lenet.batcher import Batcher, ServerBusy
+
+    gated = GatedPredictor(predictor)
+    batcher = Batcher(gated, queue=1, max_batch=1)
+
+    async def scenario():
+        first = asyncio.create_task(batcher.predict(drawn_one(), 3, None))
+        await wait_until(lambda: batcher.running == 1)
+        second = asyncio.create_task(batcher.predict(drawn_one(), 3, None))
+        await wait_until(lambda: batcher.waiting == 1)
+        with pytest.raises(ServerBusy):
+            await batcher.predict(drawn_one(), 3, None)
+        gated.gate.set()
+        answers = await asyncio.wait_for(asyncio.gather(first, second), 30)
+        batcher.close()
+        return answers
+
+    assert [p.digit for p in asyncio.run(scenario())] == [1, 1]
+
+
+def test_batched_answers_match_one_by_one(predictor, mnist_dir):
+    """Requests that share one network call get exactly the answer each gets alone."""
+    split = load_split("test", mnist_dir)
+    bodies = [canvas_png(split.images[i]) for i in range(12)]
+    app = create_app(predictor, max_batch=16)
+
+    async def burst():
+        clients = [FakeClient(b) for b in bodies]
+        await asyncio.gather(*(app(asgi_scope(len(c.body)), c.receive, c.send) for c in clients))
+        app.state.batcher.close()
+        return clients
+
+    for c, b in zip(asyncio.run(burst()), bodies, strict=True):
+        assert c.status == 200
+        alone = predictor.predict_one(b)
+        assert c.json()["digit"] == alone.digit
+        np.testing.assert_allclose(c.json()["probabilities"], alone.probabilities, atol=1e-6)
+
+
+def test_slow_body_gets_408_and_close(predictor):
+    """Half a body and then nothing: 408 JSON after --read-timeout, and the connection closes."""
+    app = create_app(predictor, read_timeout=0.2)
+    body = drawn_one()
+    client = FakeClient(body[:100], more_body=True)
+    asyncio.run(asyncio.wait_for(app(asgi_scope(len(body)), client.receive, client.send), 10))
+    assert client.status == 408 and client.headers()["connection"] == "close"
+    msg = client.json()["error"]
+    assert "not received within 0.2 s" in msg and "100 bytes" in msg
+
+
+def test_service_pixel_cap(predictor):
+    """The service's own pixel cap answers 400 'image too large' and shows in /api/model."""
+    app = create_app(Predictor(max_pixels=10_000))
+
+    async def calls(c):
+        big = png(Image.new("L", (101, 100), 255))
+        ctype = {"Content-Type": "image/png"}
+        return (
+            await c.get("/api/model"),
+            await c.post("/api/predict", content=big, headers=ctype),
+            await c.post("/api/predict", content=drawn_one(100), headers=ctype),
+        )
+
+    model, big, ok = in_process(app, calls)
+    assert model.json()["max_pixels"] == 10_000
+    assert_json_error(big, 400, "image too large", "10,000")
+    assert ok.json()["digit"] == 1
+
+
+def test_app_from_env_carries_every_setting(monkeypatch):
+    """The --workers path (each process builds the app from the environment) keeps the flags."""
+    from lenet.server import app_from_env
+
+    for k, v in dict(
+        LENET_SERVE_MAX_BYTES="1234",
+        LENET_SERVE_TOP_K="5",
+        LENET_SERVE_MIN_CONFIDENCE="0.5",
+        LENET_SERVE_MAX_PIXELS="4321",
+        LENET_SERVE_QUEUE="7",
+        LENET_SERVE_READ_TIMEOUT="2.5",
+    ).items():
+        monkeypatch.setenv(k, v)
+    app = app_from_env()
+
+    async def model(c):
+        return await c.get("/api/model")
+
+    j = in_process(app, model).json()
+    assert (j["max_bytes"], j["max_pixels"], j["queue"], j["read_timeout_s"]) == (
+        1234,
+        4321,
+        7,
+        2.5,
+    )
+    assert app.state.batcher.queue == 7
+
+
+def test_serve_help_documents_every_flag():
+    p = run_cli("serve", "--help")
+    assert p.returncode == 0
+    for flag in (
+        "--workers",
+        "--max-bytes",
+        "--max-pixels",
+        "--queue",
+        "--read-timeout",
+        "--limit-concurrency",
+        "--keep-alive",
+    ):
+        assert flag in p.stdout, flag
+    assert "number of cores" in p.stdout and "16000000" in p.stdout
+
+
+@pytest.mark.slow
+def test_slow_and_idle_connections_are_closed_and_limited():
+    """A real ``lenet serve``: a connection that sends nothing is closed after --read-timeout,
+    one that trickles half a head gets 408; connections over --limit-concurrency get a 503
+    JSON at once; a normal request is still answered."""
+    args = ("--workers", "1", "--read-timeout", "1", "--limit-concurrency", "3")
+    with ServerProcess(*args) as srv:
+        host, port = srv.url.removeprefix("http://").split(":")
+        addr = (host, int(port))
+        idle = socket.create_connection(addr, timeout=10)
+        slow = socket.create_connection(addr, timeout=10)
+        slow.sendall(b"POST /api/predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Ty")
+        third = socket.create_connection(addr, timeout=10)
+        time.sleep(0.3)  # the server has accepted all three
+        over = socket.create_connection(addr, timeout=10)
+        reply = read_all(over)
+        assert reply.startswith(b"HTTP/1.1 503"), reply
+        head, _, body = reply.partition(b"\r\n\r\n")
+        assert (
+            b"retry-after: 1" in head.lower()
+            and "too many connections" in json.loads(body)["error"]
+        )
+        t0 = time.monotonic()
+        assert read_all(idle) == b""  # closed without a word: it never started a request
+        reply = read_all(slow)
+        assert reply.startswith(b"HTTP/1.1 408"), reply
+        assert "request head not received" in json.loads(reply.partition(b"\r\n\r\n")[2])["error"]
+        assert time.monotonic() - t0 < 9  # closed by the 1 s deadline, not by the socket timeout
+        for s in (idle, slow, third, over):
+            s.close()
+        with httpx.Client(base_url=srv.url, timeout=30) as c:
+            assert post_raw(c, drawn_one()).json()["digit"] == 1
+
+
+def read_all(s: socket.socket) -> bytes:
+    """Everything the server sends until it closes the connection (bounded by the socket timeout)."""
+    out = b""
+    while chunk := s.recv(65536):
+        out += chunk
+    return out

@@ -15,6 +15,15 @@ log = logging.getLogger("lenet.serve")
 
 
 _positive_int = bounded(int, 1)
+_bounded_seconds = bounded(float, 0.001, 86400.0)
+
+
+def _seconds(text: str) -> float:
+    """An argparse ``type``: a number of seconds in 0.001..86400 (not nan)."""
+    v = _bounded_seconds(text)
+    if v != v:  # nan compares false with both bounds
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}")
+    return v
 
 
 def _host_list(text: str) -> list[str]:
@@ -53,14 +62,51 @@ def register(sub) -> None:
     p.add_argument(
         "--workers",
         type=_positive_int,
-        default=1,
-        help="server processes, each loading the model once (default: 1)",
+        default=os.cpu_count() or 1,
+        help="server processes, each loading the model once and using one core "
+        f"(default: the number of cores, {os.cpu_count() or 1} here)",
     )
     p.add_argument(
         "--max-bytes",
         type=_positive_int,
         default=5_000_000,
         help="largest accepted request body in bytes (default: 5000000); larger gets 413",
+    )
+    p.add_argument(
+        "--max-pixels",
+        type=_positive_int,
+        default=16_000_000,
+        help="largest accepted image in pixels, checked from its header before decoding "
+        "(default: 16000000, below lenet predict's 64 MP); larger gets 400 'image too large'",
+    )
+    p.add_argument(
+        "--queue",
+        type=_positive_int,
+        default=64,
+        help="requests per worker that may wait for a prediction behind the batch being "
+        "computed (default: 64); more get 503 with Retry-After",
+    )
+    p.add_argument(
+        "--read-timeout",
+        type=_seconds,
+        default=10.0,
+        metavar="S",
+        help="seconds a client has to send a request head, and then its body (default: 10); "
+        "a late body gets 408, a late head 408 or a close",
+    )
+    p.add_argument(
+        "--limit-concurrency",
+        type=_positive_int,
+        default=512,
+        metavar="N",
+        help="open connections per worker (default: 512); more are answered 503 and closed",
+    )
+    p.add_argument(
+        "--keep-alive",
+        type=_seconds,
+        default=5.0,
+        metavar="S",
+        help="seconds an idle keep-alive connection stays open (default: 5)",
     )
     add_top_k(p, help="classes in top_k when a request does not say (default: 3)")
     add_min_confidence(
@@ -100,7 +146,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         import uvicorn
 
-        from lenet.server import create_app
+        from lenet.server import create_app, freeze_heap
+        from lenet.server_protocol import ENV_READ_TIMEOUT
     except ImportError as e:
         raise LenetError(
             f"lenet serve needs the 'serve' extra ({e.name} is missing): pip install 'lenet[serve]'"
@@ -114,10 +161,15 @@ def run(args: argparse.Namespace) -> int:
     _check_names(args.host, args.allowed_hosts)
     allowed_hosts = serve_hosts(args.host, args.allowed_hosts)
     # a bad checkpoint -> one clear line, exit 2
-    predictor = Predictor(args.model, device="cpu", backend=args.backend)
+    predictor = Predictor(
+        args.model, device="cpu", backend=args.backend, max_pixels=args.max_pixels
+    )
     sha = predictor.info["checkpoint_sha256"][:12]
     log.info("model %s loaded (sha256 %s...)", predictor.name, sha)
 
+    # The request-head deadline lives in the protocol, which reads it from the environment
+    # (the same way in this process and in --workers processes).
+    os.environ[ENV_READ_TIMEOUT] = str(args.read_timeout)
     common = dict(
         host=args.host,
         port=args.port,
@@ -125,6 +177,10 @@ def run(args: argparse.Namespace) -> int:
         access_log=False,
         timeout_graceful_shutdown=5,
         server_header=False,
+        loop="auto",  # uvloop when installed
+        http="lenet.server_protocol:LenetHttpProtocol",  # httptools + deadlines (see there)
+        limit_concurrency=args.limit_concurrency,
+        timeout_keep_alive=args.keep_alive,
     )
     if args.workers == 1:
         app = create_app(
@@ -133,7 +189,10 @@ def run(args: argparse.Namespace) -> int:
             top_k=args.top_k,
             min_confidence=args.min_confidence,
             allowed_hosts=allowed_hosts,
+            queue=args.queue,
+            read_timeout=args.read_timeout,
         )
+        freeze_heap()
         uvicorn.run(app, **common)
         return 0
     # Several processes: each imports the app factory and loads the model once itself.
@@ -145,6 +204,8 @@ def run(args: argparse.Namespace) -> int:
         LENET_SERVE_THREADS=str(args.threads),
         LENET_SERVE_BACKEND=args.backend,
         LENET_SERVE_ALLOWED_HOSTS=",".join(allowed_hosts),
+        LENET_SERVE_MAX_PIXELS=str(args.max_pixels),
+        LENET_SERVE_QUEUE=str(args.queue),
     )
     uvicorn.run("lenet.server:app_from_env", factory=True, workers=args.workers, **common)
     return 0
