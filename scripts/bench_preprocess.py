@@ -4,7 +4,7 @@ python scripts/bench_preprocess.py [--data-dir data] [--repeat 300] [--json PATH
 
 Two inputs, as the issue measures them: a 280x280 canvas PNG (dark ink on white, as the drawing
 page sends it; ``lenet.bench.serve_load.canvas_png``) and a 640x480 JPEG photo
-(``lenet.bench.suite.synthetic_photo``), both of MNIST test digit 0. Prints a markdown table of
+(``lenet.bench.image_path.synthetic_photo``), both of MNIST test digit 0. Prints a markdown table of
 median milliseconds. Works against an older tree too (``PYTHONPATH=/old/src``): steps that do not
 exist there are left out. Also times a 2-thread pool over both inputs with OpenCV's own threads
 at 1 and 2 (``cv2.setNumThreads``), to back the module's choice.
@@ -25,8 +25,8 @@ import torch
 from PIL import Image
 
 import lenet.preprocess as P
+from lenet.bench.image_path import synthetic_photo
 from lenet.bench.serve_load import canvas_png
-from lenet.bench.suite import synthetic_photo
 from lenet.data import load_split
 
 

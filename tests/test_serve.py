@@ -423,15 +423,15 @@ class GatedPredictor:
     def __getattr__(self, name):
         return getattr(self._p, name)
 
-    def prepare(self, source):
+    def prepare(self, source, max_pixels=None):
         assert self.gate.wait(30), "the test never opened the gate"
         self.prepared += 1
-        return self._p.prepare(source)
+        return self._p.prepare(source, max_pixels)
 
 
 def asgi_scope(body_len: int | None = None) -> dict:
     """An ASGI HTTP scope for ``POST /api/predict`` with a PNG body."""
-    headers = [(b"content-type", b"image/png")]
+    headers = [(b"host", b"127.0.0.1"), (b"content-type", b"image/png")]
     if body_len is not None:
         headers.append((b"content-length", str(body_len).encode()))
     return {
@@ -485,7 +485,7 @@ def in_process(app, calls):
 
     async def go():
         transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://t") as c:
+        async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as c:
             out = await calls(c)
         app.state.batcher.close()
         return out

@@ -44,11 +44,17 @@ class Batcher:
 
     ``queue``: requests allowed to wait beyond the batch being computed; ``max_batch``: most
     requests per network call (1 = one forward per request); ``in_thread``: compute in one
-    worker thread (the loop stays free for I/O) rather than on the loop itself.
+    worker thread (the loop stays free for I/O) rather than on the loop itself; ``max_pixels``:
+    larger images are refused from their header (None: the predictor's own cap).
     """
 
     def __init__(
-        self, predictor: Predictor, queue: int = 64, max_batch: int = 16, in_thread: bool = True
+        self,
+        predictor: Predictor,
+        queue: int = 64,
+        max_batch: int = 16,
+        in_thread: bool = True,
+        max_pixels: int | None = None,
     ):
         if queue < 1 or max_batch < 1:
             raise ValueError("queue and max_batch must be at least 1")
@@ -56,6 +62,7 @@ class Batcher:
         self.queue = queue
         self.max_batch = max_batch
         self.in_thread = in_thread
+        self.max_pixels = max_pixels
         self.running = 0  # requests in the batch being computed now
         self.dropped = 0  # requests skipped because their client had gone
         self._jobs: deque[_Job] = deque()
@@ -155,7 +162,7 @@ class Batcher:
 
     def _compute(self, batch: list[_Job]) -> list[Prediction]:
         """Preprocess each image, then one network call per (top_k, min_confidence) group."""
-        preds = [self.predictor.prepare(job.data) for job in batch]
+        preds = [self.predictor.prepare(job.data, self.max_pixels) for job in batch]
         groups: dict[tuple, list[int]] = {}
         for i, job in enumerate(batch):
             groups.setdefault((job.top_k, job.min_confidence), []).append(i)

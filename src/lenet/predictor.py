@@ -261,12 +261,15 @@ class Predictor:
         preds = [f.result() if isinstance(f, Future) else f for f in batch]
         return self.classify(preds, top_k, min_confidence)
 
-    def prepare(self, source) -> Prediction:
+    def prepare(self, source, max_pixels: int | None = None) -> Prediction:
         """Decode and preprocess one input, without the network: a :class:`Prediction` with
-        ``preprocessed`` set, or with ``reason`` (no digit) or ``error`` (unusable input)."""
+        ``preprocessed`` set, or with ``reason`` (no digit) or ``error`` (unusable input).
+
+        ``max_pixels`` lowers the predictor's own cap for this input (the service's cap)."""
         pred = Prediction(describe_source(source))
+        cap = self.max_pixels if max_pixels is None else min(max_pixels, self.max_pixels)
         try:
-            pred.preprocessed = preprocess(source, max_pixels=self.max_pixels)
+            pred.preprocessed = preprocess(source, max_pixels=cap)
         except NoDigitError as e:
             log.debug("%s: %s", pred.source, e)
             pred.reason = NO_DIGIT

@@ -199,6 +199,7 @@ def create_app(
     queue: int = DEFAULT_QUEUE,
     max_batch: int = DEFAULT_MAX_BATCH,
     read_timeout: float = DEFAULT_READ_TIMEOUT,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
     static_dir: str | os.PathLike | None = None,
     allowed_hosts: Iterable[str] = LOOPBACK_HOSTS,
 ) -> FastAPI:
@@ -208,13 +209,14 @@ def create_app(
     request can override with query parameters. Predictions go through a
     :class:`~lenet.batcher.Batcher`: at most ``queue`` requests wait (more answer 503 with
     ``Retry-After``), up to ``max_batch`` share one network call. A body not received within
-    ``read_timeout`` seconds answers 408. The pixel cap is the predictor's ``max_pixels``. ``allowed_hosts`` are the names a request's Host header may
-    carry (port ignored; ``"*"``: any); the rest get 400 (DNS rebinding, see lenet.httpguard).
+    ``read_timeout`` seconds answers 408. Images over ``max_pixels`` (the service's cap, below
+    the predictor's own) answer 400 before they are decoded. ``allowed_hosts`` are the names a
+    request's Host header may carry (port ignored; ``"*"``: any); the rest get 400 (DNS rebinding, see lenet.httpguard).
     """
     if max_bytes <= 0 or read_timeout <= 0:
         raise ValueError("max_bytes and read_timeout must be positive")
     static = Path(static_dir) if static_dir else STATIC_DIR
-    batcher = Batcher(predictor, queue=queue, max_batch=max_batch)
+    batcher = Batcher(predictor, queue=queue, max_batch=max_batch, max_pixels=max_pixels)
     started = time.time()
 
     app = FastAPI(
@@ -273,7 +275,7 @@ def create_app(
         return {
             **model_json(predictor),
             "max_bytes": max_bytes,
-            "max_pixels": getattr(predictor, "max_pixels", None),
+            "max_pixels": min(max_pixels, getattr(predictor, "max_pixels", max_pixels)),
             "queue": queue,
             "max_batch": max_batch,
             "read_timeout_s": read_timeout,
@@ -380,7 +382,6 @@ def app_from_env() -> FastAPI:
         checkpoint,
         device=os.environ.get("LENET_SERVE_DEVICE", "cpu"),
         backend=os.environ.get("LENET_SERVE_BACKEND", "torch"),
-        max_pixels=int(os.environ.get("LENET_SERVE_MAX_PIXELS", DEFAULT_MAX_PIXELS)),
     )
     min_conf = os.environ.get("LENET_SERVE_MIN_CONFIDENCE")
     app = create_app(
@@ -388,6 +389,7 @@ def app_from_env() -> FastAPI:
         max_bytes=int(os.environ.get("LENET_SERVE_MAX_BYTES", DEFAULT_MAX_BYTES)),
         top_k=int(os.environ.get("LENET_SERVE_TOP_K", 3)),
         min_confidence=float(min_conf) if min_conf else None,
+        max_pixels=int(os.environ.get("LENET_SERVE_MAX_PIXELS", DEFAULT_MAX_PIXELS)),
         allowed_hosts=(
             os.environ.get("LENET_SERVE_ALLOWED_HOSTS") or ",".join(LOOPBACK_HOSTS)
         ).split(","),

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from lenet.bench.records import row
 from lenet.data import load_split
 
 TARGETS = {
@@ -34,6 +35,23 @@ TARGETS = {
 }
 SCANS = 5600
 SCAN_SIDE = 100
+
+
+def synthetic_photo(digit: np.ndarray, size: tuple[int, int] = (640, 480), seed: int = 0) -> bytes:
+    """A phone-photo-like JPEG of one MNIST digit: dark ink on uneven, noisy light paper."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    w, h = size
+    ink = np.asarray(Image.fromarray(digit).resize((h // 2, h // 2), Image.BILINEAR), np.float32)
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    paper = 200 + 30 * (xx / w) - 20 * (yy / h) + rng.normal(0, 4, (h, w))
+    top, left = h // 4, (w - h // 2) // 2
+    paper[top : top + h // 2, left : left + h // 2] -= ink * 0.6
+    rgb = np.repeat(np.clip(paper, 0, 255).astype(np.uint8)[..., None], 3, axis=2)
+    buf = io.BytesIO()
+    Image.fromarray(rgb).save(buf, format="JPEG", quality=90)
+    return buf.getvalue()
 
 
 def scan_png(digit: np.ndarray, rng: np.random.Generator, side: int = SCAN_SIDE) -> bytes:
@@ -79,7 +97,6 @@ def _p50(fn, n: int) -> tuple[float, float]:
 def bench_image_path(ctx: dict) -> dict:
     """The image-path table: preprocess, predict on a folder, serve at three concurrencies."""
     from lenet.bench.serve_load import canvas_png
-    from lenet.bench.suite import row, synthetic_photo
     from lenet.preprocess import preprocess
 
     quick = ctx["quick"]
@@ -147,7 +164,6 @@ def _decode_times(data: bytes, calls: int) -> dict[str, tuple[float, float]]:
 
 def _predict_folder(ctx: dict, n: int) -> list[dict]:
     """``lenet predict DIR --format csv`` in a fresh process on ``n`` scans: images/s, accuracy."""
-    from lenet.bench.suite import row
 
     folder = Path(ctx["workdir"]) / "scans"
     labels = write_scans(folder, n, ctx["data_dir"])
@@ -177,7 +193,6 @@ def _predict_folder(ctx: dict, n: int) -> list[dict]:
 
 def _serve(ctx: dict, quick: bool) -> list[dict]:
     """``lenet serve`` (default flags) under load at concurrency 1, 16 and 64."""
-    from lenet.bench.suite import row
 
     try:
         from lenet.bench.serve_load import ServerProcess, make_bodies, run_benchmark

@@ -17,7 +17,6 @@ Figures, not assertions. Every timing on CUDA synchronizes before the clock is r
 from __future__ import annotations
 
 import csv
-import io
 import json
 import logging
 import os
@@ -35,7 +34,8 @@ import torch
 
 from lenet import kernels
 from lenet._version import __version__
-from lenet.bench.image_path import bench_image_path
+from lenet.bench.image_path import bench_image_path, synthetic_photo
+from lenet.bench.records import row
 from lenet.checkpoint import load_model, make_payload, save_checkpoint
 from lenet.config import TrainConfig, make_config
 from lenet.data import load_split
@@ -131,11 +131,6 @@ def time_calls(fn: Callable[[], object], n: int, device: torch.device, warmup: i
         sync(device)
         out.append(time.perf_counter() - t)
     return out
-
-
-def row(name: str, value, unit: str, target: str = "", meets: bool | None = None, **extra) -> dict:
-    """One line of the results table (and of the JSON)."""
-    return {"name": name, "value": value, "unit": unit, "target": target, "meets": meets, **extra}
 
 
 # ---------------------------------------------------------------------------- 1. training
@@ -448,23 +443,6 @@ def bench_inference_throughput(ctx: dict) -> dict:
     else:
         rows.append(row("ONNX Runtime", None, "img/s", note=f"skipped: {ctx['onnx_skip']}"))
     return {"rows": rows, "images": n, "checkpoint": str(ckpt)}
-
-
-def synthetic_photo(digit: np.ndarray, size: tuple[int, int] = (640, 480), seed: int = 0) -> bytes:
-    """A phone-photo-like JPEG of one MNIST digit: dark ink on uneven, noisy light paper."""
-    from PIL import Image
-
-    rng = np.random.default_rng(seed)
-    w, h = size
-    ink = np.asarray(Image.fromarray(digit).resize((h // 2, h // 2), Image.BILINEAR), np.float32)
-    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
-    paper = 200 + 30 * (xx / w) - 20 * (yy / h) + rng.normal(0, 4, (h, w))
-    top, left = h // 4, (w - h // 2) // 2
-    paper[top : top + h // 2, left : left + h // 2] -= ink * 0.6
-    rgb = np.repeat(np.clip(paper, 0, 255).astype(np.uint8)[..., None], 3, axis=2)
-    buf = io.BytesIO()
-    Image.fromarray(rgb).save(buf, format="JPEG", quality=90)
-    return buf.getvalue()
 
 
 def bench_predict_latency(ctx: dict) -> dict:

@@ -161,9 +161,7 @@ def run(args: argparse.Namespace) -> int:
     _check_names(args.host, args.allowed_hosts)
     allowed_hosts = serve_hosts(args.host, args.allowed_hosts)
     # a bad checkpoint -> one clear line, exit 2
-    predictor = Predictor(
-        args.model, device="cpu", backend=args.backend, max_pixels=args.max_pixels
-    )
+    predictor = Predictor(args.model, device="cpu", backend=args.backend)
     sha = predictor.info["checkpoint_sha256"][:12]
     log.info("model %s loaded (sha256 %s...)", predictor.name, sha)
 
@@ -191,6 +189,7 @@ def run(args: argparse.Namespace) -> int:
             allowed_hosts=allowed_hosts,
             queue=args.queue,
             read_timeout=args.read_timeout,
+            max_pixels=args.max_pixels,
         )
         freeze_heap()
         uvicorn.run(app, **common)
