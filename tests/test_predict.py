@@ -113,15 +113,25 @@ def test_predict_many_kinds_of_input_and_errors_per_input(predictor, mnist_test,
     assert res[0].preprocessed.shape == (28, 28) and res[0].preprocessed.dtype == np.uint8
 
 
-def test_thread_pool_keeps_order_and_errors_per_input(mnist_test):
-    """Inputs preprocessed by 4 threads, 3 per network batch (so batches overlap with the pool):
-    the same answers, in the same order, as one thread; a generator is consumed lazily."""
+def test_worker_processes_keep_order_and_errors_per_input(mnist_test, tmp_path):
+    """Inputs preprocessed by 2 worker processes, a few per task: the same answers, in the same
+    order, as in one process; bad files still get their own error; a stream reads ahead only
+    its window."""
+    from lenet.parallel import PreprocessPool
+
     images, labels = mnist_test[0][:40], mnist_test[1][:40]
-    inputs = [255 - a for a in images]  # dark on white, as a scan
-    inputs[5], inputs[17] = b"nope", np.full((60, 60), 240, np.uint8)
-    serial = Predictor(workers=1, batch_size=3).predict(inputs)
-    pooled = Predictor(workers=4, batch_size=3)
+    files = []
+    for i, a in enumerate(images):
+        f = tmp_path / f"{i:02d}.png"
+        Image.fromarray(255 - a).save(f)  # dark on white, as a scan
+        files.append(f)
+    files[5].write_bytes(b"nope")
+    Image.fromarray(np.full((60, 60), 240, np.uint8)).save(files[17])
+    inputs = [*files[:30], images[30], *files[31:]]  # an array among the files: done here
+    serial = Predictor(batch_size=3).predict(inputs)
+    pooled = Predictor(workers=2, batch_size=3)
     parallel = pooled.predict(inputs)
+    pooled.close()
     assert [r.to_dict() for r in parallel] == [r.to_dict() for r in serial]
     assert parallel[5].error and parallel[17].reason == "no digit found"
     ok = [i for i in range(40) if i not in (5, 17)]
@@ -129,16 +139,16 @@ def test_thread_pool_keeps_order_and_errors_per_input(mnist_test):
     pulled = []
 
     def lazy():
-        for i, x in enumerate(inputs):
+        for i, f in enumerate(files):
             pulled.append(i)
-            yield x
+            yield f
 
-    stream = pooled.predict_iter(lazy())
-    first = next(stream)
-    assert first.digit == serial[0].digit
-    assert len(pulled) <= 2 * 3  # at most two batches read ahead, not the whole input
-    stream.close()  # stopping early cancels what was queued
-    pooled.close()
+    with PreprocessPool(2) as pool:
+        stream = pool.imap(lazy(), chunk=4, window=2)
+        first_source, (image, reason, error) = next(stream)
+        assert first_source == files[0] and image.shape == (28, 28) and error is None
+        assert len(pulled) <= 3 * 4  # the window (2 chunks), and the chunk being refilled
+        stream.cancel()
 
 
 def test_min_confidence_says_unsure(predictor, mnist_test):
@@ -216,13 +226,15 @@ def test_cli_predict_folder_json_and_preprocessed(photo_folder, tmp_path):
     assert len(saved) == 6 and Image.open(saved[0]).size == (28, 28)
 
 
-def test_cli_predict_bad_inputs_each_get_a_line(photo_folder, tmp_path):
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_cli_predict_bad_inputs_each_get_a_line(photo_folder, tmp_path, workers):
     (photo_folder / "zero.png").write_bytes(b"")
     (photo_folder / "text.png").write_text("hello")
     good = next(photo_folder.glob("*.png"))
     (photo_folder / "cut.png").write_bytes(good.read_bytes()[:200])
     Image.new("RGB", (300, 200), (235, 235, 230)).save(photo_folder / "blank.png")
-    p = run_cli("predict", str(photo_folder), str(tmp_path / "missing.jpg"), "--format", "json")
+    missing = str(tmp_path / "missing.jpg")
+    p = run_cli("predict", str(photo_folder), missing, "--format", "json", "--workers", workers)
     assert p.returncode == 1 and "Traceback" not in p.stderr
     rows = {Path(r["path"]).name: r for r in map(json.loads, p.stdout.splitlines())}
     assert len(rows) == 11

@@ -6,9 +6,7 @@ import hashlib
 import io
 import logging
 import os
-from collections import deque
 from collections.abc import Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -19,17 +17,17 @@ from PIL import Image
 
 from lenet.checkpoint import load_model
 from lenet.config import BACKENDS
-from lenet.errors import LenetError, NoDigitError
+from lenet.errors import LenetError
 from lenet.models import count_parameters
 from lenet.normalization import normalize
 from lenet.ops import prepare_for_device
-from lenet.preprocess import MAX_PIXELS, preprocess
+from lenet.parallel import CHUNK, Outcome, Prepared, PreprocessPool, prepare_one
+from lenet.preprocess import MAX_PIXELS
 from lenet.runtime import resolve_device
 
 log = logging.getLogger(__name__)
 
 BUNDLED_NAME = "lenet5-relu.pt"
-NO_DIGIT = "no digit found"
 UNSURE = "unsure"
 
 
@@ -132,6 +130,11 @@ def _is_single(inputs) -> bool:
     return isinstance(inputs, single) or hasattr(inputs, "read") or not hasattr(inputs, "__iter__")
 
 
+def _prediction(source, outcome: Outcome) -> Prediction:
+    image, reason, error = outcome
+    return Prediction(describe_source(source), preprocessed=image, reason=reason, error=error)
+
+
 def _batches(inputs: Iterable, size: int) -> Iterator[list]:
     batch: list = []
     for x in inputs:
@@ -149,8 +152,10 @@ class Predictor:
     ``Predictor()`` uses the pretrained weights bundled with the package; ``checkpoint`` may be
     any checkpoint ``lenet eval`` reads. ``backend`` (one of ``lenet.config.BACKENDS``): "torch"
     runs the checkpoint's model in PyTorch, "onnx" the same weights exported to ONNX Runtime.
-    ``workers`` threads decode and preprocess lists of inputs (default: the CPU count, at most
-    8); ``max_pixels`` refuses larger images from their header, before decoding.
+    ``workers`` > 1 processes decode and preprocess lists of inputs (:mod:`lenet.parallel`;
+    they are spawned, so a script needs the usual ``if __name__ == "__main__":`` guard), or
+    ``pool``, one already started; default: everything in the calling process. ``max_pixels``
+    refuses larger images from their header, before decoding.
     """
 
     def __init__(
@@ -161,6 +166,7 @@ class Predictor:
         backend: str = "torch",
         workers: int | None = None,
         max_pixels: int = MAX_PIXELS,
+        pool: PreprocessPool | None = None,
     ):
         if backend not in BACKENDS:
             raise LenetError(f"backend must be one of {', '.join(BACKENDS)}")
@@ -186,10 +192,10 @@ class Predictor:
         self.normalization = lm.normalization
         self.path = lm.path
         self.batch_size = batch_size
-        # Preprocessing threads for lists of inputs (0 or 1: all in the calling thread).
-        self.workers = workers if workers is not None else min(os.cpu_count() or 1, 8)
+        self.workers = workers  # preprocessing processes (None or 1: none)
         self.max_pixels = max_pixels  # inputs larger than this are refused before decoding
-        self._pool: ThreadPoolExecutor | None = None
+        self._pool = pool
+        self._own_pool = False
         metrics = lm.checkpoint.get("metrics") or {}
         acc = metrics.get("test_accuracy")
         if acc is None and (lm.checkpoint.get("train_config") or {}).get("select_on") == "test":
@@ -231,54 +237,44 @@ class Predictor:
     def predict_iter(
         self, inputs, top_k: int = 3, min_confidence: float | None = None
     ) -> Iterator[Prediction]:
-        """:meth:`predict` as a stream: answers come out in input order, batch by batch.
+        """:meth:`predict` as a stream: answers come out in input order, chunk by chunk.
 
-        While the network answers one batch, the thread pool already preprocesses the next
-        (decoders and OpenCV release the GIL), so at most two batches of inputs are held.
+        With worker processes (``workers`` > 1, or ``inputs`` already a
+        :class:`lenet.parallel.Prepared` stream from :meth:`PreprocessPool.imap`), inputs are
+        decoded and preprocessed there while this process runs the network on the chunks that
+        are done; otherwise each batch is preprocessed here, then classified.
         """
         _check_options(top_k, min_confidence)
         if _is_single(inputs):
             inputs = [inputs]
-        pool = self._executor()
-        ahead: deque[list] = deque()  # batches submitted to the pool, oldest first
-        try:
-            for chunk in _batches(inputs, self.batch_size):
-                if pool is None or len(chunk) == 1 and not ahead:
-                    ahead.append([self.prepare(s) for s in chunk])
-                else:
-                    ahead.append([pool.submit(self.prepare, s) for s in chunk])
-                if len(ahead) > 1:
-                    yield from self._answer(ahead.popleft(), top_k, min_confidence)
-            while ahead:
-                yield from self._answer(ahead.popleft(), top_k, min_confidence)
-        finally:  # the caller stopped early (Ctrl-C, break): drop work nobody will read
-            for batch in ahead:
-                for f in batch:
-                    if isinstance(f, Future):
-                        f.cancel()
+        pool = self._pool_for(inputs) if not isinstance(inputs, Prepared) else None
+        if pool is not None:
+            inputs = pool.imap(inputs)
+        if isinstance(inputs, Prepared):
+            pairs = (_prediction(s, outcome) for s, outcome in inputs)
+            try:
+                for batch in _batches(pairs, CHUNK):
+                    yield from self.classify(batch, top_k, min_confidence)
+            finally:  # the caller stopped early (Ctrl-C, break): drop work nobody will read
+                inputs.cancel()
+            return
+        for batch in _batches(inputs, self.batch_size):
+            yield from self.classify([self.prepare(s) for s in batch], top_k, min_confidence)
 
-    def _answer(self, batch: list, top_k: int, min_confidence: float | None) -> list[Prediction]:
-        preds = [f.result() if isinstance(f, Future) else f for f in batch]
-        return self.classify(preds, top_k, min_confidence)
+    def _pool_for(self, inputs) -> PreprocessPool | None:
+        """The worker pool, started on first need (None: preprocess in this process)."""
+        if self._pool is None and (self.workers or 1) > 1:
+            self._pool = PreprocessPool(self.workers, self.max_pixels)
+            self._own_pool = True
+        return self._pool
 
     def prepare(self, source, max_pixels: int | None = None) -> Prediction:
         """Decode and preprocess one input, without the network: a :class:`Prediction` with
         ``preprocessed`` set, or with ``reason`` (no digit) or ``error`` (unusable input).
 
         ``max_pixels`` lowers the predictor's own cap for this input (the service's cap)."""
-        pred = Prediction(describe_source(source))
         cap = self.max_pixels if max_pixels is None else min(max_pixels, self.max_pixels)
-        try:
-            pred.preprocessed = preprocess(source, max_pixels=cap)
-        except NoDigitError as e:
-            log.debug("%s: %s", pred.source, e)
-            pred.reason = NO_DIGIT
-        except LenetError as e:
-            pred.error = str(e)
-        except Exception as e:  # a bug must not sink the other inputs; say what it was
-            log.exception("unexpected failure on %s", pred.source)
-            pred.error = f"internal error: {type(e).__name__}: {e}"
-        return pred
+        return _prediction(source, prepare_one(source, cap))
 
     def classify(
         self, preds: list[Prediction], top_k: int = 3, min_confidence: float | None = None
@@ -296,18 +292,12 @@ class Predictor:
                 self._fill(pred, p, top_k, min_confidence)
         return preds
 
-    def _executor(self) -> ThreadPoolExecutor | None:
-        if self.workers <= 1:
-            return None
-        if self._pool is None:
-            self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="lenet-preprocess")
-        return self._pool
-
     def close(self) -> None:
-        """Stop the preprocessing threads (a new pool starts if the predictor is used again)."""
-        if self._pool is not None:
-            self._pool.shutdown(wait=True, cancel_futures=True)
+        """Stop the preprocessing processes this predictor started (restarted when needed)."""
+        if self._pool is not None and self._own_pool:
+            self._pool.close(cancel=True)
             self._pool = None
+            self._own_pool = False
 
     def probabilities(self, images: np.ndarray) -> np.ndarray:
         """Softmax probabilities (N, 10) for preprocessed uint8 images (N, 28, 28)."""

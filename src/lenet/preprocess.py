@@ -26,6 +26,7 @@ from __future__ import annotations
 import io
 import math
 import os
+import stat
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,6 +48,7 @@ cv2.setNumThreads(1)
 MAX_PIXELS = 8000 * 8000
 MIN_SIDE = 8  # anything smaller cannot hold a recognisable digit
 WORK_SIDE = 256  # images are reduced (area-averaged) to at most this longest side before the work
+READ_WHOLE = 64 << 20  # files up to this size are read into memory in one call
 DETAIL_SIDE = 1024  # ... but a small digit in a large image is cut out again at up to this side
 CANVAS = 28  # MNIST field
 BOX = 20  # MNIST size-normalization box for the digit's longest side
@@ -125,26 +127,42 @@ def _load(source, max_pixels: int, gray: bool) -> Image.Image:
     elif isinstance(source, (bytes, bytearray, memoryview)):
         im = _open_bytes(bytes(source), max_pixels, gray)
     elif isinstance(source, (str, os.PathLike)):
-        path = Path(source)
-        if not path.exists():
-            raise ImageError("no such file")
-        if path.is_dir():
-            raise ImageError("is a folder, not an image file")
-        if path.stat().st_size == 0:
-            raise ImageError("empty file (0 bytes)")
-        im = _open(path, max_pixels, gray)
+        im = _open_path(Path(source), max_pixels, gray)
     elif hasattr(source, "read"):
         im = _open_bytes(source.read(), max_pixels, gray)
     else:
         raise ImageError(f"cannot read an image from a {type(source).__name__}")
     if im.mode not in SUPPORTED_MODES:
         raise ImageError(f"unsupported image mode {im.mode!r}")
-    try:
-        # Pillow decoded without looking at the orientation: it is applied here, exactly once.
-        im = ImageOps.exif_transpose(im)
-    except Exception:  # a broken EXIF block must not cost the picture; keep it as stored
-        pass
+    if im.format == "TIFF" or "exif" in im.info:  # else there is no orientation to apply
+        try:
+            # Pillow decoded without looking at the orientation: applied here, exactly once.
+            im = ImageOps.exif_transpose(im)
+        except Exception:  # a broken EXIF block must not cost the picture; keep it as stored
+            pass
     return im
+
+
+def _open_path(path: Path, max_pixels: int, gray: bool) -> Image.Image:
+    """An image file: read whole into memory (one read call; Pillow then decodes from memory,
+    ~0.1 ms faster per small file than its own chunked reads), or opened in place when large."""
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        raise ImageError("no such file") from None
+    except OSError as e:
+        raise ImageError(f"cannot read the file ({e.strerror or type(e).__name__})") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise ImageError("is a folder, not an image file")
+    if st.st_size == 0:
+        raise ImageError("empty file (0 bytes)")
+    if st.st_size > READ_WHOLE:
+        return _open(path, max_pixels, gray)
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise ImageError(f"cannot read the file ({e.strerror or type(e).__name__})") from None
+    return _open_bytes(data, max_pixels, gray)
 
 
 def _first_line(e: BaseException) -> str:
