@@ -206,5 +206,14 @@ def run(args: argparse.Namespace) -> int:
         LENET_SERVE_MAX_PIXELS=str(args.max_pixels),
         LENET_SERVE_QUEUE=str(args.queue),
     )
-    uvicorn.run("lenet.server:app_from_env", factory=True, workers=args.workers, **common)
-    return 0
+    from lenet.serve_workers import APP, balanced_workers_available, run_workers
+
+    if not balanced_workers_available():
+        uvicorn.run(APP, factory=True, workers=args.workers, **common)
+        return 0
+    del predictor  # each worker loads its own; this process only supervises
+    config = {k: v for k, v in common.items() if k not in ("host", "port")}
+    try:
+        return run_workers(args.workers, args.host, args.port, config)
+    except OSError as e:
+        raise LenetError(f"cannot listen on {args.host}:{args.port}: {e.strerror or e}") from None
