@@ -113,6 +113,27 @@ def test_background_gradient_is_not_ink():
     assert r[~stroke].max() < 0.1 and np.median(r[~stroke]) < 0.03
 
 
+@pytest.mark.parametrize("kind", ["spread", "mostly 0", "mostly 1", "masked"])
+def test_histogram_quantiles_match_numpy(kind):
+    """The histogram quantiles (with their shortcuts for one dominant bin) against np.quantile,
+    on 8-bit levels, where they are exact."""
+    from lenet.preprocess import _quantiles
+
+    rng = np.random.default_rng(0)
+    a = rng.integers(0, 256, (90, 70)).astype(np.float32) / 255
+    mask = None
+    if kind == "mostly 0":
+        a[rng.random(a.shape) < 0.8] = 0.0
+    elif kind == "mostly 1":
+        a[rng.random(a.shape) < 0.8] = 1.0
+    elif kind == "masked":
+        mask = (rng.random(a.shape) < 0.3).astype(np.uint8) * 255
+    qs = (0.01, 0.25, 0.5, 0.9, 0.999)
+    inside = a if mask is None else a[mask > 0]
+    got = _quantiles(a, qs, mask=mask)
+    assert np.allclose(got, np.quantile(inside, qs), atol=0.5 / 255), (got, kind)
+
+
 def test_box_blur_mean():
     a = np.zeros((5, 5), np.float32)
     a[2, 2] = 9.0

@@ -23,6 +23,7 @@ of this module. An MNIST test image goes through unchanged in effect.
 
 from __future__ import annotations
 
+import functools
 import io
 import math
 import os
@@ -48,6 +49,7 @@ cv2.setNumThreads(1)
 MAX_PIXELS = 8000 * 8000
 MIN_SIDE = 8  # anything smaller cannot hold a recognisable digit
 WORK_SIDE = 256  # images are reduced (area-averaged) to at most this longest side before the work
+SMALL_IMAGE = 4_000_000  # pixels: up to this, 8-bit images without alpha shrink in OpenCV
 READ_WHOLE = 64 << 20  # files up to this size are read into memory in one call
 DETAIL_SIDE = 1024  # ... but a small digit in a large image is cut out again at up to this side
 CANVAS = 28  # MNIST field
@@ -293,6 +295,12 @@ def _to_arrays(im: Image.Image, f: int) -> tuple[np.ndarray, np.ndarray | None]:
             size = (math.ceil(im.width / f), math.ceil(im.height / f))
             im = im.resize(size, Image.Resampling.BOX)
         return np.asarray(im).astype(np.float32) * np.float32(1 / 65535), None
+    if f > 1 and im.mode in ("L", "RGB") and im.width * im.height <= SMALL_IMAGE:
+        # The same area average by OpenCV on the pixels: 6 us for a 280x280 canvas, Pillow's
+        # reduce 33 us (no alpha here, so nothing to premultiply).
+        a = np.asarray(im)
+        size = (math.ceil(im.width / f), math.ceil(im.height / f))
+        return cv2.resize(a, size, interpolation=cv2.INTER_AREA), None
     if f > 1:
         im = im.reduce(f)  # area average in the image's own mode (LA/RGBA premultiplied)
     if im.mode in ("I", "F"):
@@ -352,11 +360,32 @@ def _quantiles(
     0.5 / scale, and exact for images that came from 8-bit data at scale 255.
     """
     q8 = cv2.convertScaleAbs(a, alpha=scale)  # rounded, saturated
-    cum = np.concatenate(([0.0], np.cumsum(cv2.calcHist([q8], [0], mask, [256], [0, 256]))))
-    edges = (np.arange(257) - 0.5) / scale
-    n = cum[-1]
+    if mask is not None:
+        q8 = q8[mask > 0]  # (n,): the pixels inside, so that no bin is swamped by the outside
+    n = q8.size
+    if n == 0:  # nothing inside the mask: the lowest level
+        return [0.0] * len(qs)
     # Rank q*(n-1) sits in the middle of its share of the piecewise-linear CDF: +0.5.
-    return [float(np.interp(q * (n - 1) + 0.5, cum, edges)) for q in qs]
+    ranks = np.asarray(qs, dtype=np.float64) * (n - 1) + 0.5
+    edges = _edges(scale)
+    # A histogram whose pixels mostly share one bin (a clean canvas: all 0 or all 255) is slow
+    # to count (every increment waits for the last: 41 us on 140x140, 10 us for spread values);
+    # when the ranks asked for all fall inside bin 0 or bin 255, the answer needs only its size.
+    zeros = n - cv2.countNonZero(q8)
+    if (ranks < zeros).all():
+        return (edges[0] + ranks / zeros / scale).tolist()
+    tops = cv2.countNonZero(cv2.compare(q8, 255, cv2.CMP_EQ))
+    if (ranks > n - tops).all():
+        return (edges[255] + (ranks - (n - tops)) / tops / scale).tolist()
+    cum = np.zeros(257)
+    np.cumsum(cv2.calcHist([q8.reshape(-1, 1)], [0], None, [256], [0, 256]), out=cum[1:, None])
+    return np.interp(ranks, cum, edges).tolist()
+
+
+@functools.cache
+def _edges(scale: float) -> np.ndarray:
+    """Bin edges (257,) of the 256-bin histograms above, in the image's units."""
+    return (np.arange(257) - 0.5) / scale
 
 
 def _median_and_sigma(r: np.ndarray) -> tuple[float, float]:
@@ -368,10 +397,10 @@ def _median_and_sigma(r: np.ndarray) -> tuple[float, float]:
     """
     scale = 2040.0
     q8 = cv2.convertScaleAbs(r, alpha=scale)
-    hist = cv2.calcHist([q8], [0], None, [256], [0, 256]).ravel().astype(np.float64)
     n = r.size
-    if 2 * hist[0] > n:
+    if 2 * (n - cv2.countNonZero(q8)) > n:  # counted before the (then slow) histogram
         return 0.0, 0.0
+    hist = cv2.calcHist([q8], [0], None, [256], [0, 256]).ravel().astype(np.float64)
     cum = np.concatenate(([0.0], np.cumsum(hist)))
     edges = np.maximum((np.arange(257) - 0.5) / scale, 0.0)
     med = float(np.interp(n / 2, cum, edges))
@@ -618,7 +647,7 @@ def find_digit(r: np.ndarray) -> Digit:
     cell = max(1, math.ceil(max(h, w) / LABEL_SIDE))
     inked = cv2.bitwise_and(r, r, mask=mask)  # r where the mask holds, else 0
     mass = _pool(inked, cell)
-    small = (_pool(mask.astype(np.float32), cell) > 0).astype(np.uint8)
+    small = mask if cell == 1 else (_pool(mask.astype(np.float32), cell) > 0).astype(np.uint8)
     labels, comps = _components(small, mass)
     chosen = select_digit(comps, *small.shape)
     if not chosen:
