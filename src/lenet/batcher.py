@@ -65,6 +65,9 @@ class Batcher:
         self.max_pixels = max_pixels
         self.running = 0  # requests in the batch being computed now
         self.dropped = 0  # requests skipped because their client had gone
+        # Requests admitted and reading their body: they hold memory too, so they count against
+        # the bound (at most ``queue`` bodies of up to max_bytes each, per worker).
+        self.reading = 0
         self._jobs: deque[_Job] = deque()
         self._wake: asyncio.Event | None = None
         self._task: asyncio.Task | None = None
@@ -78,8 +81,8 @@ class Batcher:
 
     @property
     def full(self) -> bool:
-        """True when one more request would be refused."""
-        return len(self._jobs) >= self.queue
+        """True when one more request would be refused (bodies being read count as waiting)."""
+        return len(self._jobs) + self.reading >= self.queue
 
     def _start(self, loop: asyncio.AbstractEventLoop) -> None:
         # Created lazily inside the serving loop (the app is built before uvicorn's loop runs;

@@ -23,11 +23,12 @@ from concurrent.futures.process import BrokenProcessPool
 import numpy as np
 
 from lenet.errors import LenetError, NoDigitError
-from lenet.preprocess import MAX_PIXELS, preprocess
+from lenet.preprocess import MAX_PIXELS, preprocess, quiet_bomb_warning
 
 log = logging.getLogger(__name__)
 
 NO_DIGIT = "no digit found"
+CRASHED = "internal error: the preprocessing process crashed on this image"
 CHUNK = 64  # inputs per task sent to a worker process
 PARALLEL_MIN = 256  # by default, lists of at least this many files go to worker processes
 
@@ -58,6 +59,7 @@ def _worker_init() -> None:
     # Ctrl-C goes to the whole process group: the parent stops the work and reports once, the
     # workers must not each print a KeyboardInterrupt traceback.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    quiet_bomb_warning()
 
 
 def _ready() -> int:
@@ -77,9 +79,7 @@ class PreprocessPool:
             raise LenetError("workers must be at least 1")
         self.workers = workers
         self.max_pixels = max_pixels
-        self._pool = ProcessPoolExecutor(
-            workers, mp_context=multiprocessing.get_context("spawn"), initializer=_worker_init
-        )
+        self._pool = self._new_pool()
         for _ in range(workers):  # start every worker now, not on first use
             self._pool.submit(_ready)
 
@@ -87,18 +87,42 @@ class PreprocessPool:
         """Preprocess ``sources`` (paths) in a worker: a future of a list of outcomes."""
         try:
             return self._pool.submit(prepare_many, list(sources), self.max_pixels)
-        except BrokenProcessPool:  # a worker died earlier: go on in this process
-            done: Future = Future()
-            done.set_result(prepare_many(list(sources), self.max_pixels))
-            return done
+        except BrokenProcessPool:  # a worker died earlier: the chunk is redone by result()
+            broken: Future = Future()
+            broken.set_exception(BrokenProcessPool("a preprocessing worker died"))
+            return broken
 
     def result(self, future: Future, sources: Iterable) -> list[Outcome]:
-        """The outcomes of a submitted chunk; if a worker died, the chunk is redone here."""
+        """The outcomes of a submitted chunk. If a worker died (a decoder crash, out of
+        memory), the chunk is redone one input at a time in fresh workers, so that only the
+        input that kills a worker again is reported (as an error), never this process."""
         try:
             return future.result()
         except BrokenProcessPool:
-            log.warning("a preprocessing worker died; doing its images in the main process")
-            return prepare_many(list(sources), self.max_pixels)
+            log.warning("a preprocessing worker died; redoing its chunk one image at a time")
+        out: list[Outcome] = []
+        for source in sources:
+            try:
+                out += self._submit_fresh([source]).result()
+            except BrokenProcessPool:
+                out.append((None, None, CRASHED))
+        return out
+
+    def _submit_fresh(self, sources: list) -> Future:
+        """Submit to the pool, replacing it first if a worker of it has died."""
+        try:
+            return self._pool.submit(prepare_many, sources, self.max_pixels)
+        except BrokenProcessPool:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = self._new_pool()
+            return self._pool.submit(prepare_many, sources, self.max_pixels)
+
+    def _new_pool(self) -> ProcessPoolExecutor:
+        return ProcessPoolExecutor(
+            self.workers,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=_worker_init,
+        )
 
     def imap(self, sources, chunk: int = CHUNK, window: int = 64) -> Prepared:
         """Preprocess ``sources`` in the workers: an iterator of ``(source, outcome)`` in order.

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import weakref
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from importlib import resources
@@ -231,7 +232,7 @@ class Predictor:
         ``inputs``: an iterable of paths, bytes, file-likes, PIL images or numpy arrays (a single
         one of these is accepted too). Unusable inputs get ``error``; blank ones ``reason="no
         digit found"``; answers below ``min_confidence`` get ``digit=None, reason="unsure"``.
-        Inputs are decoded and preprocessed in parallel (:attr:`workers` threads).
+        With ``workers`` > 1, inputs are decoded and preprocessed in worker processes.
         """
         return list(self.predict_iter(inputs, top_k=top_k, min_confidence=min_confidence))
 
@@ -248,7 +249,8 @@ class Predictor:
         _check_options(top_k, min_confidence)
         if _is_single(inputs):
             inputs = [inputs]
-        pool = self._pool_for(inputs) if not isinstance(inputs, Prepared) else None
+        one = hasattr(inputs, "__len__") and len(inputs) <= 1  # not worth a process
+        pool = None if isinstance(inputs, Prepared) or one else self._pool_for(inputs)
         if pool is not None:
             inputs = pool.imap(inputs)
         if isinstance(inputs, Prepared):
@@ -267,6 +269,8 @@ class Predictor:
         if self._pool is None and (self.workers or 1) > 1:
             self._pool = PreprocessPool(self.workers, self.max_pixels)
             self._own_pool = True
+            # Stopped when the predictor goes away (or at exit), if close() was not called.
+            self._finalizer = weakref.finalize(self, self._pool.close, True)
         return self._pool
 
     def prepare(self, source, max_pixels: int | None = None) -> Prediction:
@@ -296,9 +300,15 @@ class Predictor:
     def close(self) -> None:
         """Stop the preprocessing processes this predictor started (restarted when needed)."""
         if self._pool is not None and self._own_pool:
-            self._pool.close(cancel=True)
+            self._finalizer()  # closes the pool, once
             self._pool = None
             self._own_pool = False
+
+    def __enter__(self) -> Predictor:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     def probabilities(self, images: np.ndarray) -> np.ndarray:
         """Softmax probabilities (N, 10) for preprocessed uint8 images (N, 28, 28)."""

@@ -38,9 +38,10 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from lenet.errors import ImageError, NoDigitError
 
-# Callers run preprocess in a thread pool and the service runs one worker per core: OpenCV's own
-# worker threads would only oversubscribe the cores (and the images here are small, so they never
-# paid off: measured in scripts/bench_preprocess.py). The one place this is decided.
+# `lenet predict` runs preprocess in one worker process per core and the service in one worker
+# per core: OpenCV's own worker threads would only oversubscribe the cores (and the images here
+# are small, so they never paid off: scripts/bench_preprocess.py, a 2-thread pool with 1 or 2
+# OpenCV threads). The one place this is decided.
 cv2.setNumThreads(1)
 
 # Our own pixel cap, below Pillow's decompression-bomb limits (a warning at ~89.5 MP, an error at
@@ -167,6 +168,12 @@ def _open_path(path: Path, max_pixels: int, gray: bool) -> Image.Image:
     return _open_bytes(data, max_pixels, gray)
 
 
+def quiet_bomb_warning() -> None:
+    """Silence Pillow's decompression-bomb *warning* in this process (an entry point's choice:
+    the images it warns about are over our pixel cap and refused in one line anyway)."""
+    warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+
+
 def _first_line(e: BaseException) -> str:
     text = str(e).strip()
     return (text.splitlines()[0] if text else type(e).__name__)[:200]
@@ -207,34 +214,35 @@ def _sniff(fp) -> str | None:
 
 def _open(fp, max_pixels: int, gray: bool) -> Image.Image:
     """Image.open (allow-listed formats) + our caps + a first-frame decode, one ImageError line."""
-    with warnings.catch_warnings():
-        # Pillow warns (does not raise) between its two bomb limits: treat that as a bomb too.
-        warnings.simplefilter("error", Image.DecompressionBombWarning)
-        try:
-            im = Image.open(fp, formats=ALLOWED_FORMATS)
-        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-            raise ImageError(f"image too large (decompression bomb): {_first_line(e)}") from None
-        except UnidentifiedImageError:
-            kind = _sniff(fp)
-            if kind:
-                raise ImageError(f"unsupported image format ({kind}): {SEND}") from None
-            raise ImageError(f"not an image, or an unsupported image format: {SEND}") from None
-        except Exception as e:
-            raise ImageError(f"unreadable image ({_first_line(e)})") from None
-        # The header's size, before a single pixel is decoded. Never ask for n_frames (it walks
-        # every page of a TIFF or GIF): Pillow opens at the first frame, and that one is used.
-        _check_size(im.size, max_pixels)
-        if im.format in ("JPEG", "MPO"):
-            # DCT scaling: decode at 1/2, 1/4 or 1/8 scale, no smaller than DETAIL_SIDE (many times
-            # faster, a fraction of the memory); luma straight from the decoder for preprocess.
-            f = _reduce_factor(im.size, DETAIL_SIDE)
-            if f > 1 or gray:
-                w, h = im.size
-                im.draft("L" if gray else im.mode, (max(1, w // f), max(1, h // f)))
-        try:
-            im.load()
-        except Exception as e:
-            raise ImageError(f"truncated or corrupt image data ({_first_line(e)})") from None
+    # Pillow raises over twice its bomb limit (~179 MP) and only warns between the two; our own
+    # cap (64 MP, 16 in the service) refuses those images from the header just below, so no
+    # process-wide warning filter is changed here (that is not thread-safe): the entry points
+    # silence the warning itself (lenet.preprocess.quiet_bomb_warning).
+    try:
+        im = Image.open(fp, formats=ALLOWED_FORMATS)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise ImageError(f"image too large (decompression bomb): {_first_line(e)}") from None
+    except UnidentifiedImageError:
+        kind = _sniff(fp)
+        if kind:
+            raise ImageError(f"unsupported image format ({kind}): {SEND}") from None
+        raise ImageError(f"not an image, or an unsupported image format: {SEND}") from None
+    except Exception as e:
+        raise ImageError(f"unreadable image ({_first_line(e)})") from None
+    # The header's size, before a single pixel is decoded. Never ask for n_frames (it walks
+    # every page of a TIFF or GIF): Pillow opens at the first frame, and that one is used.
+    _check_size(im.size, max_pixels)
+    if im.format in ("JPEG", "MPO"):
+        # DCT scaling: decode at 1/2, 1/4 or 1/8 scale, no smaller than DETAIL_SIDE (many times
+        # faster, a fraction of the memory); luma straight from the decoder for preprocess.
+        f = _reduce_factor(im.size, DETAIL_SIDE)
+        if f > 1 or gray:
+            w, h = im.size
+            im.draft("L" if gray else im.mode, (max(1, w // f), max(1, h // f)))
+    try:
+        im.load()
+    except Exception as e:
+        raise ImageError(f"truncated or corrupt image data ({_first_line(e)})") from None
     return im
 
 

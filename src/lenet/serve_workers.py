@@ -53,49 +53,66 @@ def run_workers(workers: int, host: str, port: int, config: dict) -> int:
     """Start ``workers`` processes on (host, port) and wait; Ctrl-C or SIGTERM stops them all.
 
     ``config``: keyword arguments for ``uvicorn.Config`` (besides the app). The settings of
-    the app travel in ``LENET_SERVE_*`` environment variables, set by the caller. If one process
-    dies, the others are stopped too and its exit code is returned.
+    the app travel in ``LENET_SERVE_*`` environment variables, set by the caller. If a process
+    dies on its own, the others are stopped too and 1 is returned; after Ctrl-C or SIGTERM, 0.
     """
     first = reuseport_socket(host, port)
     port = first.getsockname()[1]  # --port 0: every process binds the port the first one got
-    socks = [first] + [reuseport_socket(host, port) for _ in range(workers - 1)]
+    socks = [first]
+    try:
+        socks += [reuseport_socket(host, port) for _ in range(workers - 1)]
+    except OSError:
+        for s in socks:
+            s.close()
+        raise
     ctx = multiprocessing.get_context("spawn")  # fresh interpreters: no torch state forked
     procs = [
         ctx.Process(target=_serve, args=(config, s), name=f"lenet-serve-{i}")
         for i, s in enumerate(socks)
     ]
-    stopping = False
+    asked_to_stop = False
 
-    def stop(signum, frame) -> None:
-        nonlocal stopping
-        stopping = True
+    def stop_all() -> None:
         for p in procs:
             if p.is_alive():
                 p.terminate()  # SIGTERM: uvicorn's graceful shutdown
 
-    old = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
+    def on_signal(signum, frame) -> None:
+        nonlocal asked_to_stop
+        asked_to_stop = True
+        stop_all()
+
+    old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    died = False
     try:
         for p in procs:
+            if asked_to_stop:
+                break
             p.start()
         for s in socks:
             s.close()  # each process has its own copy now
         shown = f"[{host}]" if ":" in host else host
         # uvicorn logs this itself only when it binds the socket; the same line, same place.
         log.info("Uvicorn running on http://%s:%d (Press CTRL+C to quit)", shown, port)
-        multiprocessing.connection.wait([p.sentinel for p in procs])
-        if not stopping:
-            dead = next(p for p in procs if not p.is_alive())
+        started = [p for p in procs if p.pid is not None]
+        multiprocessing.connection.wait([p.sentinel for p in started])
+        if not asked_to_stop:
+            died = True
+            dead = next(p for p in started if not p.is_alive())
             log.error(
                 "worker process %s exited (code %s); stopping the others", dead.name, dead.exitcode
             )
-            stop(None, None)
+    finally:
+        stop_all()  # also when starting failed half-way: no process outlives this function
         for p in procs:
+            if p.pid is None:
+                continue
             p.join(15)
             if p.is_alive():
                 p.kill()
                 p.join()
-    finally:
+        for s in socks:
+            s.close()  # closing twice is harmless; a failed start must not leak them
         for s, handler in old.items():
             signal.signal(s, handler)
-    codes = [p.exitcode for p in procs]
-    return 0 if stopping and all(c in (0, -signal.SIGTERM) for c in codes) else 1
+    return 1 if died else 0

@@ -27,7 +27,7 @@ from starlette.requests import Request as StarletteRequest
 from lenet._version import __version__
 from lenet.batcher import Batcher, ClientGone, ServerBusy
 from lenet.errors import LenetError
-from lenet.httpguard import LOOPBACK_HOSTS, HostAllowList, RequestLog
+from lenet.httpguard import LOOPBACK_HOSTS, HostAllowList, RequestLog, escape, escape_path
 from lenet.predictor import png_base64
 
 try:  # several times faster than json.dumps on the answer's float lists
@@ -213,6 +213,9 @@ def create_app(
     the predictor's own) answer 400 before they are decoded. ``allowed_hosts`` are the names a
     request's Host header may carry (port ignored; ``"*"``: any); the rest get 400 (DNS rebinding, see lenet.httpguard).
     """
+    from lenet.preprocess import quiet_bomb_warning
+
+    quiet_bomb_warning()  # images over the cap get their one JSON error line instead
     if max_bytes <= 0 or read_timeout <= 0:
         raise ValueError("max_bytes and read_timeout must be positive")
     static = Path(static_dir) if static_dir else STATIC_DIR
@@ -251,7 +254,9 @@ def create_app(
 
     @app.exception_handler(Exception)
     async def _internal_error(request: Request, exc: Exception) -> JSONResponse:
-        log.exception("internal error on %s %s", request.method, request.url.path)
+        log.exception(
+            "internal error on %s %s", escape(request.method), escape_path(request.url.path)
+        )
         return JSONResponse({"error": "internal server error"}, status_code=500)
 
     @app.get("/", include_in_schema=False)
@@ -322,7 +327,11 @@ def create_app(
         if batcher.full:  # refuse before reading (and holding) a body that would not be queued
             request.state.log_extra = f"busy waiting={batcher.waiting}"
             raise ApiError(503, BUSY, close=True)
-        data = await image_bytes_from_request(request, max_bytes, read_timeout)
+        batcher.reading += 1
+        try:
+            data = await image_bytes_from_request(request, max_bytes, read_timeout)
+        finally:
+            batcher.reading -= 1  # from here on it is counted in the queue itself
         try:
             p = await batcher.predict(
                 data, top_k_, min_confidence_, disconnected=lambda: _disconnected(request)

@@ -202,8 +202,12 @@ def _steady_rate(files: list[Path]) -> float:
     ``lenet predict`` does once it has started)."""
     import os
 
+    import torch
+
     from lenet.predictor import Predictor
 
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as lenet predict does: the cores belong to the workers
     predictor = Predictor(workers=os.cpu_count() or 1)
     try:
         predictor.predict(files[:256])  # starts the workers and warms everything
@@ -212,6 +216,7 @@ def _steady_rate(files: list[Path]) -> float:
         return len(files) / (time.perf_counter() - t)
     finally:
         predictor.close()
+        torch.set_num_threads(threads)
 
 
 def _serve(ctx: dict, quick: bool) -> list[dict]:

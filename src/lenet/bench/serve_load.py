@@ -182,8 +182,9 @@ class _Tally:
 
 def build_requests(host: str, port: int, bodies: list[tuple[bytes, int]]) -> list[bytes]:
     """The raw HTTP/1.1 bytes of one keep-alive ``POST /api/predict`` per body, built once."""
+    shown = f"[{host}]" if ":" in host else host  # an IPv6 literal goes in brackets
     head = (
-        f"POST /api/predict HTTP/1.1\r\nHost: {host}:{port}\r\n"
+        f"POST /api/predict HTTP/1.1\r\nHost: {shown}:{port}\r\n"
         "Content-Type: image/png\r\nContent-Length: {n}\r\n\r\n"
     )
     return [head.replace("{n}", str(len(b))).encode("ascii") + b for b, _ in bodies]

@@ -119,19 +119,37 @@ def _start_pool(workers: int | None, n: int):
 
 def run(args: argparse.Namespace) -> int:
     """Predict every input and print one line (or row, or JSON object) per input."""
-    from tqdm import tqdm
-
     from lenet.errors import LenetError
-    from lenet.fileio import atomic_write_bytes
+    from lenet.preprocess import quiet_bomb_warning
 
+    quiet_bomb_warning()  # such images get their one "image too large" line instead
     inputs = expand_paths(args.paths)
     if not inputs:
         raise LenetError("no image files found in the given paths")
     pool = _start_pool(args.workers, len(inputs))
-    sources = [src for _, src in inputs]
-    # The workers start on the first chunks now, while this process imports torch and loads
-    # the model (about 1.5 s here): that start-up is no longer idle time.
-    work = pool.imap(sources) if pool is not None else sources
+    try:
+        # The workers start on the first chunks now, while this process imports torch and loads
+        # the model (about 1.5 s here): that start-up is no longer idle time.
+        sources = [src for _, src in inputs]
+        work = pool.imap(sources) if pool is not None else sources
+        failed = _answer_all(args, inputs, work, pool)
+    except BaseException:  # a bad --model, Ctrl-C, a full disk: drop the queued work at once
+        if pool is not None:
+            pool.close(cancel=True)
+        raise
+    if pool is not None:
+        pool.close()
+    if failed:
+        print(f"lenet: {failed} of {len(inputs)} inputs could not be used", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _answer_all(args: argparse.Namespace, inputs: list, work, pool) -> int:
+    """Load the model, answer every input in order, print; returns how many were unusable."""
+    from tqdm import tqdm
+
+    from lenet.fileio import atomic_write_bytes
     from lenet.predictor import Predictor, png_bytes
 
     if pool is not None:
@@ -193,11 +211,6 @@ def run(args: argparse.Namespace) -> int:
             sys.stdout.flush()
             bar.update(predictor.batch_size)
     bar.close()
-    if pool is not None:
-        pool.close()
     if saved:
         print(f"lenet: {saved} preprocessed 28x28 images written to {save_dir}", file=sys.stderr)
-    if failed:
-        print(f"lenet: {failed} of {len(inputs)} inputs could not be used", file=sys.stderr)
-        return 1
-    return 0
+    return failed
