@@ -18,6 +18,14 @@ DATA_DIR = Path(os.environ.get("LENET_TEST_DATA", ROOT / "data"))
 
 
 @pytest.fixture(scope="session")
+def real_sets() -> dict[str, Path]:
+    """The two real dev sets as ImageFolder trees, ``{name: DATA_DIR/real/<name>}``, fetched once."""
+    from lenet.realdata import fetch_real
+
+    return fetch_real(DATA_DIR)
+
+
+@pytest.fixture(scope="session")
 def mnist_dir() -> Path:
     """The real MNIST, fetched and verified on first use (cached across runs in ./data)."""
     ensure_mnist(DATA_DIR)
