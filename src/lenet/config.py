@@ -21,6 +21,10 @@ SELECT_ON = ("val", "test", "last")
 NORMALIZE = ("model", "totensor", "mnist")
 AUGMENTS = ("none", "affine", "elastic", "both")  # see lenet.augment
 BACKENDS = ("torch", "onnx")  # what runs the network in predict/serve: PyTorch or ONNX Runtime
+# Image files taken from folders by suffix (lenet predict DIR, lenet eval --images DIR).
+IMAGE_SUFFIXES = frozenset(
+    ".png .jpg .jpeg .jpe .bmp .gif .tif .tiff .webp .pgm .ppm .pbm .pnm".split()
+)
 
 
 def model_names() -> list[str]:

@@ -255,3 +255,222 @@ def show(checkpoint: str | os.PathLike, **kwargs) -> PredictionGrid:
     """Deprecated name of :func:`prediction_grid` (kept for a while so old scripts still run)."""
     warnings.warn("lenet.show is now lenet.prediction_grid", DeprecationWarning, stacklevel=2)
     return prediction_grid(checkpoint, **kwargs)
+
+
+# ----------------------------------------------------------------------------- labelled folders
+
+LABELS_CSV = "labels.csv"
+
+
+def load_labelled_folder(folder: str | os.PathLike) -> list[tuple[Path, int]]:
+    """``DIR/labels.csv`` (``name,label``) or ``DIR/<digit>/*`` image files -> [(path, label)]."""
+    root = Path(folder)
+    if not root.is_dir():
+        raise LenetError(f"{root}: no such folder")
+    if (root / LABELS_CSV).is_file():
+        return _read_labels_csv(root, root / LABELS_CSV)
+    from lenet.config import IMAGE_SUFFIXES
+
+    digit_dirs = sorted(d for d in root.iterdir() if d.is_dir() and d.name in _DIGITS)
+    if not digit_dirs:
+        raise LenetError(
+            f"{root}: no labels.csv and no digit folders 0-9 (want DIR/<digit>/*.png "
+            "or DIR/labels.csv with a name,label header)"
+        )
+    items = [
+        (f, int(d.name))
+        for d in digit_dirs
+        for f in sorted(d.rglob("*"))
+        if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES
+    ]
+    if not items:
+        raise LenetError(f"{root}: the digit folders hold no image files")
+    return items
+
+
+_DIGITS = frozenset("0123456789")
+
+
+def _read_labels_csv(root: Path, path: Path) -> list[tuple[Path, int]]:
+    """Rows of a ``name,label`` CSV, names relative to ``root``; any bad row is a LenetError."""
+    import csv
+
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            rows = list(csv.reader(f))
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        raise LenetError(f"{path}: cannot read: {e}") from None
+    header = [c.strip().lower() for c in rows[0]] if rows else []
+    if header[:2] != ["name", "label"]:
+        raise LenetError(f"{path}: the first line must be the header name,label")
+    items = []
+    for line, row in enumerate(rows[1:], 2):
+        if not any(c.strip() for c in row):
+            continue  # a blank line
+        if len(row) < 2:
+            raise LenetError(f"{path} line {line}: want name,label")
+        name, label = row[0].strip(), row[1].strip()
+        if label not in _DIGITS:
+            raise LenetError(f"{path} line {line}: label {label!r} is not a digit 0-9")
+        if not (root / name).is_file():
+            raise LenetError(f"{path} line {line}: {name}: no such file in {root}")
+        items.append((root / name, int(label)))
+    if not items:
+        raise LenetError(f"{path}: no rows after the header")
+    return items
+
+
+@dataclass
+class ImageEvalReport:
+    """Result of :func:`evaluate_images`: accuracy on labelled image files, with its mistakes."""
+
+    checkpoint: str
+    model: str
+    folder: str
+    n: int
+    accuracy: float  # correct / n: unusable and no-digit inputs count as wrong
+    errors: int
+    unusable: int  # inputs that could not be read as images
+    no_digit: int  # images in which no digit was found
+    per_class: list[dict]  # class, count, correct, recall (= accuracy on that digit), precision
+    confusion: list[list[int]]  # 10x10 over the answered inputs, rows actual
+    mistakes: list[dict] = field(default_factory=list)  # path, label, predicted, confidence, ...
+    files: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        """Plain JSON-ready dict."""
+        return dict(self.__dict__)
+
+
+def evaluate_images(
+    model=None,
+    folder: str | os.PathLike = ".",
+    *,
+    device: str = "cpu",
+    workers: int | None = None,
+    out_dir: str | os.PathLike | None = None,
+    plots: bool = True,
+    max_errors_shown: int = 50,
+) -> ImageEvalReport:
+    """Accuracy, per-class table and confusion of ``model`` (a Predictor, a checkpoint, or None:
+    the bundled weights) on a labelled folder, through ``lenet predict``'s preprocessing.
+
+    ``workers`` > 1 preprocesses in that many processes (default: one per core from
+    ``lenet.parallel.PARALLEL_MIN`` files on; a script needs the ``__main__`` guard). Writes
+    ``confusion.png`` and ``errors.png`` (originals beside what the network saw) into
+    ``out_dir`` (default: the checkpoint's folder) unless ``plots=False``.
+    """
+    from lenet.predictor import Predictor
+
+    items = load_labelled_folder(folder)
+    paths = [p for p, _ in items]
+    if isinstance(model, Predictor):
+        predictor, preds = model, model.predict(paths, top_k=1)
+    else:
+        predictor, preds = _predict_files(model, paths, device, workers)
+    labels = np.array([label for _, label in items])
+    got = np.array([-1 if p.digit is None else p.digit for p in preds])
+    correct = got == labels
+    answered = got >= 0
+    cm = confusion_matrix(labels[answered], got[answered])
+    table = per_class(cm)
+    for c, row in enumerate(table):
+        count = int((labels == c).sum())
+        row.update(
+            support=count,
+            count=count,
+            correct=int(correct[labels == c].sum()),
+            recall=float(correct[labels == c].mean()) if count else 0.0,
+        )
+    mistakes = [
+        {
+            "path": str(p.source),
+            "label": int(label),
+            "predicted": p.digit,
+            "confidence": p.confidence,
+            **({"reason": p.reason} if p.reason else {}),
+            **({"error": p.error} if p.error else {}),
+        }
+        for p, label, ok in zip(preds, labels, correct, strict=True)
+        if not ok
+    ]
+    report = ImageEvalReport(
+        str(predictor.path),
+        predictor.name,
+        str(folder),
+        len(items),
+        float(correct.mean()),
+        int((~correct).sum()),
+        sum(p.error is not None for p in preds),
+        sum(p.error is None and p.preprocessed is None for p in preds),
+        table,
+        cm.tolist(),
+        mistakes,
+    )
+    if plots:
+        out = Path(out_dir) if out_dir else output_dir_for(predictor.path)
+        report.files = _image_eval_plots(report, cm, preds, labels, out, max_errors_shown)
+    return report
+
+
+def _predict_files(checkpoint, paths: list[Path], device: str, workers: int | None):
+    """A Predictor for ``checkpoint`` and its answers for ``paths`` (workers as lenet predict)."""
+    from lenet.parallel import PARALLEL_MIN, PreprocessPool
+    from lenet.predictor import Predictor
+
+    if workers is None:
+        workers = (os.cpu_count() or 1) if len(paths) >= PARALLEL_MIN else 1
+    pool = PreprocessPool(workers) if workers > 1 else None
+    try:
+        # The workers start on the files while the model loads, as in lenet predict.
+        work = pool.imap(paths) if pool is not None else paths
+        predictor = Predictor(checkpoint, device=device, pool=pool)
+        preds = list(predictor.predict_iter(work, top_k=1))
+    except BaseException:
+        if pool is not None:
+            pool.close(cancel=True)
+        raise
+    if pool is not None:
+        pool.close()
+    return predictor, preds
+
+
+def _thumbnail(path: Path, side: int = 96) -> np.ndarray | None:
+    """The original image as RGB uint8 (h, w, 3), at most ``side`` px; None if unreadable."""
+    from lenet.preprocess import load_image
+
+    try:
+        im = load_image(path).convert("RGB")
+    except LenetError:
+        return None
+    im.thumbnail((side, side))
+    return np.asarray(im)
+
+
+def _image_eval_plots(report, cm, preds, labels, out: Path, max_shown: int) -> dict:
+    """confusion.png and (when anything is wrong) errors.png; returns {name: path}."""
+    from lenet.plots import plot_confusion, plot_error_pairs
+
+    name = Path(report.folder).name or report.folder
+    files = {
+        "confusion": str(
+            plot_confusion(
+                cm, out / "confusion.png", f"{report.model} on {name}: {100 * report.accuracy:.2f}%"
+            )
+        )
+    }
+    wrong = [i for i, p in enumerate(preds) if p.digit != labels[i]][:max_shown]
+    if wrong:
+        pairs = []
+        for i in wrong:
+            p = preds[i]
+            if p.error is not None:
+                said = "unusable"
+            elif p.digit is None:
+                said = p.reason  # "no digit found"
+            else:
+                said = f"pred {p.digit} ({100 * p.confidence:.0f}%)"
+            pairs.append((_thumbnail(Path(p.source)), p.preprocessed, f"true {labels[i]}", said))
+        title = f"{len(wrong)} of {report.errors} mistakes: each original, then the 28x28 seen"
+        files["errors"] = str(plot_error_pairs(pairs, out / "errors.png", title))
+    return files

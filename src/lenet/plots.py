@@ -137,3 +137,44 @@ def plot_rejection(rejection: dict, path: str | os.PathLike, title: str = "") ->
     ax.set_xlim(0, max(12.0, 100 * max(v["rejected"] for v in rejection["rejection_for"].values())))
     ax.grid(alpha=0.3)
     return _save(fig, path)
+
+
+def plot_error_pairs(
+    pairs: Sequence[tuple[np.ndarray | None, np.ndarray | None, str, str]],
+    path: str | os.PathLike,
+    title: str = "",
+    cols: int = 5,
+) -> Path:
+    """Mistakes as (original, the 28x28 the network saw, caption, caption) side by side.
+
+    A missing picture (unreadable file, no digit found) is an empty panel saying so.
+    """
+    plt = _plt()
+    n = len(pairs)
+    cols = max(1, min(cols, n))
+    rows = max(1, math.ceil(n / cols))
+    fig, axes = plt.subplots(rows, 2 * cols, figsize=(2.5 * cols, 1.5 * rows), squeeze=False)
+    for i in range(rows * cols):
+        a_orig, a_seen = axes[i // cols, 2 * (i % cols)], axes[i // cols, 2 * (i % cols) + 1]
+        for ax in (a_orig, a_seen):
+            ax.set_xticks([])
+            ax.set_yticks([])
+        if i >= n:
+            a_orig.axis("off")
+            a_seen.axis("off")
+            continue
+        orig, seen, cap_orig, cap_seen = pairs[i]
+        for ax, img, missing in ((a_orig, orig, "unreadable"), (a_seen, seen, "nothing")):
+            if img is None:
+                ax.text(0.5, 0.5, missing, ha="center", va="center", fontsize=7)
+            elif img.ndim == 2:
+                ax.imshow(img, cmap="gray", vmin=0, vmax=255)
+            else:
+                ax.imshow(img)
+        a_orig.set_title(cap_orig, fontsize=7)
+        a_seen.set_title(cap_seen, fontsize=7, color="red")
+        for s in a_seen.spines.values():
+            s.set_edgecolor("red")
+    if title:
+        fig.suptitle(title, fontsize=10, y=1.0 + 0.25 / rows)
+    return _save(fig, path)

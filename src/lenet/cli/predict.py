@@ -13,9 +13,7 @@ from pathlib import Path
 from lenet.cli import add_backend, add_device, add_min_confidence, add_top_k, bounded
 
 # Files taken from folders (explicitly named files are tried whatever their extension).
-IMAGE_SUFFIXES = frozenset(
-    ".png .jpg .jpeg .jpe .bmp .gif .tif .tiff .webp .pgm .ppm .pbm .pnm".split()
-)
+from lenet.config import IMAGE_SUFFIXES
 
 
 def register(sub) -> None:

@@ -1,0 +1,133 @@
+"""``lenet eval --images``: accuracy on labelled image folders (ImageFolder or labels.csv)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import assert_one_line_error, run_cli
+from lenet.data import load_split
+from lenet.errors import LenetError
+from lenet.evaluation import evaluate_images, load_labelled_folder
+from lenet.predictor import Predictor, bundled_checkpoint
+
+N = 30  # MNIST test digits per folder: enough for a stable > 90%, fast
+
+
+@pytest.fixture(scope="module")
+def digits(mnist_dir):
+    s = load_split("test", mnist_dir)
+    return s.images[:N].numpy(), s.labels[:N].numpy()
+
+
+def _png(path: Path, image: np.ndarray) -> None:
+    """Dark ink on white, twice MNIST's size, as a user's scan would be."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(255 - image).resize((56, 56)).save(path)
+
+
+@pytest.fixture
+def image_folder(tmp_path, digits) -> Path:
+    """DIR/<digit>/*.png, plus one file that is not an image."""
+    root = tmp_path / "folders"
+    for i, (img, label) in enumerate(zip(*digits, strict=True)):
+        _png(root / str(label) / f"{i}.png", img)
+    (root / "3" / "broken.png").write_bytes(b"not an image")
+    return root
+
+
+@pytest.fixture
+def csv_folder(tmp_path, digits) -> Path:
+    """DIR/labels.csv naming files in a subfolder, plus a blank page."""
+    root = tmp_path / "csv"
+    rows = ["name,label"]
+    for i, (img, label) in enumerate(zip(*digits, strict=True)):
+        _png(root / "img" / f"{i}.png", img)
+        rows.append(f"img/{i}.png,{label}")
+    Image.new("L", (40, 40), 255).save(root / "blank.png")
+    rows.append("blank.png,5")
+    (root / "labels.csv").write_text("\n".join(rows) + "\n")
+    return root
+
+
+def test_load_labelled_folder_both_layouts(image_folder, csv_folder, digits):
+    a = load_labelled_folder(image_folder)
+    b = load_labelled_folder(csv_folder)
+    assert len(a) == len(b) == N + 1
+    assert sorted(label for _, label in b[:N]) == sorted(digits[1].tolist())
+    assert all(p.parent.name == str(label) for p, label in a)
+
+
+def test_evaluate_images_library(csv_folder, tmp_path):
+    r = evaluate_images(Predictor(), csv_folder, out_dir=tmp_path / "out")
+    assert r.n == N + 1 and r.accuracy > 0.9
+    assert r.no_digit == 1 and r.unusable == 0
+    assert sum(c["count"] for c in r.per_class) == N + 1
+    assert sum(c["correct"] for c in r.per_class) == r.n - r.errors
+    assert np.array(r.confusion).sum() == N  # the blank page has no answer
+    assert any(m["path"].endswith("blank.png") and m["predicted"] is None for m in r.mistakes)
+    assert Path(r.files["confusion"]).is_file() and Path(r.files["errors"]).is_file()
+
+
+def test_cli_text_report(image_folder, tmp_path):
+    out = tmp_path / "pics"
+    p = run_cli("eval", str(bundled_checkpoint()), "--images", str(image_folder), "--out", str(out))
+    assert p.returncode == 0, p.stderr
+    acc = float(p.stdout.split("accuracy ")[1].split("%")[0])
+    assert acc > 90
+    assert "1 unusable" in p.stdout and "broken.png" in p.stdout
+    assert "digit  count  correct  accuracy  precision" in p.stdout
+    table = [ln.split() for ln in p.stdout.splitlines() if ln[:5].strip().isdigit()][:10]
+    assert [int(r[0]) for r in table] == list(range(10))
+    assert sum(int(r[1]) for r in table) == N + 1
+    assert (out / "confusion.png").is_file() and (out / "errors.png").is_file()
+
+
+def test_cli_json_and_no_plots(csv_folder, tmp_path):
+    cwd = tmp_path / "cwd"  # the bundled weights' pictures would go here
+    cwd.mkdir()
+    p = run_cli(
+        "eval",
+        str(bundled_checkpoint()),
+        "--images",
+        str(csv_folder),
+        "--json",
+        "--no-plots",
+        cwd=cwd,
+    )
+    assert p.returncode == 0, p.stderr
+    r = json.loads(p.stdout)
+    assert {"accuracy", "n", "errors", "unusable", "no_digit", "per_class", "confusion"} <= set(r)
+    assert {"class", "count", "correct", "recall", "precision"} <= set(r["per_class"][0])
+    assert r["accuracy"] > 0.9 and r["no_digit"] == 1 and r["files"] == {}
+    assert list(cwd.iterdir()) == []  # --no-plots writes nothing
+
+
+def _write(root: Path, name: str, text: str) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    (root / name).write_text(text)
+    return root
+
+
+@pytest.mark.parametrize(
+    "make, needle",
+    [
+        (lambda d: d / "missing", "no such folder"),
+        (lambda d: _write(d / "flat", "a.txt", "x"), "no labels.csv and no digit folders"),
+        (lambda d: _write(d / "hdr", "labels.csv", "file,digit\na.png,1\n"), "name,label"),
+        (lambda d: _write(d / "lbl", "labels.csv", "name,label\nlabels.csv,x\n"), "not a digit"),
+        (lambda d: _write(d / "gone", "labels.csv", "name,label\nnope.png,3\n"), "no such file"),
+        (lambda d: _write(d / "empty", "labels.csv", "name,label\n"), "no rows"),
+        (lambda d: (d / "nodigits" / "7").mkdir(parents=True) or d / "nodigits", "no image files"),
+    ],
+)
+def test_bad_layouts_are_one_line_errors(tmp_path, make, needle):
+    folder = make(tmp_path)
+    with pytest.raises(LenetError, match=needle):
+        load_labelled_folder(folder)
+    p = run_cli("eval", str(bundled_checkpoint()), "--images", str(folder), "--no-plots")
+    assert_one_line_error(p, needle)
