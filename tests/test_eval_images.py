@@ -131,3 +131,23 @@ def test_bad_layouts_are_one_line_errors(tmp_path, make, needle):
         load_labelled_folder(folder)
     p = run_cli("eval", str(bundled_checkpoint()), "--images", str(folder), "--no-plots")
     assert_one_line_error(p, needle)
+
+
+# Measured with the bundled weights on 2026-11-30 (`lenet eval <bundled> --images DIR`): 94.8% of
+# the 250 pen-drawn digits and 94.1% of the 1,797 optdigits. A regression gate, one point under
+# today; the issue's targets (99.2% and 97.0%) are for the next weights.
+REAL_GATES = {"pen-digits": 0.938, "optdigits": 0.931}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(REAL_GATES))
+def test_cli_eval_images_on_the_real_dev_sets(real_sets, name, tmp_path):
+    """`lenet eval --images` on each real dev set, fetched like MNIST, in CI."""
+    ckpt = str(bundled_checkpoint())
+    p = run_cli("eval", ckpt, "--images", str(real_sets[name]), "--json", "--out", str(tmp_path))
+    assert p.returncode == 0, p.stderr[-2000:]
+    report = json.loads(p.stdout)
+    assert report["n"] == {"pen-digits": 250, "optdigits": 1797}[name]
+    assert report["unusable"] == 0
+    assert report["accuracy"] >= REAL_GATES[name], report["accuracy"]
+    assert (tmp_path / "errors.png").is_file() and (tmp_path / "confusion.png").is_file()
