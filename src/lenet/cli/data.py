@@ -66,17 +66,15 @@ def run(args: argparse.Namespace) -> int:
     real = _verify_present_real(args.data_dir) if args.verify else {}
     where = str(raw_dir(args.data_dir, args.dataset))
     if args.json:
-        print(
-            json.dumps(
-                {
-                    "dataset": args.dataset,
-                    "path": where,
-                    "fetched": fetched,
-                    "verified": verified is not None,
-                    "real_verified": sorted(real),
-                }
-            )
-        )
+        out = {
+            "dataset": args.dataset,
+            "path": where,
+            "fetched": fetched,
+            "verified": verified is not None,
+        }
+        if args.verify:  # the real sets are checked (and reported) only when asked to verify
+            out["real_verified"] = sorted(real)
+        print(json.dumps(out))
     else:
         state = "fetched and verified" if fetched else ("verified" if verified else "present")
         print(f"{ds.title} {state}: {where}")
