@@ -151,3 +151,17 @@ def test_cli_eval_images_on_the_real_dev_sets(real_sets, name, tmp_path):
     assert report["unusable"] == 0
     assert report["accuracy"] >= REAL_GATES[name], report["accuracy"]
     assert (tmp_path / "errors.png").is_file() and (tmp_path / "confusion.png").is_file()
+
+
+@pytest.mark.parametrize(
+    "flags", [["--split", "train"], ["--dataset", "mnist"], ["--data-dir", "elsewhere"]]
+)
+def test_test_set_flags_are_refused_with_images(tmp_path, flags):
+    """Flags that choose the test set do nothing with --images: one clear line, not ignored."""
+    p = run_cli("eval", str(bundled_checkpoint()), "--images", str(tmp_path), *flags)
+    assert_one_line_error(p, flags[0], "--images")
+
+
+def test_workers_without_images_is_refused():
+    p = run_cli("eval", str(bundled_checkpoint()), "--workers", "2")
+    assert_one_line_error(p, "--workers", "--images")

@@ -25,6 +25,7 @@ _EXPORTS = {
     "LenetError": "lenet.errors",
     "NoDigitError": "lenet.errors",
     "evaluate": "lenet.evaluation",
+    "evaluate_images": "lenet.evaluation",
     "prediction_grid": "lenet.evaluation",
     "show": "lenet.evaluation",  # deprecated name of prediction_grid
     "create_model": "lenet.models",

@@ -122,10 +122,26 @@ def format_image_report(r) -> str:
 
 def run(args: argparse.Namespace) -> int:
     """Evaluate and print text or JSON."""
+    from lenet.config import TrainConfig
+    from lenet.errors import LenetError
     from lenet.evaluation import evaluate
 
     if args.images is not None:
+        # These choose the test set, which --images replaces: refuse rather than ignore them.
+        given = [
+            flag
+            for flag, used in (
+                ("--split", args.split != "test"),
+                ("--dataset", args.dataset is not None),
+                ("--data-dir", args.data_dir != TrainConfig.data_dir),
+            )
+            if used
+        ]
+        if given:
+            raise LenetError(f"{', '.join(given)} choose the test set; --images replaces it")
         return _run_images(args)
+    if args.workers is not None:
+        raise LenetError("--workers is for --images (the test set is read from its IDX files)")
 
     r = evaluate(
         args.checkpoint,
