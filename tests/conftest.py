@@ -88,3 +88,26 @@ def assert_one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> s
     for n in needles:
         assert n in err_lines[0], err_lines[0]
     return err_lines[0]
+
+
+def asgi_scope(
+    body_len: int | None = None, content_type: str = "image/png", extra: list | None = None
+) -> dict:
+    """An ASGI HTTP scope for ``POST /api/predict`` from 127.0.0.1 (driving the app in process)."""
+    headers = [(b"host", b"127.0.0.1"), (b"content-type", content_type.encode())]
+    if body_len is not None:
+        headers.append((b"content-length", str(body_len).encode()))
+    return {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/api/predict",
+        "raw_path": b"/api/predict",
+        "query_string": b"",
+        "root_path": "",
+        "headers": headers + list(extra or []),
+        "client": ("127.0.0.1", 1),
+        "server": ("127.0.0.1", 8000),
+    }

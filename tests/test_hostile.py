@@ -20,7 +20,7 @@ import pytest
 from PIL import Image
 
 import hostile as H
-from conftest import require
+from conftest import asgi_scope, require
 
 require("fastapi")  # the 'serve' extra
 httpx = require("httpx")  # the 'test' extra
@@ -100,24 +100,7 @@ def app():
 
 def post(app, body: bytes, ctype: str = "image/png") -> tuple[int, dict, bytes]:
     """One POST /api/predict through the ASGI app, in process: (status, JSON, raw body)."""
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": "POST",
-        "scheme": "http",
-        "path": "/api/predict",
-        "raw_path": b"/api/predict",
-        "query_string": b"",
-        "root_path": "",
-        "headers": [
-            (b"host", b"127.0.0.1:8000"),
-            (b"content-type", ctype.encode()),
-            (b"content-length", str(len(body)).encode()),
-        ],
-        "client": ("127.0.0.1", 1),
-        "server": ("127.0.0.1", 8000),
-    }
+    scope = asgi_scope(len(body), content_type=ctype)
     messages = [{"type": "http.request", "body": body, "more_body": False}]
     sent: list[dict] = []
 

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from conftest import assert_one_line_error, require, run_cli
+from conftest import asgi_scope, assert_one_line_error, require, run_cli
 
 require("fastapi")  # the 'serve' extra
 httpx = require("httpx")  # the 'test' extra
@@ -313,24 +313,7 @@ def test_streamed_body_is_counted_and_cut_off(predictor):
     async def send(message):
         sent.append(message)
 
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": "POST",
-        "scheme": "http",
-        "path": "/api/predict",
-        "raw_path": b"/api/predict",
-        "query_string": b"",
-        "root_path": "",
-        "headers": [
-            (b"host", b"localhost"),
-            (b"content-type", b"image/png"),
-            (b"transfer-encoding", b"chunked"),
-        ],
-        "client": ("127.0.0.1", 1),
-        "server": ("t", 80),
-    }
+    scope = asgi_scope(extra=[(b"transfer-encoding", b"chunked")])
     asyncio.run(app(scope, receive, send))
     assert sent[0]["status"] == 413
     assert consumed == 2  # 64 KB, then 128 KB > 100 KB: stop
@@ -427,27 +410,6 @@ class GatedPredictor:
         assert self.gate.wait(30), "the test never opened the gate"
         self.prepared += 1
         return self._p.prepare(source, max_pixels)
-
-
-def asgi_scope(body_len: int | None = None) -> dict:
-    """An ASGI HTTP scope for ``POST /api/predict`` with a PNG body."""
-    headers = [(b"host", b"127.0.0.1"), (b"content-type", b"image/png")]
-    if body_len is not None:
-        headers.append((b"content-length", str(body_len).encode()))
-    return {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": "POST",
-        "scheme": "http",
-        "path": "/api/predict",
-        "raw_path": b"/api/predict",
-        "query_string": b"",
-        "root_path": "",
-        "headers": headers,
-        "client": ("127.0.0.1", 1),
-        "server": ("t", 80),
-    }
 
 
 class FakeClient:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import warnings
@@ -415,23 +416,15 @@ def evaluate_images(
 
 def _predict_files(checkpoint, paths: list[Path], device: str, workers: int | None):
     """A Predictor for ``checkpoint`` and its answers for ``paths`` (workers as lenet predict)."""
-    from lenet.parallel import PARALLEL_MIN, PreprocessPool
+    from lenet.parallel import start_pool
     from lenet.predictor import Predictor
 
-    if workers is None:
-        workers = (os.cpu_count() or 1) if len(paths) >= PARALLEL_MIN else 1
-    pool = PreprocessPool(workers) if workers > 1 else None
-    try:
+    pool = start_pool(workers, len(paths))
+    with pool if pool is not None else contextlib.nullcontext():
         # The workers start on the files while the model loads, as in lenet predict.
         work = pool.imap(paths) if pool is not None else paths
         predictor = Predictor(checkpoint, device=device, pool=pool)
         preds = list(predictor.predict_iter(work, top_k=1))
-    except BaseException:
-        if pool is not None:
-            pool.close(cancel=True)
-        raise
-    if pool is not None:
-        pool.close()
     return predictor, preds
 
 

@@ -66,6 +66,15 @@ def _ready() -> int:
     return os.getpid()
 
 
+def start_pool(workers: int | None, n: int) -> PreprocessPool | None:
+    """The worker processes for ``n`` image files, started now: ``workers`` of them, by default
+    one per core from :data:`PARALLEL_MIN` files on; None when this process is enough. Usable
+    as a context manager (queued work is dropped if the block fails)."""
+    if workers is None:
+        workers = (os.cpu_count() or 1) if n >= PARALLEL_MIN else 1
+    return PreprocessPool(workers) if workers > 1 else None
+
+
 class PreprocessPool:
     """``workers`` processes that preprocess lists of image files (see the module docstring).
 

@@ -250,7 +250,7 @@ class Predictor:
         if _is_single(inputs):
             inputs = [inputs]
         one = hasattr(inputs, "__len__") and len(inputs) <= 1  # not worth a process
-        pool = None if isinstance(inputs, Prepared) or one else self._pool_for(inputs)
+        pool = None if isinstance(inputs, Prepared) or one else self._pool_for()
         if pool is not None:
             inputs = pool.imap(inputs)
         if isinstance(inputs, Prepared):
@@ -264,7 +264,7 @@ class Predictor:
         for batch in _batches(inputs, self.batch_size):
             yield from self.classify([self.prepare(s) for s in batch], top_k, min_confidence)
 
-    def _pool_for(self, inputs) -> PreprocessPool | None:
+    def _pool_for(self) -> PreprocessPool | None:
         """The worker pool, started on first need (None: preprocess in this process)."""
         if self._pool is None and (self.workers or 1) > 1:
             self._pool = PreprocessPool(self.workers, self.max_pixels)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import glob
 import json
@@ -103,40 +104,24 @@ def _unique_png(folder: Path, name: str, used: set[str]) -> Path:
     return folder / f"{cand}.png"
 
 
-def _start_pool(workers: int | None, n: int):
-    """Worker processes for many files (``--workers``; by default one per core from
-    ``PARALLEL_MIN`` files on), started before torch is imported; None: preprocess here."""
-    import os
-
-    from lenet.parallel import PARALLEL_MIN, PreprocessPool
-
-    if workers is None:
-        workers = (os.cpu_count() or 1) if n >= PARALLEL_MIN else 1
-    return PreprocessPool(workers) if workers > 1 else None
-
-
 def run(args: argparse.Namespace) -> int:
     """Predict every input and print one line (or row, or JSON object) per input."""
     from lenet.errors import LenetError
+    from lenet.parallel import start_pool
     from lenet.preprocess import quiet_bomb_warning
 
     quiet_bomb_warning()  # such images get their one "image too large" line instead
     inputs = expand_paths(args.paths)
     if not inputs:
         raise LenetError("no image files found in the given paths")
-    pool = _start_pool(args.workers, len(inputs))
-    try:
+    pool = start_pool(args.workers, len(inputs))
+    # A bad --model, Ctrl-C, a full disk: leaving the block drops the queued work at once.
+    with pool if pool is not None else contextlib.nullcontext():
         # The workers start on the first chunks now, while this process imports torch and loads
         # the model (about 1.5 s here): that start-up is no longer idle time.
         sources = [src for _, src in inputs]
         work = pool.imap(sources) if pool is not None else sources
         failed = _answer_all(args, inputs, work, pool)
-    except BaseException:  # a bad --model, Ctrl-C, a full disk: drop the queued work at once
-        if pool is not None:
-            pool.close(cancel=True)
-        raise
-    if pool is not None:
-        pool.close()
     if failed:
         print(f"lenet: {failed} of {len(inputs)} inputs could not be used", file=sys.stderr)
         return 1
