@@ -95,3 +95,41 @@ def naive_28x28(data: bytes) -> np.ndarray:
     """The naive path: open, grayscale, plain resize to 28x28 (no MNIST-style steps)."""
     im = Image.open(io.BytesIO(data)).convert("L").resize((28, 28), Image.Resampling.BILINEAR)
     return np.asarray(im, dtype=np.uint8)
+
+
+def thin(mask: np.ndarray) -> np.ndarray:
+    """Zhang-Suen thinning of a 0/1 mask to a one-pixel skeleton (a test helper, vectorized)."""
+    img = (np.asarray(mask) > 0).astype(np.uint8)
+    while True:
+        changed = False
+        for step in (0, 1):
+            p = np.pad(img, 1)
+            # the 8 neighbours, clockwise from north: P2..P9 in Zhang and Suen (1984)
+            n = [p[:-2, 1:-1], p[:-2, 2:], p[1:-1, 2:], p[2:, 2:]]
+            n += [p[2:, 1:-1], p[2:, :-2], p[1:-1, :-2], p[:-2, :-2]]
+            count = sum(a.astype(np.int32) for a in n)
+            turns = sum(((n[i] == 0) & (n[(i + 1) % 8] == 1)).astype(np.int32) for i in range(8))
+            p2, p4, p6, p8 = n[0], n[2], n[4], n[6]
+            if step == 0:
+                side = ((p2 * p4 * p6) == 0) & ((p4 * p6 * p8) == 0)
+            else:
+                side = ((p2 * p4 * p8) == 0) & ((p2 * p6 * p8) == 0)
+            drop = (img == 1) & (count >= 2) & (count <= 6) & (turns == 1) & side
+            if drop.any():
+                img[drop] = 0
+                changed = True
+        if not changed:
+            return img
+
+
+def hairline_png(digit: np.ndarray, size: int = 280) -> bytes:
+    """``digit`` as a one-pixel line, dark on white, on a ``size`` canvas: a 1-px pencil or a
+    mouse drawing (the digit's own strokes thinned to their skeleton)."""
+    box = int(size * 0.7)
+    skeleton = thin(ink_alpha(digit, box) >= 0.5)
+    page = np.full((size, size), 255, np.uint8)
+    o = (size - box) // 2
+    page[o : o + box, o : o + box][skeleton == 1] = 0
+    buf = io.BytesIO()
+    Image.fromarray(page).save(buf, "PNG")
+    return buf.getvalue()

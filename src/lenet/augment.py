@@ -1,6 +1,8 @@
 """Distortions on the in-memory batch (``--augment``): random affine maps (LeCun et al. 1998,
 section III-C: small rotations, scalings, shears and translations) and elastic distortions
-(Simard, Steinkraus and Platt 2003), both as ONE ``grid_sample`` per batch with torch ops.
+(Simard, Steinkraus and Platt 2003), both as ONE ``grid_sample`` per batch with torch ops; and,
+for writers and scanners MNIST never saw, random stroke widths (a grey-level dilation or
+erosion), random aspect ratios and random low resolutions (down- then up-sampling).
 
 Randomness comes from a private generator seeded from (seed, epoch), so a run is reproducible
 under ``--seed``, a resumed run distorts exactly as the uninterrupted one would, and nothing
@@ -16,7 +18,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from lenet.config import AUGMENTS, derive_seed
+from lenet.config import augment_parts, derive_seed
 
 
 @dataclass(frozen=True)
@@ -29,6 +31,11 @@ class DistortionParams:
     translate_px: float = 2.5  # shift, in pixels of the 28x28 image
     elastic_alpha: float = 34.0  # Simard et al.: displacement scale in pixels...
     elastic_sigma: float = 4.0  # ...of a uniform(-1, 1) field smoothed by a Gaussian of this sigma
+    stroke_thin: float = 0.6  # stroke width: up to this share of a 3x3 grey-level erosion...
+    stroke_thick: float = 1.5  # ...or this many 3x3 dilations (a fraction blends the next one)
+    aspect: float = 0.5  # width scaled by exp(+-aspect * u): up to 1.65x wider or narrower
+    lowres_p: float = 0.5  # share of images seen at a low resolution...
+    lowres_min: int = 8  # ...of LOWRES_MIN..side pixels square, then back up bilinearly
 
 
 DEFAULT_PARAMS = DistortionParams()
@@ -79,28 +86,69 @@ def elastic_field(n: int, gen: torch.Generator, size: int, p: DistortionParams) 
     return (field * p.elastic_alpha * 2 / size).permute(0, 2, 3, 1)
 
 
+def stroke_width(x: torch.Tensor, gen: torch.Generator, p: DistortionParams) -> torch.Tensor:
+    """Thinner or thicker strokes: each image blended toward its 3x3 grey-level erosion or
+    (once or twice) dilation by a random amount. Works on any normalization whose ink is the
+    high value (all of lenet's), because max-pooling commutes with an increasing affine map."""
+    t = torch.rand(len(x), generator=gen) * (p.stroke_thick + p.stroke_thin) - p.stroke_thin
+    t = t.to(x.device, x.dtype).view(-1, 1, 1, 1)  # < 0 thins, > 0 thickens
+    d1 = F.max_pool2d(x, 3, 1, 1)
+    d2 = F.max_pool2d(d1, 3, 1, 1)
+    e1 = -F.max_pool2d(-x, 3, 1, 1)
+    return (
+        x + t.clamp(0, 1) * (d1 - x) + (t - 1).clamp(0, 1) * (d2 - d1) + (-t).clamp(0, 1) * (e1 - x)
+    )
+
+
+def low_resolution(x: torch.Tensor, gen: torch.Generator, p: DistortionParams) -> torch.Tensor:
+    """About ``lowres_p`` of the images averaged down to a random ``lowres_min``..side pixels
+    square and interpolated back up: the blur of a coarse scan or a small crop, enlarged."""
+    n, _, h, w = x.shape
+    sides = torch.randint(p.lowres_min, w + 1, (n,), generator=gen)
+    sides[torch.rand(n, generator=gen) >= p.lowres_p] = w  # these stay as they are
+    out = x.clone()
+    for side in sides.unique().tolist():
+        if side == w:
+            continue
+        idx = (sides == side).nonzero().flatten().to(x.device)
+        small = F.interpolate(x[idx], size=(side, side), mode="area")
+        out[idx] = F.interpolate(small, size=(h, w), mode="bilinear", align_corners=False)
+    return out
+
+
 def distort(
     x: torch.Tensor, kind: str, gen: torch.Generator, params: DistortionParams = DEFAULT_PARAMS
 ) -> torch.Tensor:
     """Randomly distort a batch (N, C, H, W) of already-normalized images; same shape back.
 
-    Pixels pulled from outside the image repeat the border (background under any
-    normalization), so the distorted digit keeps the background level of the input.
+    ``kind`` is ``none``, ``both`` (affine + elastic) or parts joined by ``+`` (see
+    :func:`lenet.config.augment_parts`). Stroke width is changed first, then the geometry (one
+    ``grid_sample``), then the resolution. Pixels pulled from outside the image repeat the
+    border (background under any normalization), so the digit keeps the input's background.
     """
-    if kind == "none":
+    parts = augment_parts(kind)
+    if not parts:
         return x
-    if kind not in AUGMENTS:
-        raise ValueError(f"unknown augment {kind!r}")
     n, _, h, w = x.shape
-    if kind in ("affine", "both"):
-        theta = affine_matrices(n, gen, w, params)
-    else:
-        theta = torch.tensor([[1.0, 0, 0], [0, 1.0, 0]]).expand(n, 2, 3)
-    grid = F.affine_grid(theta, (n, 1, h, w), align_corners=False)
-    if kind in ("elastic", "both"):
-        grid = grid + elastic_field(n, gen, w, params)
-    grid = grid.to(device=x.device, dtype=x.dtype)
-    return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    if "stroke" in parts:
+        x = stroke_width(x, gen, params)
+    if parts & {"affine", "elastic", "aspect"}:
+        if "affine" in parts:
+            theta = affine_matrices(n, gen, w, params)
+        else:
+            theta = torch.tensor([[1.0, 0, 0], [0, 1.0, 0]]).repeat(n, 1, 1)
+        if "aspect" in parts:  # output -> input map: dividing x-coordinates widens the digit
+            u = torch.rand(n, generator=gen) * 2 - 1
+            theta = theta.clone()
+            theta[:, 0, :2] = theta[:, 0, :2] * torch.exp(u * params.aspect).view(-1, 1)
+        grid = F.affine_grid(theta, (n, 1, h, w), align_corners=False)
+        if "elastic" in parts:
+            grid = grid + elastic_field(n, gen, w, params)
+        grid = grid.to(device=x.device, dtype=x.dtype)
+        x = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    if "lowres" in parts:
+        x = low_resolution(x, gen, params)
+    return x
 
 
 class Augmenter:

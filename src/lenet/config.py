@@ -20,11 +20,27 @@ DATASETS = ("mnist", "fashion-mnist")  # see lenet.data
 SELECT_ON = ("val", "test", "last")
 NORMALIZE = ("model", "totensor", "mnist")
 AUGMENTS = ("none", "affine", "elastic", "both")  # see lenet.augment
+# Parts --augment joins with "+" (e.g. affine+stroke+lowres); "both" is affine+elastic.
+AUGMENT_PARTS = ("affine", "elastic", "stroke", "aspect", "lowres")
 BACKENDS = ("torch", "onnx")  # what runs the network in predict/serve: PyTorch or ONNX Runtime
 # Image files taken from folders by suffix (lenet predict DIR, lenet eval --images DIR).
 IMAGE_SUFFIXES = frozenset(
     ".png .jpg .jpeg .jpe .bmp .gif .tif .tiff .webp .pgm .ppm .pbm .pnm".split()
 )
+
+
+def augment_parts(kind: str) -> frozenset[str]:
+    """The distortions an ``--augment`` value names (empty for ``none``); one ``LenetError``
+    line for anything else."""
+    if kind == "none":
+        return frozenset()
+    names = ["affine", "elastic"] if kind == "both" else kind.split("+")
+    if any(n not in AUGMENT_PARTS for n in names) or len(set(names)) != len(names):
+        raise LenetError(
+            f"--augment must be none, both, or one or more of {', '.join(AUGMENT_PARTS)} "
+            f"joined by + (e.g. affine+stroke), not {kind!r}"
+        )
+    return frozenset(names)
 
 
 def model_names() -> list[str]:
@@ -64,8 +80,9 @@ class TrainConfig:
     augment: str = setting(
         "none",
         "random distortions of each training batch: affine (rotate/scale/shear/shift, as "
-        "the 1998 paper), elastic (Simard et al. 2003), both, or none",
-        AUGMENTS,
+        "the 1998 paper), elastic (Simard et al. 2003), both (the two), stroke (stroke width), "
+        "aspect (width/height ratio), lowres (coarse resolution); join parts with +, e.g. "
+        "affine+stroke+lowres; or none",
     )
     seed: int = setting(0, "seeds the weights, the data order, dropout and distortions")
     device: str = setting("auto", "where to train (auto = cuda, then mps, then cpu)", DEVICES)
@@ -189,7 +206,7 @@ def validate(cfg: TrainConfig) -> None:
     choice("dataset", DATASETS)
     choice("select_on", SELECT_ON)
     choice("normalize", NORMALIZE)
-    choice("augment", AUGMENTS)
+    augment_parts(cfg.augment)
     for name in ("epochs", "batch_size", "eval_batch_size", "step_size"):
         if getattr(cfg, name) < 1:
             raise LenetError(f"--{name.replace('_', '-')} must be at least 1")

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from lenet.augment import augment_generator, distort
-from lenet.config import AUGMENTS
+from lenet.config import augment_parts
 from lenet.data import DEFAULT_DATA_DIR, load_split
 from lenet.errors import LenetError
 from lenet.models.layers import PartialConv2d
@@ -173,8 +173,8 @@ def augment_preview(
     images: torch.Tensor, kind: str, out: str | os.PathLike, copies: int = 6, seed: int = 0
 ) -> Path:
     """A grid: each row one digit, the original first, then ``copies`` random distortions."""
-    if kind not in AUGMENTS or kind == "none":
-        raise LenetError(f"--kind must be one of {', '.join(a for a in AUGMENTS if a != 'none')}")
+    if not augment_parts(kind):
+        raise LenetError("--kind none distorts nothing; name what to preview (e.g. affine+stroke)")
     gen = augment_generator(seed, 0)
     x = normalize(images, TOTENSOR)  # (n, 1, 28, 28) in [0, 1]
     distorted = [distort(x, kind, gen) for _ in range(copies)]

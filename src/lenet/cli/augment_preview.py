@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from lenet.cli import add_data_dir
-from lenet.config import AUGMENTS
+from lenet.config import AUGMENT_PARTS
 
 
 def register(sub) -> None:
@@ -15,8 +15,12 @@ def register(sub) -> None:
         description="Draws N training digits, each followed by COPIES random distortions of the "
         "kind `lenet train --augment KIND` applies.",
     )
-    kinds = [k for k in AUGMENTS if k != "none"]
-    p.add_argument("--kind", default="both", choices=kinds, help="default: both")
+    p.add_argument(
+        "--kind",
+        default="both",
+        help=f"as `lenet train --augment`: both, or parts ({', '.join(AUGMENT_PARTS)}) joined "
+        "by + (default: both)",
+    )
     p.add_argument("--n", type=int, default=8, help="digits (rows), default 8")
     p.add_argument("--copies", type=int, default=6, help="distorted copies per digit, default 6")
     p.add_argument("--start", type=int, default=0, help="first training index (default 0)")

@@ -1,6 +1,14 @@
 """The LeNet family by name: importing this package registers every model file below."""
 
-from lenet.models import lenet1, lenet4, lenet5, lenet5_1998, lenet5_plus, lenet5_relu  # noqa: F401
+from lenet.models import (  # noqa: F401
+    ensemble,
+    lenet1,
+    lenet4,
+    lenet5,
+    lenet5_1998,
+    lenet5_plus,
+    lenet5_relu,
+)
 from lenet.models.registry import (
     ModelSpec,
     count_parameters,
