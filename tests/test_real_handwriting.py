@@ -114,6 +114,11 @@ def test_ensemble_is_the_mean_of_its_members_log_probabilities():
     assert count_parameters(create_model("lenet5-ensemble")) == 308_530  # 5 x 61,706
     with pytest.raises(ValueError):
         stack([create_model("lenet5")])
+    from lenet.summary import summarize
+
+    one, five = summarize(create_model("lenet5-relu")), summarize(create_model("lenet5-ensemble"))
+    assert [r.name for r in five.layers] == [f"members.{i}" for i in range(5)]
+    assert five.total_connections == 5 * one.total_connections
 
 
 def test_ensemble_checkpoint_round_trip_and_predict(tmp_path):

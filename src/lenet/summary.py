@@ -93,6 +93,16 @@ def _is_leaf(m: nn.Module) -> bool:
 
 
 @torch.no_grad()
+def _called_children(model: nn.Module):
+    """(name, module) of each direct child the forward calls; a ModuleList (never called
+    itself, e.g. an ensemble's members) stands for its items, named ``members.0`` etc."""
+    for name, child in model.named_children():
+        if isinstance(child, nn.ModuleList):
+            yield from ((f"{name}.{i}", m) for i, m in enumerate(child))
+        else:
+            yield name, child
+
+
 def trace(model: nn.Module, x: torch.Tensor, keep_outputs: bool = False) -> list[LayerRow]:
     """Run ``model(x)`` once and return a row per call of each direct child module.
 
@@ -136,7 +146,7 @@ def trace(model: nn.Module, x: torch.Tensor, keep_outputs: bool = False) -> list
         if current[0] is not None and isinstance(out, torch.Tensor):
             current[0].connections += leaf_connections(m, args[0], out)
 
-    for name, child in model.named_children():
+    for name, child in _called_children(model):
         # leaf hooks first: a child that is itself a leaf must count before child_post closes it
         for sub in child.modules():
             if _is_leaf(sub):
