@@ -58,3 +58,33 @@ def test_create_new_never_replaces(tmp_path):
         fileio.create_new(p, b"theirs")
     assert p.read_bytes() == b"mine"
     assert sorted(x.name for x in tmp_path.iterdir()) == ["3.png"]  # no temp file left
+
+
+# ---------------------------------------------------------------------------- the torch floor
+
+
+def _torch_requirement() -> str:
+    import re
+
+    from conftest import ROOT
+
+    # The quoted requirement inside pyproject.toml's dependencies (tomllib needs Python 3.11).
+    return re.search(r'"(torch[<>=!~][^"]*)"', (ROOT / "pyproject.toml").read_text()).group(1)
+
+
+def test_torch_floor_excludes_known_weights_only_bypasses():
+    """torch.load(weights_only=True) is our safety line: CVE-2025-32434 (bypass, <= 2.5.1) and
+    CVE-2026-24747 (memory corruption, fixed in 2.10) must be outside the allowed range, the
+    range must stay a range (a GPU user brings their own build), and CI's pin must be inside it."""
+    from conftest import ROOT
+
+    req = _torch_requirement().replace(" ", "")
+    floor = req.split(">=")[1].split(",")[0]
+    assert tuple(int(x) for x in floor.split(".")[:2]) >= (2, 10), req
+    assert "<" in req and "==" not in req, req
+    pins = [
+        ln for ln in (ROOT / "constraints.txt").read_text().splitlines() if ln.startswith("torch==")
+    ]
+    pinned = tuple(int(x) for x in pins[0].split("==")[1].split(".")[:2])
+    assert pinned >= (2, 10), pins
+    assert f"`{req}`" in (ROOT / "README.md").read_text()  # the README quotes the range
