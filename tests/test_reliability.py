@@ -88,3 +88,59 @@ def test_torch_floor_excludes_known_weights_only_bypasses():
     pinned = tuple(int(x) for x in pins[0].split("==")[1].split(".")[:2])
     assert pinned >= (2, 10), pins
     assert f"`{req}`" in (ROOT / "README.md").read_text()  # the README quotes the range
+
+
+# ---------------------------------------------------------------------------- absurd flags
+
+
+def _cli_error(capsys, *argv: str) -> str:
+    """Run ``lenet ARGV`` in process; the single ``lenet: error:`` line it printed (exit 2)."""
+    from lenet.cli import main
+
+    try:
+        code = main(list(argv))
+    except SystemExit as e:  # argparse's usage errors
+        code = e.code
+    err = capsys.readouterr().err
+    assert code == 2, err
+    lines = [ln for ln in err.splitlines() if ln.startswith("lenet: error:")]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    return lines[0]
+
+
+@pytest.mark.parametrize(
+    "flags,needle",
+    [
+        (["--lr", "nan"], "--lr must be a finite number"),
+        (["--lr", "inf"], "--lr must be a finite number"),
+        (["--optimizer", "sgd", "--lr", "nan"], "--lr must be a finite number"),
+        (["--momentum=-0.5"], "--momentum must be at least 0"),
+        (["--momentum", "nan"], "--momentum must be a finite number"),
+        (["--weight-decay=-1e-4"], "--weight-decay must not be negative"),
+        (["--gamma", "nan"], "--gamma must be a finite number"),
+        (["--gamma", "0"], "--gamma must be above 0"),
+        (["--threads", "1000"], "--threads 1000 is more than the"),
+        (["--dist-timeout", "nan"], "--dist-timeout: not a finite number"),
+        (["--dist-timeout", "inf"], "--dist-timeout: not a finite number"),
+        (["--nproc", "100000"], "--nproc 100000 is more processes than"),
+    ],
+)
+def test_absurd_train_flags_are_one_line(capsys, tmp_path, flags, needle):
+    out = ["--data-dir", str(tmp_path / "none"), "--out", str(tmp_path / "runs")]
+    assert needle in _cli_error(capsys, "train", *flags, *out)
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "none").exists()
+
+
+@pytest.mark.parametrize("flag", ["--workers", "--threads"])
+def test_serve_worker_counts_are_bounded(capsys, flag):
+    assert "must be between 1 and" in _cli_error(capsys, "serve", flag, "100000")
+
+
+@pytest.mark.parametrize("raw", ["nan", "inf", "-5", "0"])
+def test_dist_timeout_from_the_environment_is_checked(monkeypatch, raw):
+    from lenet import distributed
+    from lenet.errors import LenetError
+
+    monkeypatch.setenv(distributed.TIMEOUT_ENV, raw)
+    with pytest.raises(LenetError, match="distributed timeout must be a number of seconds"):
+        distributed.resolve_timeout()
