@@ -145,9 +145,9 @@ def _fmt_epoch(row, epochs: int, sel: str) -> str:
 
 def _launch(args: argparse.Namespace) -> int:
     """``--nproc N``: the same command under torchrun on this machine (one node, N processes)."""
-    from lenet import distributed
-
     import torch
+
+    from lenet import distributed
 
     n = args.nproc
     if n < 1:
