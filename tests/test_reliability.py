@@ -144,3 +144,135 @@ def test_dist_timeout_from_the_environment_is_checked(monkeypatch, raw):
     monkeypatch.setenv(distributed.TIMEOUT_ENV, raw)
     with pytest.raises(LenetError, match="distributed timeout must be a number of seconds"):
         distributed.resolve_timeout()
+
+
+# ---------------------------------------------------------------------------- NaN never wins
+
+SMALL = dict(limit=512, val_size=500, batch_size=128, device="cpu", threads=1, progress=False)
+
+
+def test_a_diverging_run_stops_and_keeps_the_good_best_pt(mnist_dir, tmp_path, monkeypatch):
+    import torch
+
+    from lenet import engine
+    from lenet.checkpoint import load_model
+
+    real = engine.train_epoch
+
+    def diverge_in_epoch_2(t, data, cfg, epoch, strategy, progress):
+        out = real(t, data, cfg, epoch, strategy, progress)
+        if epoch == 1:  # what a too-high LR does: the weights and the loss become NaN
+            with torch.no_grad():
+                next(t.model.parameters()).fill_(float("nan"))
+            return (float("nan"), *out[1:])
+        return out
+
+    monkeypatch.setattr(engine, "train_epoch", diverge_in_epoch_2)
+    kw = dict(epochs=3, data_dir=str(mnist_dir), out=str(tmp_path), name="d", select_on="last")
+    with pytest.raises(engine.LenetError, match="training diverged in epoch 2"):
+        engine.train(**kw, **SMALL)
+    run = tmp_path / "d"
+    for name in ("best.pt", "last.pt"):
+        lm = load_model(run / name)  # still the finite epoch-1 weights
+        assert lm.checkpoint["epoch"] == 1
+
+
+def test_sgd_with_an_exploding_lr_saves_no_nan_checkpoint(mnist_dir, tmp_path):
+    from lenet.engine import LenetError, train
+
+    kw = dict(epochs=1, data_dir=str(mnist_dir), out=str(tmp_path), name="x", optimizer="sgd")
+    with pytest.raises(LenetError, match="diverged in epoch 1.*no checkpoint was written"):
+        train(lr=1e30, scheduler="none", **kw, **SMALL)
+    assert not (tmp_path / "x" / "best.pt").exists()
+
+
+def _nan_checkpoint(tmp_path):
+    import torch
+
+    from lenet.checkpoint import read_checkpoint, save_checkpoint
+    from lenet.predictor import bundled_checkpoint
+
+    ck = read_checkpoint(bundled_checkpoint())
+    sd = dict(ck["state_dict"])
+    key = next(iter(sd))
+    sd[key] = torch.full_like(sd[key], float("nan"))
+    return save_checkpoint(tmp_path / "nan.pt", {**ck, "state_dict": sd})
+
+
+def test_nan_weights_are_refused_when_loaded(tmp_path, capsys):
+    from PIL import Image
+
+    img = tmp_path / "7.png"
+    Image.new("L", (28, 28), 0).save(img)
+    line = _cli_error(capsys, "predict", str(img), "--model", str(_nan_checkpoint(tmp_path)))
+    assert "hold NaN or inf" in line
+
+
+def test_a_model_answering_nan_is_an_error_never_digit_0(tmp_path):
+    import numpy as np
+    import torch
+
+    from lenet.predictor import NONFINITE, Predictor
+
+    pred = Predictor()
+    with torch.no_grad():
+        for p in pred.model.parameters():
+            p.fill_(float("nan"))
+    img = np.zeros((28, 28), np.uint8)
+    img[6:22, 12:16] = 255
+    out = pred.predict_one(img)
+    assert out.error == NONFINITE and out.digit is None and out.confidence is None
+
+
+def test_the_service_answers_nan_with_json_not_500():
+    from conftest import require
+
+    require("fastapi")
+    import torch
+
+    from hostile import drawn_one, encode
+    from lenet.predictor import NONFINITE, Predictor
+    from lenet.server import create_app
+    from test_hostile import post
+
+    pred = Predictor()
+    with torch.no_grad():
+        for p in pred.model.parameters():
+            p.fill_(float("nan"))
+    status, body, _ = post(create_app(pred), encode(drawn_one(), "PNG"))
+    assert status == 422 and body == {"error": NONFINITE}
+
+
+# ---------------------------------------------------------------------------- odd checkpoints
+
+
+@pytest.mark.parametrize(
+    "change,needle",
+    [
+        ({"model": "lenet5-relu"}, "'model' is not a {name, config} record"),
+        ({"model": {"name": 5, "config": {}}}, "'model' is not a {name, config} record"),
+        ({"model": {"name": "lenet5-relu", "config": [1]}}, "model config is not a dict"),
+        ({"model": {"name": "nope", "config": {}}}, "unknown model 'nope'"),
+        ({"normalization": {"mean": 0.1, "sd": 0.3}}, "normalization"),
+        ({"normalization": {"mean": 0.1, "std": 0.0}}, "normalization"),
+        ({"normalization": "mnist"}, "normalization"),
+        ({"format_version": "1"}, "format_version is '1', not a number"),
+        ({"format_version": 99}, "newer than this lenet"),
+        ({"state_dict": [1, 2]}, "'state_dict' is not a dict of named tensors"),
+    ],
+)
+def test_odd_checkpoints_are_one_line(tmp_path, capsys, change, needle):
+    from lenet.checkpoint import read_checkpoint
+    from lenet.predictor import bundled_checkpoint
+
+    ck = {**read_checkpoint(bundled_checkpoint()), **change}
+    import torch
+
+    torch.save(ck, tmp_path / "odd.pt")  # as another tool would write it: no checks on the way
+    line = _cli_error(capsys, "summary", str(tmp_path / "odd.pt"))
+    assert needle in line
+
+
+def test_a_folder_as_model_says_so(tmp_path, capsys):
+    line = _cli_error(capsys, "summary", str(tmp_path))
+    assert "is a folder, not a checkpoint file" in line

@@ -12,6 +12,7 @@ import csv
 import io
 import json
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
@@ -310,6 +311,20 @@ def train_epoch(
     return loss_total / n, correct_total / n, lr, seconds
 
 
+def check_finite(model: torch.nn.Module, loss: float, epoch: int, result: TrainResult) -> None:
+    """Stop the run before anything is saved when the loss or a weight is no longer a finite
+    number (a diverged run): best.pt and last.pt keep the last good epoch. The loss is summed
+    over the ranks and DDP keeps the weights equal, so every rank stops alike."""
+    finite = math.isfinite(loss) and all(bool(torch.isfinite(p).all()) for p in model.parameters())
+    if finite:
+        return
+    kept = "best.pt and last.pt are untouched" if epoch > 1 else "no checkpoint was written"
+    raise distributed.SameErrorOnEveryRank(
+        f"training diverged in epoch {epoch} (loss {loss:g}, weights not all finite); stopped "
+        f"without saving that epoch ({kept} in {result.run_dir}); try a lower --lr"
+    )
+
+
 # ---------------------------------------------------------------------------- 5. evaluate
 
 
@@ -420,6 +435,7 @@ def train(
         try:
             for epoch in range(start, cfg.epochs):
                 loss, acc, lr, seconds = train_epoch(t, data, cfg, epoch, strategy, progress)
+                check_finite(t.model, loss, epoch + 1, result)
                 val_loss, val_acc = evaluate(t.model, data, cfg, strategy)
                 # "last": every epoch replaces best.pt; best_acc is then that epoch's val or None.
                 best = cfg.select_on == "last" or result.best_acc is None
