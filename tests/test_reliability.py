@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import stat
 import time
+from pathlib import Path
 
 import pytest
 
@@ -276,3 +277,79 @@ def test_odd_checkpoints_are_one_line(tmp_path, capsys, change, needle):
 def test_a_folder_as_model_says_so(tmp_path, capsys):
     line = _cli_error(capsys, "summary", str(tmp_path))
     assert "is a folder, not a checkpoint file" in line
+
+
+# ---------------------------------------------------------------------------- run folders
+
+
+def test_two_runs_in_the_same_second_get_two_folders(tmp_path, monkeypatch):
+    from lenet import engine
+    from lenet.config import make_config
+
+    monkeypatch.setattr(engine.time, "strftime", lambda fmt: "20260101-000000")
+    cfg = make_config(out=str(tmp_path))
+    a, _ = engine._new_run_dir(cfg, overwrite=False)
+    b, _ = engine._new_run_dir(cfg, overwrite=False)
+    assert a != b and a.is_dir() and b.is_dir()
+    assert b.name == a.name + "-2"
+
+
+def test_the_same_name_is_claimed_once(tmp_path):
+    from lenet import engine
+    from lenet.config import make_config
+
+    cfg = make_config(out=str(tmp_path), name="mine")
+    (tmp_path / "mine").mkdir()  # an empty folder made beforehand may be used...
+    run, created = engine._new_run_dir(cfg, overwrite=False)
+    assert run == tmp_path / "mine" and not created
+    with pytest.raises(engine.LenetError, match="already exists"):  # ...by one run only
+        engine._new_run_dir(cfg, overwrite=False)
+
+
+def test_a_run_that_fails_before_starting_leaves_no_folder(tiny_mnist, tmp_path):
+    from lenet.data import FILES, raw_dir
+    from lenet.engine import LenetError, train
+
+    (raw_dir(tiny_mnist) / FILES["train", "images"]).write_bytes(b"\0\0\x08")  # damaged
+    kw = dict(epochs=1, data_dir=str(tiny_mnist), out=str(tmp_path / "runs"), val_size=8)
+    for name in ("", "n"):
+        with pytest.raises(LenetError, match="truncated"):
+            train(**kw, name=name, progress=False)
+    assert list((tmp_path / "runs").iterdir()) == []
+
+
+def _start_train(tmp_path, mnist_dir, *extra):
+    """A tiny ``lenet train`` in the background (one epoch of 256 images)."""
+    import subprocess
+    import sys
+
+    args = ["--data-dir", str(mnist_dir), "--out", str(tmp_path / "runs"), "--epochs", "1"]
+    args += ["--limit", "256", "--val-size", "256", "--threads", "1", "--device", "cpu"]
+    return subprocess.Popen(
+        [sys.executable, "-m", "lenet", "-q", "train", *args, *extra],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+
+
+@pytest.mark.slow
+def test_drill_two_trainings_at_once_never_share_a_folder(mnist_dir, tmp_path):
+    import json
+
+    procs = [_start_train(tmp_path, mnist_dir, "--seed", str(s), "--json") for s in (1, 2)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert all(p.returncode == 0 for p in procs), outs
+    dirs = [json.loads(o.strip().splitlines()[-1])["run_dir"] for o, _ in outs]
+    assert len(set(dirs)) == 2, dirs
+    for seed, d in zip((1, 2), dirs, strict=True):  # each folder holds its own run only
+        assert json.loads((Path(d) / "config.json").read_text())["seed"] == seed
+
+    # The same --name at once: one run gets the folder, the other one clear line.
+    procs = [_start_train(tmp_path, mnist_dir, "--name", "same", "--seed", str(s)) for s in (1, 2)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    codes = sorted(p.returncode for p in procs)
+    assert codes == [0, 2], outs
+    err = next(e for p, (_, e) in zip(procs, outs, strict=True) if p.returncode == 2)
+    assert err.count("lenet: error:") == 1 and "already exists" in err and "Traceback" not in err
