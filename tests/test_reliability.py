@@ -353,3 +353,29 @@ def test_drill_two_trainings_at_once_never_share_a_folder(mnist_dir, tmp_path):
     assert codes == [0, 2], outs
     err = next(e for p, (_, e) in zip(procs, outs, strict=True) if p.returncode == 2)
     assert err.count("lenet: error:") == 1 and "already exists" in err and "Traceback" not in err
+
+
+# ---------------------------------------------------------------------------- --save-preprocessed
+
+
+def test_save_preprocessed_never_overwrites(tmp_path, capsys):
+    from PIL import Image, ImageDraw
+
+    from lenet.cli import main
+
+    photos = tmp_path / "photos"
+    (photos / "sub").mkdir(parents=True)
+    # 3-1.png: an earlier output the user kept (read as an input too, being in the folder).
+    for path in (photos / "3.png", photos / "sub" / "3.jpg", photos / "3-1.png"):
+        img = Image.new("L", (60, 60), 255)
+        ImageDraw.Draw(img).line([(30, 10), (30, 50)], fill=0, width=6)
+        img.save(path)
+    before = {p: p.read_bytes() for p in photos.rglob("*") if p.is_file()}
+    # Saved into the folder of the inputs themselves: the worst case of the finding.
+    assert main(["-q", "predict", str(photos), "--save-preprocessed", str(photos)]) == 0
+    capsys.readouterr()
+    for p, data in before.items():
+        assert p.read_bytes() == data, f"{p} was overwritten"
+    new = {p.name for p in photos.glob("*.png")} - {p.name for p in before}
+    assert new == {"3-1-1.png", "3-2.png", "3-3.png"}, new  # one per input, each a free name
+    assert not list(photos.glob(".*.tmp"))
