@@ -379,3 +379,132 @@ def test_save_preprocessed_never_overwrites(tmp_path, capsys):
     new = {p.name for p in photos.glob("*.png")} - {p.name for p in before}
     assert new == {"3-1-1.png", "3-2.png", "3-3.png"}, new  # one per input, each a free name
     assert not list(photos.glob(".*.tmp"))
+
+
+# ---------------------------------------------------------------------------- fuzzing
+
+
+def mutate(blob: bytes, rng) -> bytes:
+    """One seeded damage: bit flips, a truncation, a tail added, a span overwritten or cut."""
+    b = bytearray(blob)
+    kind = rng.randrange(5)
+    if kind == 0:
+        for _ in range(rng.randint(1, 3)):
+            b[rng.randrange(len(b))] ^= 1 << rng.randrange(8)
+    elif kind == 1:
+        del b[rng.randrange(len(b)) :]
+    elif kind == 2:
+        b += rng.randbytes(rng.randint(1, 64))
+    elif kind == 3:
+        i = rng.randrange(len(b))
+        b[i : i + 8] = rng.randbytes(len(b[i : i + 8]))
+    else:
+        i = rng.randrange(len(b))
+        del b[i : i + rng.randint(1, 64)]
+    return bytes(b)
+
+
+class _Hang(Exception):
+    pass
+
+
+def _fuzz(original: bytes, path: Path, load, same, n: int = 1000, seed: int = 16) -> dict:
+    """Write ``n`` seeded mutations of ``original`` to ``path`` and ``load`` each: it must raise
+    a LenetError (one line), or give what the original gives (``same``); never another
+    exception, never a hang (10 s each). Returns the count of each outcome."""
+    import random
+    import signal
+
+    from lenet.errors import LenetError
+
+    def alarm(signum, frame):
+        raise _Hang
+
+    rng, seen = random.Random(seed), {"refused": 0, "identical": 0, "unchanged bytes": 0}
+    old = signal.signal(signal.SIGALRM, alarm)
+    try:
+        for i in range(n):
+            blob = mutate(original, rng)
+            path.write_bytes(blob)
+            signal.alarm(10)
+            try:
+                got = load(path)
+            except LenetError as e:
+                assert "\n" not in str(e), (i, str(e))
+                seen["refused"] += 1
+                continue
+            except _Hang:
+                pytest.fail(f"mutation {i} (seed {seed}) hung")
+            finally:
+                signal.alarm(0)
+            assert same(got), f"mutation {i} (seed {seed}) loaded silently as something else"
+            seen["unchanged bytes" if blob == original else "identical"] += 1
+    finally:
+        signal.signal(signal.SIGALRM, old)
+    return seen
+
+
+def _same_tree(a, b) -> bool:
+    import torch
+
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, torch.Tensor):
+        return a.dtype == b.dtype and a.shape == b.shape and torch.equal(a, b)
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(_same_tree(a[k], b[k]) for k in a)
+    if isinstance(a, list | tuple):
+        return len(a) == len(b) and all(_same_tree(x, y) for x, y in zip(a, b, strict=True))
+    return a == b
+
+
+def test_fuzz_idx_file(mnist_dir, tmp_path):
+    from lenet.data import FILES, raw_dir, read_checked
+
+    base = FILES["test", "labels"]  # 10,008 bytes: the official file, so its MD5 is pinned
+    original = (raw_dir(mnist_dir) / base).read_bytes()
+    want = read_checked(raw_dir(mnist_dir) / base, base)
+    seen = _fuzz(
+        original,
+        tmp_path / base,
+        lambda p: read_checked(p, base, ndim=1),
+        lambda got: got.shape == want.shape and (got == want).all(),
+    )
+    assert seen["identical"] == 0, seen  # every changed byte of a pinned file is caught
+
+
+def test_fuzz_checkpoint(tmp_path):
+    import torch
+
+    from lenet.checkpoint import load_model, make_payload, read_checkpoint, save_checkpoint
+    from lenet.models import create_model, model_config
+    from lenet.normalization import MNIST_STATS
+
+    torch.manual_seed(0)
+    model = create_model("lenet1")  # the smallest of the family: a small file, a fast loop
+    path = save_checkpoint(
+        tmp_path / "best.pt",
+        make_payload(model, "lenet1", model_config("lenet1"), MNIST_STATS, epoch=1, metrics={}),
+    )
+    want = read_checkpoint(path)
+
+    def load(p):
+        lm = load_model(p)
+        return lm.checkpoint
+
+    seen = _fuzz(path.read_bytes(), tmp_path / "fuzzed.pt", load, lambda c: _same_tree(c, want))
+    assert seen["refused"] > 700, seen  # the rest: a tail added past the zip, padding bytes
+
+
+def test_fuzz_bundled_weights(tmp_path):
+    from lenet.checkpoint import load_model, read_checkpoint
+    from lenet.predictor import bundled_checkpoint
+
+    want = read_checkpoint(bundled_checkpoint())
+    seen = _fuzz(
+        bundled_checkpoint().read_bytes(),
+        tmp_path / "lenet5-relu.pt",
+        lambda p: load_model(p).checkpoint,
+        lambda c: _same_tree(c, want),
+    )
+    assert seen["refused"] > 700, seen  # the rest: a tail added past the zip, padding bytes
