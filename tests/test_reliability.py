@@ -508,3 +508,97 @@ def test_fuzz_bundled_weights(tmp_path):
         lambda c: _same_tree(c, want),
     )
     assert seen["refused"] > 700, seen  # the rest: a tail added past the zip, padding bytes
+
+
+# ---------------------------------------------------------------------------- fault drills
+
+DRILL = ["--epochs", "4", "--limit", "4096", "--val-size", "500", "--batch-size", "64"]
+DRILL += ["--scheduler", "none", "--threads", "1", "--device", "cpu", "--seed", "3"]
+
+
+def _train_cmd(mnist_dir, out, *extra) -> list[str]:
+    import sys
+
+    args = ["--data-dir", str(mnist_dir), "--out", str(out), *DRILL, *extra]
+    return [sys.executable, "-m", "lenet", "-q", "train", *args]
+
+
+def _env() -> dict:
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+
+
+def _state(run: Path) -> dict:
+    """What must be bit-identical after a resume: weights, optimizer, best.pt, the metrics."""
+    import csv
+
+    from lenet.checkpoint import read_checkpoint
+
+    last, best = read_checkpoint(run / "last.pt"), read_checkpoint(run / "best.pt")
+    with open(run / "metrics.csv") as f:  # seconds and images/s are the machine's, not the run's
+        rows = [{k: v for k, v in r.items() if k not in ("seconds", "images_per_s")} for r in csv.DictReader(f)]  # fmt: skip
+    return {
+        "weights": last["state_dict"],
+        "optimizer": last["optimizer"],
+        "best": (best["epoch"], best["state_dict"]),
+        "metrics": rows,
+    }
+
+
+@pytest.mark.slow
+def test_drill_kill_9_during_training_then_resume_is_bit_identical(mnist_dir, tmp_path):
+    """Ten kill -9 at seeded random moments of a small run (start-up, an epoch, a checkpoint
+    write): what is left loads, and --resume ends bit-identical to a run never killed."""
+    import csv
+    import random
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from lenet.checkpoint import read_checkpoint
+
+    ref = subprocess.run(
+        _train_cmd(mnist_dir, tmp_path, "--name", "ref"), capture_output=True, text=True, env=_env()
+    )
+    assert ref.returncode == 0, ref.stderr
+    want = _state(tmp_path / "ref")
+    with open(tmp_path / "ref" / "metrics.csv") as f:
+        epoch_s = max(float(r["seconds"]) for r in csv.DictReader(f)) * 1.5 + 0.05
+
+    rng, outcomes = random.Random(16), []
+    for trial in range(10):
+        name = f"k{trial}"
+        p = subprocess.Popen(
+            [a for a in _train_cmd(mnist_dir, tmp_path, "--name", name) if a != "-q"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=_env(),
+        )
+        # A random moment: the "training ..." line (folder claimed, data loaded), then 0-2
+        # finished epochs (each prints its line once its files are written), then a random
+        # part of an epoch: inside the loop, or inside a checkpoint write.
+        while "lenet: training" not in p.stderr.readline():
+            assert p.poll() is None, trial
+        for _ in range(rng.randrange(3)):
+            p.stdout.readline()
+        time.sleep(rng.uniform(0, epoch_s))
+        p.send_signal(signal.SIGKILL)
+        p.communicate()
+        run = tmp_path / name
+        for f in ("best.pt", "last.pt"):  # whatever a kill left must load
+            if (run / f).exists():
+                read_checkpoint(run / f)
+        if (run / "last.pt").exists():
+            done = read_checkpoint(run / "last.pt")["epoch"]
+            cmd = [sys.executable, "-m", "lenet", "-q", "train", "--resume", str(run / "last.pt")]
+        else:  # killed before its first epoch was saved: the claimed folder is started over
+            done, cmd = 0, _train_cmd(mnist_dir, tmp_path, "--name", name, "--overwrite")
+        outcomes.append(done)
+        if done < 4:
+            fin = subprocess.run(cmd, capture_output=True, text=True, env=_env())
+            assert fin.returncode == 0, (trial, done, fin.stderr)
+        got = _state(run)
+        assert got["metrics"] == want["metrics"], (trial, done)
+        assert _same_tree(got, want), f"trial {trial}: resumed after epoch {done} differs"
+    assert len(set(outcomes)) >= 3, outcomes  # the kills landed at different moments

@@ -54,7 +54,14 @@ def save_checkpoint(path: str | os.PathLike, payload: dict) -> Path:
     payload = {"format_version": FORMAT_VERSION, "versions": versions(), **payload}
     if "state_dict" in payload:
         payload["state_dict"] = clean_state_dict(payload["state_dict"])
-    return atomic_write(path, lambda tmp: torch.save(payload, tmp))
+    try:
+        return atomic_write(path, lambda tmp: torch.save(payload, tmp))
+    except (OSError, RuntimeError) as e:  # a full disk, a file size limit, a vanished folder
+        # torch.save reports a failed write as a RuntimeError; atomic_write removed the temp file.
+        raise CheckpointError(
+            f"could not write {path} ({_first_line(e)}); the {Path(path).name} that was there "
+            "is untouched (a full disk? free space, then --resume from last.pt)"
+        ) from None
 
 
 def make_payload(
