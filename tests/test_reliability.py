@@ -602,3 +602,97 @@ def test_drill_kill_9_during_training_then_resume_is_bit_identical(mnist_dir, tm
         assert got["metrics"] == want["metrics"], (trial, done)
         assert _same_tree(got, want), f"trial {trial}: resumed after epoch {done} differs"
     assert len(set(outcomes)) >= 3, outcomes  # the kills landed at different moments
+
+
+@pytest.mark.slow
+def test_drill_full_disk_during_a_checkpoint_keeps_the_previous_one(mnist_dir, tmp_path):
+    """The resumed epoch's best.pt cannot be written (RLIMIT_FSIZE on the child: every write
+    past 100 kB fails, as on a full disk): one line, and best.pt/last.pt are still epoch 1's."""
+    import resource
+    import signal
+    import subprocess
+    import sys
+
+    first = subprocess.run(
+        _train_cmd(mnist_dir, tmp_path, "--name", "f", "--epochs", "1", "--select-on", "last"),
+        capture_output=True,
+        text=True,
+        env=_env(),
+    )
+    assert first.returncode == 0, first.stderr
+    run = tmp_path / "f"
+    before = {f: (run / f).read_bytes() for f in ("best.pt", "last.pt")}
+
+    def small_disk():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, 100_000))
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a failed write, not a killed process
+
+    p = subprocess.run(
+        [sys.executable, "-m", "lenet", "-q", "train", "--resume", str(run / "last.pt")]
+        + ["--epochs", "2"],
+        capture_output=True,
+        text=True,
+        env=_env(),
+        preexec_fn=small_disk,
+    )
+    from conftest import assert_one_line_error
+
+    assert_one_line_error(p, "could not write", "best.pt", "untouched")
+    for f, data in before.items():
+        assert (run / f).read_bytes() == data, f
+    assert not list(run.glob(".*.tmp"))  # the failed temp file was removed
+
+
+_DATA_DRIVER = """
+import sys, time
+import lenet.data as data
+from dataclasses import replace
+from lenet.cli import main
+
+# The source: the verified MNIST files of the test data folder (no download); a pause after
+# the STOP_AFTER-th file gives the drill a moment with 1, 2 or 3 of the 4 files in place.
+src, stop_after = sys.argv[1], int(sys.argv[2])
+files = {b: (data.raw_dir(src) / b).read_bytes() for b in data.FILES.values()}
+data.REGISTRY["mnist"] = replace(data.REGISTRY["mnist"], fetch=lambda d, s: files)
+real = data.atomic_write_bytes
+def slow(path, blob):
+    out = real(path, blob)
+    print("wrote", path.name, flush=True)
+    if len(list(path.parent.iterdir())) == stop_after:  # wait here to be killed
+        time.sleep(60)
+    return out
+data.atomic_write_bytes = slow
+sys.exit(main(["data", "--data-dir", sys.argv[3]]))
+"""
+
+
+@pytest.mark.slow
+def test_drill_kill_9_during_lenet_data_then_it_completes(mnist_dir, tmp_path):
+    """kill -9 before any file, after 1, 2 and 3 of the 4 files: the next `lenet data`
+    fetches what is missing and verifies all four."""
+    import signal
+    import subprocess
+    import sys
+
+    from lenet.data import missing_files, verify
+
+    driver = tmp_path / "driver.py"
+    driver.write_text(_DATA_DRIVER)
+    for written in (0, 1, 2, 3):
+        d = tmp_path / f"d{written}"
+        cmd = [sys.executable, str(driver), str(mnist_dir)]
+        stop = [str(written or 9), str(d)]
+        p = subprocess.Popen(cmd + stop, stdout=subprocess.PIPE, text=True, env=_env())
+        for _ in range(written):
+            assert p.stdout.readline().startswith("wrote"), written
+        if written == 0:  # before the first file: while the source is read
+            while not (d / "MNIST" / "raw").exists() and p.poll() is None:
+                pass
+        p.send_signal(signal.SIGKILL)
+        p.communicate()
+        if written:
+            assert len(missing_files(d)) == 4 - written  # the moment the drill wanted
+        again = subprocess.run(cmd + ["9", str(d)], capture_output=True, text=True, env=_env())
+        assert again.returncode == 0, (written, again.stderr)
+        assert "fetched and verified" in again.stdout, again.stdout
+        assert len(verify("mnist", d)) == 4
