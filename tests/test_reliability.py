@@ -696,3 +696,12 @@ def test_drill_kill_9_during_lenet_data_then_it_completes(mnist_dir, tmp_path):
         assert again.returncode == 0, (written, again.stderr)
         assert "fetched and verified" in again.stdout, again.stdout
         assert len(verify("mnist", d)) == 4
+
+
+def test_readme_says_what_is_guaranteed():
+    from conftest import ROOT
+
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = text.split("## What is guaranteed", 1)[1].split("\n## ", 1)[0]
+    for needle in ("A kill", "Never overwritten", "Checksummed", "--resume", "MD5", "sha256"):
+        assert needle in section, needle
