@@ -22,8 +22,6 @@ DATASETS = ("mnist", "fashion-mnist")  # see lenet.data
 SELECT_ON = ("val", "test", "last")
 NORMALIZE = ("model", "totensor", "mnist")
 AUGMENTS = ("none", "affine", "elastic", "both")  # see lenet.augment
-# The longest a distributed collective may wait for a peer (--dist-timeout, LENET_DIST_TIMEOUT).
-MAX_DIST_TIMEOUT_S = 7 * 86400.0
 BACKENDS = ("torch", "onnx")  # what runs the network in predict/serve: PyTorch or ONNX Runtime
 # Image files taken from folders by suffix (lenet predict DIR, lenet eval --images DIR).
 IMAGE_SUFFIXES = frozenset(
@@ -178,6 +176,10 @@ def derive_seed(seed: int, purpose: str, epoch: int = 0, rank: int = 0) -> int:
     "dropout" (its masks; one stream per rank)."""
     multiplier, offset = _STREAMS[purpose]
     return seed * 1_000_003 + epoch * multiplier + offset + rank
+
+
+# The longest a distributed collective may wait for a peer (--dist-timeout, LENET_DIST_TIMEOUT).
+MAX_DIST_TIMEOUT_S = 7 * 86400.0
 
 
 def validate(cfg: TrainConfig) -> None:
