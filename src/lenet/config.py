@@ -8,6 +8,8 @@ train`` makes one flag per field from them.
 from __future__ import annotations
 
 import logging
+import math
+import os
 import warnings
 from dataclasses import Field, asdict, dataclass, field, fields, replace
 
@@ -193,6 +195,10 @@ def derive_seed(seed: int, purpose: str, epoch: int = 0, rank: int = 0) -> int:
     return seed * 1_000_003 + epoch * multiplier + offset + rank
 
 
+# The longest a distributed collective may wait for a peer (--dist-timeout, LENET_DIST_TIMEOUT).
+MAX_DIST_TIMEOUT_S = 7 * 86400.0
+
+
 def validate(cfg: TrainConfig) -> None:
     """Raise :class:`LenetError` with one clear line for any impossible setting."""
 
@@ -213,7 +219,26 @@ def validate(cfg: TrainConfig) -> None:
     for name in ("val_size", "limit", "threads"):
         if getattr(cfg, name) < 0:
             raise LenetError(f"--{name.replace('_', '-')} must not be negative")
+    # Floats: nan passes every comparison test (nan <= 0 is False) and inf trains NaN weights, so
+    # finiteness is checked first, by name, before the range of each.
+    for name in ("lr", "momentum", "weight_decay", "gamma"):
+        value = getattr(cfg, name)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise LenetError(f"--{name.replace('_', '-')} must be a number (got {value!r})")
+        if not math.isfinite(value):
+            raise LenetError(f"--{name.replace('_', '-')} must be a finite number (got {value})")
     if cfg.lr <= 0:
         raise LenetError("--lr must be positive")
+    if not 0 <= cfg.momentum < 1:
+        raise LenetError(f"--momentum must be at least 0 and below 1 (got {cfg.momentum:g})")
+    if cfg.weight_decay < 0:
+        raise LenetError(f"--weight-decay must not be negative (got {cfg.weight_decay:g})")
+    if not 0 < cfg.gamma <= 1:
+        raise LenetError(f"--gamma must be above 0 and at most 1 (got {cfg.gamma:g})")
+    cores = os.cpu_count() or 1
+    if cfg.threads > cores:
+        raise LenetError(
+            f"--threads {cfg.threads} is more than the {cores} CPU cores here (0 = PyTorch's choice)"
+        )
     if cfg.select_on == "val" and cfg.val_size == 0:
         raise LenetError("--select-on val needs a validation split (--val-size > 0)")

@@ -495,7 +495,11 @@ def verify(
         path = find_file(data_dir, base, dataset)
         got = hashlib.md5(_read_maybe_gzip(path)).hexdigest()
         if got != ds.md5[base]:
-            raise DataError(f"{path}: checksum mismatch (MD5 {got}, expected {ds.md5[base]})")
+            flag = "" if dataset == "mnist" else f" --dataset {dataset}"
+            raise DataError(
+                f"{path}: checksum mismatch (MD5 {got}, expected {ds.md5[base]}); if it is a "
+                f"damaged copy, delete it and run `lenet data{flag}` to fetch it again"
+            )
         found[base] = str(path)
     return found
 
@@ -544,6 +548,31 @@ def ensure_mnist(data_dir: str | os.PathLike = DEFAULT_DATA_DIR, download: bool 
 # ---------------------------------------------------------------------------- in-memory tensors
 
 
+def official_size(base: str) -> int:
+    """Bytes of the uncompressed official IDX file ``base`` (the same for both datasets)."""
+    split = "train" if base.startswith("train") else "test"
+    n = SPLIT_SIZES[split]
+    return 16 + n * 28 * 28 if "images" in base else 8 + n
+
+
+def read_checked(
+    path: str | os.PathLike, base: str, dataset: str = "mnist", ndim: int | None = None
+) -> np.ndarray:
+    """:func:`read_idx`, and for a file of the official size its pinned MD5 checked too: a
+    flipped bit in MNIST would otherwise train on a wrong pixel or label without a word. (A
+    smaller IDX file of your own, e.g. a test fixture, has no pinned MD5 and is only parsed.)"""
+    path = Path(path)
+    raw = _read_maybe_gzip(path)
+    if len(raw) == official_size(base):
+        got, want = hashlib.md5(raw).hexdigest(), get_dataset(dataset).md5[base]
+        if got != want:
+            raise DataError(
+                f"{path}: damaged (MD5 {got}, expected {want}); delete it and run "
+                f"`lenet data{'' if dataset == 'mnist' else ' --dataset ' + dataset}` to fetch it again"
+            )
+    return decode_idx(raw, name=str(path), ndim=ndim)
+
+
 @dataclass(frozen=True)
 class Split:
     """One split in memory: uint8 images (N, 28, 28) and int64 labels (N,)."""
@@ -582,8 +611,8 @@ def load_split(
     )
     if key in _CACHE:
         return _CACHE[key]
-    images = read_idx(img_path, ndim=3)
-    labels = read_idx(lbl_path, ndim=1)
+    images = read_checked(img_path, FILES[split, "images"], dataset, ndim=3)
+    labels = read_checked(lbl_path, FILES[split, "labels"], dataset, ndim=1)
     if images.shape[1:] != (28, 28):
         raise DataError(f"{img_path}: images are {images.shape[1:]}, expected 28x28")
     if images.shape[0] != labels.shape[0]:

@@ -22,6 +22,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from lenet.config import MAX_DIST_TIMEOUT_S
 from lenet.errors import LenetError
 from lenet.runtime import loss_and_accuracy
 
@@ -121,8 +122,12 @@ def resolve_timeout(seconds: float | None = None) -> float:
             seconds = float(raw) if raw else DEFAULT_TIMEOUT_S
         except ValueError:
             raise LenetError(f"{TIMEOUT_ENV}={raw!r} is not a number of seconds") from None
-    if seconds <= 0:
-        raise LenetError(f"the distributed timeout must be positive (got {seconds:g} s)")
+    if not (isinstance(seconds, (int, float)) and 0 < seconds <= MAX_DIST_TIMEOUT_S):
+        # `not (0 < x)` also refuses nan, which passes a plain `x <= 0` check.
+        raise LenetError(
+            f"the distributed timeout must be a number of seconds above 0 and at most "
+            f"{MAX_DIST_TIMEOUT_S:g} (got {seconds!r})"
+        )
     return float(seconds)
 
 

@@ -12,6 +12,8 @@ import csv
 import io
 import json
 import logging
+import math
+import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
@@ -76,21 +78,63 @@ class TrainResult:
 METRIC_FIELDS = [f for f in EpochResult.__dataclass_fields__]
 
 
-def _new_run_dir(cfg: TrainConfig, overwrite: bool) -> Path:
+# The file a new run claims its folder with (created exclusively, replaced by the real one).
+CLAIM = "config.json"
+
+
+def _new_run_dir(cfg: TrainConfig, overwrite: bool) -> tuple[Path, bool]:
+    """Create and claim the run folder atomically: (folder, whether this call created it).
+
+    An automatic name takes the next free ``-2``, ``-3``... when two runs start in the same
+    second (``mkdir`` either creates the folder or fails: never two runs in one folder). An
+    explicit ``--name`` that is taken (files in it, or another run claiming it this very moment)
+    is refused, unless ``--overwrite``.
+    """
+    out = Path(cfg.out)
     if cfg.name:
-        run_dir = Path(cfg.out) / cfg.name
-        if run_dir.exists() and any(run_dir.iterdir()) and not overwrite:
-            raise LenetError(
-                f"run folder {run_dir} already exists; use --resume {run_dir}/last.pt, "
-                "another --name, or --overwrite"
-            )
-        return run_dir
+        run_dir, created = out / cfg.name, False
+        refuse = LenetError(
+            f"run folder {run_dir} already exists; use --resume {run_dir}/last.pt, "
+            "another --name, or --overwrite"
+        )
+        try:
+            run_dir.mkdir(parents=True)
+            created = True
+        except FileExistsError:
+            if not run_dir.is_dir():
+                raise LenetError(
+                    f"{run_dir} exists and is not a folder; use another --name"
+                ) from None
+            if any(run_dir.iterdir()) and not overwrite:
+                raise refuse from None
+        if not overwrite:
+            try:  # an empty folder: the run whose exclusive create succeeds owns it
+                os.close(os.open(run_dir / CLAIM, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
+            except FileExistsError:
+                raise refuse from None
+        return run_dir, created
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    base = Path(cfg.out) / f"{cfg.model}-{cfg.recipe}-{stamp}"
+    base = out / f"{cfg.model}-{cfg.recipe}-{stamp}"
     run_dir, k = base, 2
-    while run_dir.exists():
-        run_dir, k = Path(f"{base}-{k}"), k + 1
-    return run_dir
+    while True:
+        try:
+            run_dir.mkdir(parents=True)
+            return run_dir, True
+        except FileExistsError:
+            run_dir, k = Path(f"{base}-{k}"), k + 1
+
+
+def _release_run_dir(run_dir: Path, created: bool) -> None:
+    """Undo a claim when the run fails before it starts (bad data, no memory): the empty claim
+    file goes, and the folder too if this run created it and nothing else is in it."""
+    claim = run_dir / CLAIM
+    try:
+        if claim.is_file() and claim.stat().st_size == 0:
+            claim.unlink()
+        if created:
+            run_dir.rmdir()  # only succeeds when empty
+    except OSError:
+        pass
 
 
 def _write_metrics(run_dir: Path, history: list[EpochResult]) -> None:
@@ -310,6 +354,20 @@ def train_epoch(
     return loss_total / n, correct_total / n, lr, seconds
 
 
+def check_finite(model: torch.nn.Module, loss: float, epoch: int, result: TrainResult) -> None:
+    """Stop the run before anything is saved when the loss or a weight is no longer a finite
+    number (a diverged run): best.pt and last.pt keep the last good epoch. The loss is summed
+    over the ranks and DDP keeps the weights equal, so every rank stops alike."""
+    finite = math.isfinite(loss) and all(bool(torch.isfinite(p).all()) for p in model.parameters())
+    if finite:
+        return
+    kept = "best.pt and last.pt are untouched" if epoch > 1 else "no checkpoint was written"
+    raise distributed.SameErrorOnEveryRank(
+        f"training diverged in epoch {epoch} (loss {loss:g}, weights not all finite); stopped "
+        f"without saving that epoch ({kept} in {result.run_dir}); try a lower --lr"
+    )
+
+
 # ---------------------------------------------------------------------------- 5. evaluate
 
 
@@ -388,23 +446,29 @@ def train(
     """
     cfg, state = settings(config, resume, overrides)
     strategy = distributed.setup(resolve_device(cfg.device), dist_timeout)
-    if state is None:  # rank 0 names the folder: ranks may start in different seconds
-        run_dir = strategy.from_main(lambda: _new_run_dir(cfg, overwrite))
-    else:
-        run_dir = Path(resume).parent
     strategy.check_global_batch(cfg.batch_size)  # --batch-size is the global batch
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    torch.set_flush_denormal(True)  # denormals make fp32 CPU training several times slower
-    data = load_data(cfg, strategy)
-    t = build(cfg, data.n_used, strategy)
-    result = TrainResult(
-        run_dir, run_dir / "best.pt", run_dir / "last.pt", None, None, cfg.select_on, [], cfg
-    )
-    start = restore(t, state, result) if state is not None else 0
-    if strategy.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(run_dir / "config.json", json.dumps(cfg.to_dict(), indent=2) + "\n")
+    if state is None:  # rank 0 names and claims the folder: ranks may start in different seconds
+        run_dir, created = strategy.from_main(lambda: _new_run_dir(cfg, overwrite))
+    else:
+        run_dir, created = Path(resume).parent, False
+    try:
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        torch.set_flush_denormal(True)  # denormals make fp32 CPU training several times slower
+        data = load_data(cfg, strategy)
+        t = build(cfg, data.n_used, strategy)
+        result = TrainResult(
+            run_dir, run_dir / "best.pt", run_dir / "last.pt", None, None, cfg.select_on, [], cfg
+        )
+        start = restore(t, state, result) if state is not None else 0
+        if strategy.is_main:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            text = json.dumps(cfg.to_dict(), indent=2) + "\n"
+            atomic_write_text(run_dir / "config.json", text)
+    except BaseException:
+        if state is None and strategy.is_main:
+            _release_run_dir(run_dir, created)
+        raise
     log.info(
         "training %s (%s recipe) on %s: %d train images, select on %s -> %s",
         cfg.model,
@@ -420,6 +484,7 @@ def train(
         try:
             for epoch in range(start, cfg.epochs):
                 loss, acc, lr, seconds = train_epoch(t, data, cfg, epoch, strategy, progress)
+                check_finite(t.model, loss, epoch + 1, result)
                 val_loss, val_acc = evaluate(t.model, data, cfg, strategy)
                 # "last": every epoch replaces best.pt; best_acc is then that epoch's val or None.
                 best = cfg.select_on == "last" or result.best_acc is None

@@ -30,6 +30,9 @@ log = logging.getLogger(__name__)
 
 BUNDLED_NAME = "lenet5-relu.pt"
 UNSURE = "unsure"
+# The error of an input the network answered with NaN/inf (broken weights, an overflow): the
+# model's failure, not the input's, so the service answers it apart from bad images.
+NONFINITE = "the model's output for this image is not a number (NaN or inf); no answer"
 
 
 def bundled_checkpoint() -> Path:
@@ -322,6 +325,9 @@ class Predictor:
 
     @staticmethod
     def _fill(pred: Prediction, p: np.ndarray, top_k: int, min_confidence: float | None) -> None:
+        if not np.isfinite(p).all():  # argsort would call it digit 0 at nan% confidence
+            pred.error = NONFINITE
+            return
         order = np.argsort(-p, kind="stable")[:top_k]
         pred.probabilities = [round(float(v), 6) for v in p]
         pred.top_k = [[int(d), round(float(p[d]), 6)] for d in order]

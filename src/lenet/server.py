@@ -28,7 +28,7 @@ from lenet._version import __version__
 from lenet.batcher import Batcher, ClientGone, ServerBusy
 from lenet.errors import LenetError
 from lenet.httpguard import LOOPBACK_HOSTS, HostAllowList, RequestLog, escape, escape_path
-from lenet.predictor import png_base64
+from lenet.predictor import NONFINITE, png_base64
 
 try:  # several times faster than json.dumps on the answer's float lists
     from orjson import dumps as _dumps
@@ -349,12 +349,16 @@ def create_app(
             if p.error.startswith("internal error"):  # the Predictor caught a bug, not bad input
                 log.error("prediction failed: %s", p.error)
                 raise ApiError(500, "internal server error")
+            if p.error == NONFINITE:  # the model failed on a good image: no 500, no fake digit
+                log.error("prediction failed: %s", p.error)
+                raise ApiError(422, p.error)
             raise ApiError(400, p.error)
         out = prediction_json(p, predictor.name, 1000 * (time.perf_counter() - t0))
+        conf = out["confidence"]
         request.state.log_extra = (
-            f"digit={out['digit']} p={out['confidence']:.3f}"
-            if out["digit"] is not None
-            else f"digit=None reason={p.reason!r}"
+            f"digit={out['digit']} p={conf:.3f}"
+            if out["digit"] is not None and conf is not None
+            else f"digit={out['digit']} reason={p.reason!r}"
         )
         return Response(_dumps(out), media_type="application/json")
 

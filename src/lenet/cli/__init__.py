@@ -52,6 +52,8 @@ def bounded(kind: type, low: float, high: float | None = None):
             v = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"not a {kind.__name__}: {text!r}") from None
+        if v != v or v in (float("inf"), float("-inf")):  # nan passes both bound checks below
+            raise argparse.ArgumentTypeError(f"not a finite number: {text!r}")
         if v < low or (high is not None and v > high):
             bounds = f"at least {low}" if high is None else f"between {low} and {high}"
             raise argparse.ArgumentTypeError(f"must be {bounds}: {v}")

@@ -95,13 +95,22 @@ def _table_row(d: dict, name_width: int) -> str:
     return f"{name}  {digit:>5}  {conf:>7}  {top}{reason}"
 
 
-def _unique_png(folder: Path, name: str, used: set[str]) -> Path:
+def _save_png(folder: Path, name: str, used: set[str], data: bytes) -> Path:
+    """Write ``data`` as ``folder/<stem>.png`` under a name no file has: an existing file (an
+    input photo, an earlier run's output) is never replaced; the next free ``<stem>-N.png`` is
+    taken instead, at the moment of writing (:func:`lenet.fileio.create_new`)."""
+    from lenet.fileio import create_new
+
     stem = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(name).stem if name != "-" else "stdin") or "image"
     cand, n = stem, 1
-    while cand in used:
+    while True:
+        if cand not in used:
+            used.add(cand)
+            try:
+                return create_new(folder / f"{cand}.png", data)
+            except FileExistsError:
+                pass
         cand, n = f"{stem}-{n}", n + 1
-    used.add(cand)
-    return folder / f"{cand}.png"
 
 
 def run(args: argparse.Namespace) -> int:
@@ -132,7 +141,6 @@ def _answer_all(args: argparse.Namespace, inputs: list, work, pool) -> int:
     """Load the model, answer every input in order, print; returns how many were unusable."""
     from tqdm import tqdm
 
-    from lenet.fileio import atomic_write_bytes
     from lenet.predictor import Predictor, png_bytes
 
     if pool is not None:
@@ -170,7 +178,7 @@ def _answer_all(args: argparse.Namespace, inputs: list, work, pool) -> int:
         pr.source = name
         failed += pr.error is not None
         if save_dir is not None and pr.preprocessed is not None:
-            atomic_write_bytes(_unique_png(save_dir, name, used), png_bytes(pr.preprocessed))
+            _save_png(save_dir, name, used, png_bytes(pr.preprocessed))
             saved += 1
         d = pr.to_dict()
         if args.format == "json":

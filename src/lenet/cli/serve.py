@@ -16,6 +16,9 @@ log = logging.getLogger("lenet.serve")
 
 _positive_int = bounded(int, 1)
 _bounded_seconds = bounded(float, 0.001, 86400.0)
+# Server processes, or torch threads per process: a few per core at most (beyond the cores they
+# only queue for them; a typo like 1000 would fork a thousand model copies).
+_worker_count = bounded(int, 1, 4 * (os.cpu_count() or 1))
 
 
 def _seconds(text: str) -> float:
@@ -61,7 +64,7 @@ def register(sub) -> None:
     )
     p.add_argument(
         "--workers",
-        type=_positive_int,
+        type=_worker_count,
         default=os.cpu_count() or 1,
         help="server processes, each loading the model once and using one core "
         f"(default: the number of cores, {os.cpu_count() or 1} here)",
@@ -114,7 +117,7 @@ def register(sub) -> None:
     )
     p.add_argument(
         "--threads",
-        type=_positive_int,
+        type=_worker_count,
         default=1,
         help="PyTorch threads per worker (default: 1; one small image gains nothing from more)",
     )

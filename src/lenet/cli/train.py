@@ -15,7 +15,15 @@ from collections.abc import Sequence
 from dataclasses import fields, replace
 from pathlib import Path
 
-from lenet.config import RECIPE_ALIASES, RECIPES, TrainConfig, flag_fields, make_config
+from lenet.cli import bounded
+from lenet.config import (
+    MAX_DIST_TIMEOUT_S,
+    RECIPE_ALIASES,
+    RECIPES,
+    TrainConfig,
+    flag_fields,
+    make_config,
+)
 from lenet.errors import LenetError
 
 # The settings a flag can set, in TrainConfig's order.
@@ -116,7 +124,7 @@ def register(sub) -> None:
     )
     d.add_argument(
         "--dist-timeout",
-        type=float,
+        type=bounded(float, 0.001, MAX_DIST_TIMEOUT_S),
         metavar="SECONDS",
         help="how long a process waits for a dead or hung peer before stopping with an error "
         "(default: $LENET_DIST_TIMEOUT or 300)",
@@ -137,16 +145,25 @@ def _fmt_epoch(row, epochs: int, sel: str) -> str:
 
 def _launch(args: argparse.Namespace) -> int:
     """``--nproc N``: the same command under torchrun on this machine (one node, N processes)."""
+    import torch
+
     from lenet import distributed
 
     n = args.nproc
     if n < 1:
         raise LenetError("--nproc must be at least 1")
+    # One process per core on CPU, or per GPU: more only share them and wait on each other.
+    cores, gpus = os.cpu_count() or 1, torch.cuda.device_count()
+    if n > max(cores, gpus):
+        raise LenetError(
+            f"--nproc {n} is more processes than this machine has CPU cores ({cores}) or GPUs "
+            f"({gpus})"
+        )
     if distributed.env_world_size() > 1:
         raise LenetError("--nproc launches torchrun itself; under torchrun leave it out")
-    if not args.resume:  # the same check every rank makes, before starting anything
-        batch = args.batch_size or make_config(args.recipe).batch_size
-        distributed.check_global_batch(batch, distributed.DistContext(world_size=n))
+    if not args.resume:  # the same checks every rank makes, before starting anything
+        cfg = make_config(**{k: getattr(args, k) for k in ["recipe", *_SETTINGS]})
+        distributed.check_global_batch(cfg.batch_size, distributed.DistContext(world_size=n))
     argv = ["-m", "lenet"] + (["-q"] if args.quiet else []) + ["train"]
     for key in _FORWARD:
         value = getattr(args, key)
