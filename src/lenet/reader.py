@@ -32,8 +32,8 @@ from PIL import Image
 
 from lenet.errors import ImageError, LenetError
 from lenet.preprocess import (
-    MAX_PIXELS,
     BG_BLOCKS,
+    MAX_PIXELS,
     MIN_CONTRAST,
     Component,
     background_surface,
@@ -190,7 +190,9 @@ def find_line(source, max_pixels: int = MAX_PIXELS) -> Line:
             score = overlap / max(1, f.width) if overlap > 0 else overlap / height
             if score > best_score:
                 best, best_score = i, score
-        if best is not None and (best_score > 0 or (best_score > -0.1 and not _dashlike(f, mid, height))):
+        if best is not None and (
+            best_score > 0 or (best_score > -0.1 and not _dashlike(f, mid, height))
+        ):
             members[best].append(f)
         else:
             loose.append([f])
@@ -211,7 +213,12 @@ def find_line(source, max_pixels: int = MAX_PIXELS) -> Line:
         box = (px0 + bx, py0 + by, px0 + bx + bw, py0 + by + bh)
         gink = np.ascontiguousarray(gink[by : by + bh, bx : bx + bw])
         is_dash = len(g) == 1 and small(g[0]) and _dashlike(g[0], mid, height)
-        if len(g) == 1 and small(g[0]) and not is_dash and max(g[0].width, g[0].height) < 0.3 * height:
+        if (
+            len(g) == 1
+            and small(g[0])
+            and not is_dash
+            and max(g[0].width, g[0].height) < 0.3 * height
+        ):
             continue  # a stray fragment on its own, too small to be a digit
         groups.append(Group(box, gink, is_dash))
     return Line(groups, height, scale)

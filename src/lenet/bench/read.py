@@ -121,10 +121,13 @@ def format_table(res: dict) -> str:
         f"{'':>11} {100 * a['char_accuracy']:>8.2f}%"
     )
     lines.append("")
-    lines.append("rejection (all): " + ", ".join(
-        f"{100 * r['rejected']:g}% rejected -> {100 * r['string_error']:.1f}% error"
-        for r in a["rejection"]
-    ))
+    lines.append(
+        "rejection (all): "
+        + ", ".join(
+            f"{100 * r['rejected']:g}% rejected -> {100 * r['string_error']:.1f}% error"
+            for r in a["rejection"]
+        )
+    )
     if "ms_per_5_digit_640x480_photo_p50" in res:
         lines.append(
             f"5-digit 640x480 photo: {res['ms_per_5_digit_640x480_photo_p50']:.1f} ms (p50, "

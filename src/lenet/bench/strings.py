@@ -124,7 +124,12 @@ def render_photo(
     cov[y : y + nh, x : x + nw] = cov_s
     fx, fy = nw / sw, nh / sh
     out_boxes = [
-        (x + int(bx0 * fx), y + int(by0 * fy), x + int(np.ceil(bx1 * fx)), y + int(np.ceil(by1 * fy)))
+        (
+            x + int(bx0 * fx),
+            y + int(by0 * fy),
+            x + int(np.ceil(bx1 * fx)),
+            y + int(np.ceil(by1 * fy)),
+        )
         for bx0, by0, bx1, by1 in boxes
     ]
     light = _lighting(h, w, rng, rng.uniform(0.1, 0.3))
@@ -174,9 +179,7 @@ def make_strings(
     """``n`` strings of ``category``, lengths cycling through 2..10 digits (deterministic)."""
     rng = np.random.default_rng([seed, list(CATEGORIES).index(category)])
     span = MAX_DIGITS - MIN_DIGITS + 1
-    return [
-        make_string(images, labels, MIN_DIGITS + i % span, category, rng) for i in range(n)
-    ]
+    return [make_string(images, labels, MIN_DIGITS + i % span, category, rng) for i in range(n)]
 
 
 def write_string_set(
