@@ -51,7 +51,9 @@ SPECK_MASS = 0.03  # components with less ink than this share of the heaviest ar
 FRAGMENT = 0.6  # a component smaller both ways than this share of the line height is a fragment
 SPLIT_WIDTH = 1.0  # groups wider than this many line heights may hold several digits
 MIN_PIECE, MAX_PIECE = 0.12, 1.45  # piece widths the graph allows, in line heights
+FRAGMENT_GAP = 0.15  # a fragment closer than this many line heights joins its neighbour
 CUT_SPACING = 0.12  # candidate cuts at least this many line heights apart
+CUT_REACH = 0.15  # a cut path strays at most this many line heights from its column
 BEAM = 128  # hypotheses kept per graph node under a pattern
 ALTERNATIVES = 3  # classes tried per piece under a pattern
 DASH = "-"
@@ -190,9 +192,7 @@ def find_line(source, max_pixels: int = MAX_PIXELS) -> Line:
             score = overlap / max(1, f.width) if overlap > 0 else overlap / height
             if score > best_score:
                 best, best_score = i, score
-        if best is not None and (
-            best_score > 0 or (best_score > -0.1 and not _dashlike(f, mid, height))
-        ):
+        if best is not None and best_score > -FRAGMENT_GAP:
             members[best].append(f)
         else:
             loose.append([f])
@@ -205,7 +205,9 @@ def find_line(source, max_pixels: int = MAX_PIXELS) -> Line:
         py0, px0, py1, px1 = max(0, y0 - 2), max(0, x0 - 2), min(h, y1 + 2), min(w, x1 + 2)
         lut[:] = 0
         lut[[c.label for c in g]] = 1
-        region = cv2.dilate(lut[labels[py0:py1, px0:px1]], np.ones((5, 5), np.uint8))
+        lab = labels[py0:py1, px0:px1]
+        region = cv2.dilate(lut[lab], np.ones((5, 5), np.uint8))
+        region[(lab > 0) & (lut[lab] == 0)] = 0  # a neighbour's own strokes stay its own
         gink = ink[py0:py1, px0:px1] * region
         bx, by, bw, bh = cv2.boundingRect((gink > 0).astype(np.uint8))
         if bw == 0:
@@ -242,24 +244,76 @@ def piece_image(ink: np.ndarray) -> np.ndarray | None:
     return cv2.convertScaleAbs(out, alpha=255.0)
 
 
-def _cuts(ink: np.ndarray, height: float) -> list[int]:
-    """Candidate cut columns inside a group: valleys of its vertical ink projection."""
-    p = ink.sum(axis=0)
+def _local_minima(p: np.ndarray, edge: int) -> list[int]:
+    """Columns ``edge <= x < len(p) - edge`` where ``p`` (1-D) is no higher than both neighbours."""
+    x = np.arange(max(1, edge), len(p) - max(1, edge))
+    if x.size == 0:
+        return []
+    return x[(p[x] <= p[x - 1]) & (p[x] <= p[x + 1])].tolist()
+
+
+def _candidates(ink: np.ndarray, height: float) -> list[int]:
+    """Candidate cut columns inside a group: valleys of its vertical ink projection, and of its
+    upper and lower contours (where two digits meet, the outline dips between them)."""
+    h, w = ink.shape
     k = max(1, round(0.06 * height)) | 1
-    p = cv2.blur(p.reshape(1, -1).astype(np.float32), (k, 1)).ravel()
-    w = len(p)
-    edge = max(1, round(MIN_PIECE * height))
-    cand = [
-        x
-        for x in range(edge, w - edge)
-        if p[x] <= p[x - 1] and p[x] <= p[x + 1] and p[x] < 0.7 * p.max()
-    ]
-    cand.sort(key=lambda x: p[x])
-    chosen: list[int] = []
-    for x in cand:
-        if all(abs(x - c) >= CUT_SPACING * height for c in chosen):
-            chosen.append(x)
-    return sorted(chosen)
+    on = ink > 0.5
+    proj = cv2.blur(ink.sum(axis=0).reshape(1, -1).astype(np.float32), (k, 1)).ravel()
+    any_ink = on.any(axis=0)
+    top = np.where(any_ink, on.argmax(axis=0), h).astype(np.float32)
+    bottom = np.where(any_ink, h - 1 - on[::-1].argmax(axis=0), -1).astype(np.float32)
+    top = cv2.blur(top.reshape(1, -1), (k, 1)).ravel()
+    bottom = cv2.blur(bottom.reshape(1, -1), (k, 1)).ravel()
+    edge = round(MIN_PIECE * height)
+    cand = {x for x in _local_minima(proj, edge) if proj[x] < 0.7 * proj.max()}
+    cand |= set(_local_minima(-top, edge))  # the upper outline dips down
+    cand |= set(_local_minima(bottom, edge))  # the lower outline rises up
+    return sorted(cand)
+
+
+def _cut_path(ink: np.ndarray, c: int, reach: int) -> np.ndarray:
+    """The cheapest top-to-bottom path through the ink near column ``c`` (within ``reach``
+    columns, one column per row at most): -> x per row, int (H,). Cost: the ink it crosses."""
+    h, w = ink.shape
+    lo, hi = max(0, c - reach), min(w - 1, c + reach)
+    band = ink[:, lo : hi + 1]  # (H, n)
+    n = band.shape[1]
+    pen = 0.02 * np.abs(np.arange(lo, hi + 1) - c) / max(reach, 1)  # prefer straight down
+    acc = band[0] + pen
+    back = np.zeros((h, n), np.int8)
+    inf = np.full(1, np.inf)
+    idx = np.arange(n)
+    for y in range(1, h):
+        stack = np.stack([np.concatenate([inf, acc[:-1]]), acc, np.concatenate([acc[1:], inf])])
+        k = stack.argmin(axis=0)
+        acc = stack[k, idx] + band[y] + pen
+        back[y] = k - 1
+    xs = np.empty(h, np.int64)
+    x = int(acc.argmin())
+    for y in range(h - 1, -1, -1):
+        xs[y] = x
+        x += int(back[y, x])
+    return xs + lo
+
+
+def _cuts(ink: np.ndarray, height: float) -> list[tuple[np.ndarray, float]]:
+    """Cut paths inside a group, left to right: [(x per row, strokes crossed)], at most one per
+    :data:`CUT_SPACING` line heights (the cheapest)."""
+    sw = _stroke_width(ink)
+    reach = max(1, round(CUT_REACH * height))
+    on = (ink > 0.5).astype(np.float32)
+    rows = np.arange(ink.shape[0])
+    paths = []
+    for c in _candidates(ink, height):
+        xs = _cut_path(ink, c, reach)
+        paths.append((float(on[rows, xs].sum()) / sw, float(xs.mean()), xs))
+    paths.sort(key=lambda t: t[0])
+    chosen: list[tuple[float, float, np.ndarray]] = []
+    for cost, mx, xs in paths:
+        if all(abs(mx - m) >= CUT_SPACING * height for _, m, _ in chosen):
+            chosen.append((cost, mx, xs))
+    chosen.sort(key=lambda t: t[1])
+    return [(xs, cost) for cost, _, xs in chosen]
 
 
 def _stroke_width(ink: np.ndarray) -> float:
@@ -288,29 +342,28 @@ def segment_graph(line: Line) -> tuple[list[Edge], int]:
             node += 1
             continue
         ink = g.ink
-        cuts = [0, width]
-        cost = [0.0, 0.0]
+        h = ink.shape[0]
+        cols = np.arange(width)[None, :]
+        left, right = np.zeros(h, np.int64), np.full(h, width, np.int64)
+        cuts = [(left, 0.0), (right, 0.0)]
         if width > SPLIT_WIDTH * hgt:
-            cuts = [0, *_cuts(ink, hgt), width]
-            # What a cut costs: the ink it crosses, in strokes (a joint of two touching
-            # digits is about one stroke; a cut through a 0 crosses two).
-            sw = _stroke_width(ink)
-            cost = [0.0, *(float((ink[:, c] > 0.5).sum()) / sw for c in cuts[1:-1]), 0.0]
+            cuts = [(left, 0.0), *_cuts(ink, hgt), (right, 0.0)]
         for i in range(len(cuts) - 1):
             for j in range(i + 1, len(cuts)):
-                a, b = cuts[i], cuts[j]
+                xa, xb = cuts[i][0], np.maximum(cuts[j][0], cuts[i][0])
+                mean_w = float((xb - xa).mean())
                 whole = i == 0 and j == len(cuts) - 1
-                if not whole and not MIN_PIECE * hgt <= b - a <= MAX_PIECE * hgt:
+                if not whole and not MIN_PIECE * hgt <= mean_w <= MAX_PIECE * hgt:
                     continue
-                piece = ink[:, a:b]
-                rows = np.flatnonzero(piece.max(axis=1) > 0.02)
-                if rows.size == 0:
+                piece = ink if whole else ink * ((cols >= xa[:, None]) & (cols < xb[:, None]))
+                bx, by, bw, bh = cv2.boundingRect((piece > 0.02).astype(np.uint8))
+                if bw == 0:
                     continue
-                img = piece_image(piece)
+                img = piece_image(piece[by : by + bh, bx : bx + bw])
                 if img is None:
                     continue
-                box = (x0 + a, y0 + int(rows[0]), x0 + b, y0 + int(rows[-1]) + 1)
-                edges.append(Edge(node + i, node + j, box, (b - a) / hgt, img, cost[i]))
+                box = (x0 + bx, y0 + by, x0 + bx + bw, y0 + by + bh)
+                edges.append(Edge(node + i, node + j, box, bw / hgt, img, cuts[i][1]))
         node += len(cuts) - 1
     return edges, node + 1
 
