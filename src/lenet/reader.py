@@ -165,7 +165,10 @@ def find_line(source, max_pixels: int = MAX_PIXELS) -> Line:
             inner = labels[by : h - by, bx : w - bx] == lab
             c.edge_fraction = 1.0 - int(inner.sum()) / area
         comps.append(c)
-    comps = [c for c in comps if not is_border_clutter(c, h, w)]
+    kept = [c for c in comps if not is_border_clutter(c, h, w)]
+    # A digit cropped tight (a 32x32 scan) is large and touches two borders: when nothing else
+    # is left, blobs touching at most two borders are taken as ink after all.
+    comps = kept or [c for c in comps if sum(c.touches) <= 2]
     if not comps:
         return Line([], 0.0, scale)
     top = max(c.mass for c in comps)
