@@ -247,3 +247,17 @@ def test_api_read(reader, mnist_test):
         Image.new("L", (300, 100), 240).save(blank, "PNG")
         r = c.post("/api/read", content=blank.getvalue(), headers={"Content-Type": "image/png"})
         assert r.status_code == 200 and r.json()["text"] is None and r.json()["reason"] == NO_DIGITS
+
+
+def test_boxes_are_in_the_pixels_of_a_large_jpeg(reader, mnist_test):
+    """A large JPEG is decoded reduced (preprocess); the boxes still come in its own pixels."""
+    images, labels = mnist_test
+    data, text = clean_string(images, labels, [0, 1, 2])
+    small = Image.open(io.BytesIO(data)).convert("L")
+    big = small.resize((small.width * 12, small.height * 12), Image.Resampling.BILINEAR)
+    buf = io.BytesIO()
+    big.save(buf, "JPEG", quality=90)
+    r_small, r_big = reader.read_one(data), reader.read_one(buf.getvalue())
+    assert r_big.text == r_small.text == text
+    for a, b in zip(r_small.characters, r_big.characters, strict=True):
+        assert all(abs(12 * u - v) <= 12 * 3 for u, v in zip(a.box, b.box, strict=True)), (a, b)
