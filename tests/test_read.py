@@ -214,39 +214,45 @@ def test_cli_mistakes_are_one_line(tmp_path):
 
 
 def test_api_read(reader, mnist_test):
-    from fastapi.testclient import TestClient
+    import anyio
+    import httpx
 
     from lenet.server import create_app
 
     images, labels = mnist_test
     data, text = clean_string(images, labels, [0, 1, 2, 3])
-    with TestClient(create_app(reader.predictor), base_url="http://127.0.0.1") as c:
-        r = c.post("/api/read", content=data, headers={"Content-Type": "image/png"})
-        assert r.status_code == 200, r.text
-        d = r.json()
-        assert d["text"] == text and len(d["characters"]) == 4 and d["reason"] is None
-        assert all(len(ch["box"]) == 4 for ch in d["characters"])
-        r = c.post(
-            "/api/read",
-            files={"file": ("n.png", data, "image/png")},
-            params={"digits": 4, "min_confidence": 0.5},
-        )
-        assert r.status_code == 200 and r.json()["text"] == text
-        r = c.post("/api/read", content=b"junk", headers={"Content-Type": "image/png"})
-        assert r.status_code == 400 and "error" in r.json()
-        r = c.post(
-            "/api/read",
-            content=data,
-            headers={"Content-Type": "image/png"},
-            params={"pattern": "("},
-        )
-        assert r.status_code == 422 and "regular expression" in r.json()["error"]
-        r = c.post("/api/read", content=data, headers={"Content-Type": "text/plain"})
-        assert r.status_code == 415
-        blank = io.BytesIO()
-        Image.new("L", (300, 100), 240).save(blank, "PNG")
-        r = c.post("/api/read", content=blank.getvalue(), headers={"Content-Type": "image/png"})
-        assert r.status_code == 200 and r.json()["text"] is None and r.json()["reason"] == NO_DIGITS
+    blank = io.BytesIO()
+    Image.new("L", (300, 100), 240).save(blank, "PNG")
+    png = {"Content-Type": "image/png"}
+    app = create_app(reader.predictor)
+
+    async def go() -> list:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as c:
+            return [
+                await c.post("/api/read", content=data, headers=png),
+                await c.post(
+                    "/api/read",
+                    files={"file": ("n.png", data, "image/png")},
+                    params={"digits": 4, "min_confidence": 0.5},
+                ),
+                await c.post("/api/read", content=b"junk", headers=png),
+                await c.post("/api/read", content=data, headers=png, params={"pattern": "("}),
+                await c.post("/api/read", content=data, headers={"Content-Type": "text/plain"}),
+                await c.post("/api/read", content=blank.getvalue(), headers=png),
+            ]
+
+    raw, form, junk, bad_pattern, wrong_type, empty = anyio.run(go)
+    assert raw.status_code == 200, raw.text
+    d = raw.json()
+    assert d["text"] == text and len(d["characters"]) == 4 and d["reason"] is None
+    assert all(len(ch["box"]) == 4 for ch in d["characters"])
+    assert form.status_code == 200 and form.json()["text"] == text
+    assert junk.status_code == 400 and "error" in junk.json()
+    assert bad_pattern.status_code == 422 and "regular expression" in bad_pattern.json()["error"]
+    assert wrong_type.status_code == 415
+    assert empty.status_code == 200 and empty.json()["text"] is None
+    assert empty.json()["reason"] == NO_DIGITS
 
 
 def test_boxes_are_in_the_pixels_of_a_large_jpeg(reader, mnist_test):
@@ -261,3 +267,38 @@ def test_boxes_are_in_the_pixels_of_a_large_jpeg(reader, mnist_test):
     assert r_big.text == r_small.text == text
     for a, b in zip(r_small.characters, r_big.characters, strict=True):
         assert all(abs(12 * u - v) <= 12 * 3 for u, v in zip(a.box, b.box, strict=True)), (a, b)
+
+
+def test_read_calls_share_the_prediction_queue_bound():
+    """/api/read's work goes through Batcher.call: the same bound (ServerBusy -> 503) and a
+    bug in one call fails that call only."""
+    import asyncio
+    import threading
+
+    from lenet.batcher import Batcher, ServerBusy
+
+    gate = threading.Event()
+
+    def blocked():
+        gate.wait(10)
+        return "first"
+
+    def broken():
+        raise RuntimeError("a bug")
+
+    async def go():
+        b = Batcher(predictor=None, queue=1, max_batch=1)
+        first = asyncio.ensure_future(b.call(blocked))
+        await asyncio.sleep(0.1)  # running now, out of the queue
+        second = asyncio.ensure_future(b.call(broken))
+        await asyncio.sleep(0)
+        with pytest.raises(ServerBusy):
+            await b.call(lambda: "third")  # one waits already: over the bound
+        gate.set()
+        assert await first == "first"
+        with pytest.raises(RuntimeError, match="a bug"):
+            await second
+        assert await b.call(lambda: 42) == 42
+        b.close()
+
+    asyncio.run(go())
