@@ -19,6 +19,7 @@ PAGES = [
     "data",
     "training",
     "predict",
+    "read",
     "serve",
     "family",
     "distributed",

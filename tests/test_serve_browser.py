@@ -279,3 +279,58 @@ def test_blank_upload_says_no_digit(desktop, tmp_path):
     shown = settled(page)
     assert shown["state"] == "blank" and shown["digit"] == "?", shown
     assert "no digit found" in shown["confidence"], shown
+
+
+# "2026" in canvas fractions of the wide number pad (3:1): 2, 0, 2, 6, one stroke each.
+def _ellipse(cx: float, cy: float, rx: float, ry: float, n: int = 25) -> list:
+    return [
+        (cx + rx * np.cos(t), cy + ry * np.sin(t)) for t in np.linspace(-np.pi / 2, 1.5 * np.pi, n)
+    ]
+
+
+_TWO = [(0.2, 0.3), (0.35, 0.17), (0.6, 0.17), (0.75, 0.32), (0.7, 0.5), (0.4, 0.7), (0.2, 0.85)]
+_TWO = [*_TWO, (0.8, 0.85)]
+_SIX = [(0.7, 0.15), (0.45, 0.3), (0.28, 0.55), (0.3, 0.78), (0.5, 0.87), (0.7, 0.78)]
+_SIX = [*_SIX, (0.72, 0.6), (0.55, 0.5), (0.35, 0.58), (0.28, 0.7)]
+
+
+def _cell(k: int, pts: list) -> list:
+    return [(0.04 + 0.23 * k + 0.23 * x, y) for x, y in pts]
+
+
+NUMBER_2026 = [
+    _cell(0, _TWO),
+    _cell(1, _ellipse(0.5, 0.5, 0.3, 0.34)),
+    _cell(2, _TWO),
+    _cell(3, _SIX),
+]
+
+
+def test_number_mode_writes_2026_and_reads_it_back(desktop, tmp_path):
+    """The number mode: a wide pad, /api/read, the string, a chip and a box per character."""
+    page = desktop
+    page.click("#mode-number")
+    assert page.evaluate("document.body.dataset.mode") == "number"
+    assert page.evaluate("[pad.width, pad.height]") == [840, 280]
+    calls = []
+    page.on("request", lambda r: calls.append(r.url) if "/api/" in r.url else None)
+    draw(page, NUMBER_2026, steps=4)
+    shown = settled(page)
+    assert shown["state"] == "done" and shown["digit"] == "2026", shown
+    assert "% sure" in shown["confidence"], shown
+    assert calls and all(u.endswith("/api/read") for u in calls if "/api/model" not in u)
+    chips = page.evaluate("[...document.querySelectorAll('#chars li b')].map(b => b.textContent)")
+    assert chips == ["2", "0", "2", "6"], chips
+    # Boxes are drawn on the overlay: blue pixels around each character, none elsewhere.
+    blue = page.evaluate(
+        """() => { const o = document.getElementById('overlay');
+          const d = o.getContext('2d').getImageData(0, 0, o.width, o.height).data;
+          let n = 0; for (let i = 3; i < d.length; i += 4) if (d[i] > 0) n++; return n; }"""
+    )
+    assert blue > 1000, blue
+    page.screenshot(path=str(tmp_path / "number.png"), full_page=True)
+    # Back to one digit: the square pad and /api/predict again.
+    page.click("#mode-digit")
+    assert page.evaluate("[pad.width, pad.height]") == [280, 280]
+    draw(page, ONE)
+    assert_shows(settled(page), "1")

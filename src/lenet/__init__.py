@@ -32,6 +32,8 @@ _EXPORTS = {
     "list_models": "lenet.models",
     "Prediction": "lenet.predictor",
     "Predictor": "lenet.predictor",
+    "Reader": "lenet.reader",
+    "Reading": "lenet.reader",
 }
 
 __all__ = ["__version__", *sorted(_EXPORTS)]

@@ -37,6 +37,12 @@ class _Job:
     top_k: int
     min_confidence: float | None
     future: asyncio.Future
+    fn: Callable[[], object] | None = None  # a job of its own (``Batcher.call``), not a predict
+
+
+@dataclass
+class _Failed:
+    error: Exception
 
 
 class Batcher:
@@ -115,6 +121,25 @@ class Batcher:
         fut = loop.create_future()
         self._jobs.append(_Job(data, top_k, min_confidence, fut))
         self._wake.set()
+        return await self._wait(fut, disconnected)
+
+    async def call(
+        self, fn: Callable[[], object], disconnected: Callable[[], Awaitable] | None = None
+    ):
+        """Run ``fn()`` in its turn in the same queue and thread as the predictions (the same
+        bound, 503 and dropped-when-gone rules): how ``/api/read`` shares the guards."""
+        loop = asyncio.get_running_loop()
+        if self._loop is not loop or self._task is None or self._task.done():
+            self._start(loop)
+        if self.full:
+            raise ServerBusy(f"{len(self._jobs)} requests are already waiting")
+        fut = loop.create_future()
+        self._jobs.append(_Job(b"", 0, None, fut, fn))
+        self._wake.set()
+        return await self._wait(fut, disconnected)
+
+    async def _wait(self, fut: asyncio.Future, disconnected: Callable[[], Awaitable] | None):
+        """The job's result, or :class:`ClientGone` when ``disconnected()`` finishes first."""
         if disconnected is None:
             return await fut
         watcher = asyncio.ensure_future(disconnected())
@@ -156,18 +181,31 @@ class Batcher:
                         job.future.set_exception(e)
             else:
                 for job, pred in zip(batch, preds, strict=True):
-                    if not job.future.done():
+                    if job.future.done():
+                        continue
+                    if isinstance(pred, _Failed):  # one call's bug answers 500 for that one
+                        job.future.set_exception(pred.error)
+                    else:
                         job.future.set_result(pred)
             finally:
                 self.running = 0
             if self._pool is None:
                 await asyncio.sleep(0)  # computed on the loop: let it read requests in between
 
-    def _compute(self, batch: list[_Job]) -> list[Prediction]:
-        """Preprocess each image, then one network call per (top_k, min_confidence) group."""
-        preds = [self.predictor.prepare(job.data, self.max_pixels) for job in batch]
+    def _compute(self, batch: list[_Job]) -> list:
+        """Preprocess each image, then one network call per (top_k, min_confidence) group;
+        ``call`` jobs run on their own, in order."""
+        preds: list = [None] * len(batch)
         groups: dict[tuple, list[int]] = {}
         for i, job in enumerate(batch):
+            if job.fn is not None:
+                try:
+                    preds[i] = job.fn()
+                except Exception as e:
+                    log.exception("a queued call failed")
+                    preds[i] = _Failed(e)
+                continue
+            preds[i] = self.predictor.prepare(job.data, self.max_pixels)
             groups.setdefault((job.top_k, job.min_confidence), []).append(i)
         for (top_k, min_confidence), idx in groups.items():
             self.predictor.classify([preds[i] for i in idx], top_k, min_confidence)

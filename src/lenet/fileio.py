@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 import time
 from collections.abc import Callable
@@ -73,6 +74,29 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
         raise
     _fsync_dir(path.parent)
     return path
+
+
+def safe_stem(name: str) -> str:
+    """A file stem from an input's name (``-`` is stdin) with only ``[A-Za-z0-9._-]`` in it."""
+    stem = Path(name).stem if name != "-" else "stdin"
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", stem) or "image"
+
+
+def create_unique(
+    folder: str | os.PathLike, stem: str, data: bytes, used: set[str], suffix: str = ".png"
+) -> Path:
+    """Write ``data`` as ``folder/<stem><suffix>``, or ``<stem>-1``, ``-2``... : the first name
+    neither in ``used`` (names this run took; updated) nor taken on disk at the moment of
+    writing (:func:`create_new`), so no existing file is ever replaced."""
+    cand, n = stem, 1
+    while True:
+        if cand not in used:
+            used.add(cand)
+            try:
+                return create_new(Path(folder) / f"{cand}{suffix}", data)
+            except FileExistsError:
+                pass
+        cand, n = f"{stem}-{n}", n + 1
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:

@@ -1,7 +1,7 @@
 """The HTTP prediction service: a FastAPI app around one :class:`~lenet.predictor.Predictor`.
 
 Routes: ``GET /`` (the drawing page, served from ``lenet/static``), ``POST /api/predict``,
-``GET /api/health``, ``GET /api/model`` and FastAPI's ``/docs`` + ``/openapi.json``.
+``POST /api/read`` (a whole number, :class:`~lenet.reader.Reader`), ``GET /api/health``, ``GET /api/model`` and FastAPI's ``/docs`` + ``/openapi.json``.
 Request bodies are size-limited before they are read whole, client bytes only ever reach
 Pillow through ``lenet.preprocess.load_image`` (nothing is unpickled), and every error is JSON.
 """
@@ -171,6 +171,20 @@ def prediction_json(p: Prediction, model: str, elapsed_ms: float) -> dict:
         "model": model,
         "elapsed_ms": round(elapsed_ms, 2),
     }
+
+
+def reading_json(r, model: str, elapsed_ms: float) -> dict:
+    """The ``/api/read`` answer for one successful :class:`~lenet.reader.Reading`."""
+    d = r.to_dict()
+    d.pop("path", None)
+    for c in d["characters"]:
+        c["confidence"] = _finite(c["confidence"])
+        c["top_k"] = [[int(k), _finite(q)] for k, q in c["top_k"]]
+    d["confidence"] = _finite(d["confidence"])
+    d.setdefault("reason", None)
+    d["model"] = model
+    d["elapsed_ms"] = round(elapsed_ms, 2)
+    return d
 
 
 def model_json(predictor: Predictor) -> dict:
@@ -360,6 +374,93 @@ def create_app(
             if out["digit"] is not None and conf is not None
             else f"digit={out['digit']} reason={p.reason!r}"
         )
+        return Response(_dumps(out), media_type="application/json")
+
+    reader_box: list = []  # the Reader, made on the first /api/read (it shares the predictor)
+
+    @app.post(
+        "/api/read",
+        summary="Read a whole number (several digits) in an image",
+        description=(
+            "Send an image as for `/api/predict`. The answer is the string read (`text`), one "
+            "entry per character with its `box` [x0, y0, x1, y1] in the image's pixels, its "
+            "digit, confidence and top_k, and the string's `confidence`. `digits` or `pattern` "
+            "constrain the reading; characters below `min_confidence` read `?` and the answer "
+            "is `unsure`. No digits: 200 with `text: null` and a `reason`."
+        ),
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {
+                    "multipart/form-data": {
+                        "schema": {
+                            "type": "object",
+                            "properties": {"file": {"type": "string", "format": "binary"}},
+                            "required": ["file"],
+                        }
+                    },
+                    "image/*": {"schema": {"type": "string", "format": "binary"}},
+                },
+            }
+        },
+    )
+    async def read(
+        request: Request,
+        top_k_: int = Query(top_k, alias="top_k", ge=1, le=10, description="classes in top_k"),
+        min_confidence_: float | None = Query(
+            min_confidence,
+            alias="min_confidence",
+            ge=0.0,
+            le=1.0,
+            description='characters below this confidence read "?"',
+        ),
+        digits: int | None = Query(None, ge=1, le=64, description="exactly this many digits"),
+        pattern: str | None = Query(
+            None, max_length=200, description="a regular expression the whole string matches"
+        ),
+    ) -> Response:
+        from lenet.reader import Reader, check_constraint
+
+        t0 = time.perf_counter()
+        try:
+            check_constraint(digits, pattern)
+        except LenetError as e:
+            raise ApiError(422, str(e)) from None
+        if batcher.full:
+            request.state.log_extra = f"busy waiting={batcher.waiting}"
+            raise ApiError(503, BUSY, close=True)
+        batcher.reading += 1
+        try:
+            data = await image_bytes_from_request(request, max_bytes, read_timeout)
+        finally:
+            batcher.reading -= 1
+        if not reader_box:
+            reader_box.append(Reader(predictor=predictor))
+        reader = reader_box[0]
+
+        def work():
+            return reader.read_one(
+                data,
+                digits=digits,
+                pattern=pattern,
+                min_confidence=min_confidence_,
+                top_k=top_k_,
+                max_pixels=max_pixels,
+            )
+
+        try:
+            r = await batcher.call(work, disconnected=lambda: _disconnected(request))
+        except ServerBusy:
+            request.state.log_extra = f"busy waiting={batcher.waiting}"
+            raise ApiError(503, BUSY) from None
+        except ClientGone:
+            request.state.log_extra = "client gone, not computed"
+            return Response(status_code=499)
+        if r.error:
+            request.state.log_extra = f"error={r.error[:80]!r}"
+            raise ApiError(400, r.error)
+        out = reading_json(r, predictor.name, 1000 * (time.perf_counter() - t0))
+        request.state.log_extra = f"text={out['text']!r}"
         return Response(_dumps(out), media_type="application/json")
 
     app.mount("/static", StaticFiles(directory=static), name="static")

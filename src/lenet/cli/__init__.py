@@ -25,6 +25,7 @@ VERBS = {
     "eval": "evaluate a checkpoint on MNIST",
     "show": "predict the first N test digits and draw them as one grid",
     "predict": "predict the digit in your own images",
+    "read": "read whole numbers (several digits) in your own images",
     "serve": "run the HTTP prediction service and drawing page",
     "summary": "per-layer output shape, parameters and connections of a model",
     "viz": "draw one digit's path through the network: every layer's feature maps",

@@ -7,7 +7,6 @@ import contextlib
 import csv
 import glob
 import json
-import re
 import sys
 from pathlib import Path
 
@@ -98,19 +97,10 @@ def _table_row(d: dict, name_width: int) -> str:
 def _save_png(folder: Path, name: str, used: set[str], data: bytes) -> Path:
     """Write ``data`` as ``folder/<stem>.png`` under a name no file has: an existing file (an
     input photo, an earlier run's output) is never replaced; the next free ``<stem>-N.png`` is
-    taken instead, at the moment of writing (:func:`lenet.fileio.create_new`)."""
-    from lenet.fileio import create_new
+    taken instead (:func:`lenet.fileio.create_unique`)."""
+    from lenet.fileio import create_unique, safe_stem
 
-    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(name).stem if name != "-" else "stdin") or "image"
-    cand, n = stem, 1
-    while True:
-        if cand not in used:
-            used.add(cand)
-            try:
-                return create_new(folder / f"{cand}.png", data)
-            except FileExistsError:
-                pass
-        cand, n = f"{stem}-{n}", n + 1
+    return create_unique(folder, safe_stem(name), data, used)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -1,0 +1,598 @@
+"""Read whole numbers: a line of handwritten digits in a photo or drawing -> the string.
+
+The steps, after the same loading, grayscale, polarity and background removal as one digit
+(:mod:`lenet.preprocess`):
+
+1. :func:`find_line` -- threshold the ink, label connected components, drop specks and border
+   clutter, and group components into characters: a small fragment (the detached bar of a 5,
+   a broken stroke) joins the character it lies over or next to; a flat fragment at
+   mid-height, apart from both neighbours, is a dash. Groups are ordered left to right.
+2. :func:`segment_graph` -- heuristic over-segmentation (LeCun et al. 1998, section V): a group
+   wider than one line height gets candidate cuts at the valleys of its vertical ink
+   projection and of its upper and lower outline; every piece between two cuts of plausible width is one edge of the segmentation graph and
+   becomes an MNIST-style 28x28 (:func:`lenet.preprocess.scale_to_box`,
+   :func:`lenet.preprocess.place_by_center_of_mass`).
+3. :class:`Reader` -- the network scores every piece in one batch; an edge's score is the log
+   probability of its digit plus a width prior for that digit, minus the strokes its left cut
+   crosses; the best path through the graph
+   is found by dynamic programming (Viterbi), under ``digits=N`` (exactly N digits) or a
+   ``pattern`` (a regular expression the whole string must match; beam search over the
+   top classes of every piece).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from dataclasses import dataclass, field
+
+import cv2
+import numpy as np
+from PIL import Image
+
+from lenet.errors import ImageError, LenetError
+from lenet.preprocess import (
+    BG_BLOCKS,
+    MAX_PIXELS,
+    MIN_CONTRAST,
+    Component,
+    background_surface,
+    box_blur,
+    ink_is_dark,
+    is_border_clutter,
+    load_image,
+    place_by_center_of_mass,
+    scale_to_box,
+    to_gray,
+)
+
+READ_SIDE = 512  # lines are read on an image reduced to at most this longest side
+SPECK_MASS = 0.03  # components with less ink than this share of the heaviest are specks
+FRAGMENT = 0.6  # a component smaller both ways than this share of the line height is a fragment
+SPLIT_WIDTH = 1.0  # groups wider than this many line heights may hold several digits
+MIN_PIECE, MAX_PIECE = 0.12, 1.45  # piece widths the graph allows, in line heights
+FRAGMENT_GAP = 0.15  # a fragment closer than this many line heights joins its neighbour
+CUT_SPACING = 0.12  # candidate cuts at least this many line heights apart
+BEAM = 128  # hypotheses kept per graph node under a pattern
+ALTERNATIVES = 3  # classes tried per piece under a pattern
+DASH = "-"
+UNKNOWN = "?"
+NO_DIGITS = "no digits found"
+NO_MATCH = "no reading fits the constraint"
+
+# Width of each digit's ink box over its height on MNIST's training set (60,000 digits, 3,000
+# per class measured): means; one spread for all, widened for slant and size jitter.
+ASPECT_MEAN = (0.92, 0.46, 0.96, 0.82, 0.81, 0.96, 0.75, 0.80, 0.78, 0.70)
+ASPECT_SD = 0.25
+PRIOR_WEIGHT = 0.5  # weight of the width prior next to the network's log probability
+CUT_WEIGHT = 0.5  # subtracted per stroke a cut crosses
+PIECE_BONUS = 0.0  # added per piece (tuned on seed 1: 0 balances best with the cut cost)
+
+
+@dataclass
+class Group:
+    """One character candidate on the working image: its components' ink, cut out."""
+
+    box: tuple[int, int, int, int]  # x0, y0, x1, y1 (exclusive) in working pixels
+    ink: np.ndarray  # float32 (y1 - y0, x1 - x0) in [0, 1]: this group's ink only
+    dash: bool = False
+
+
+@dataclass
+class Line:
+    """The groups of a line, left to right, and how working pixels map to the image's."""
+
+    groups: list[Group]
+    height: float  # typical digit height, working pixels
+    scale: tuple[float, float]  # (x, y): image pixels per working pixel
+
+
+@dataclass
+class Edge:
+    """One piece of the segmentation graph: nodes ``a`` -> ``b`` of a group."""
+
+    a: int
+    b: int
+    box: tuple[int, int, int, int]  # x0, y0, x1, y1 in working pixels
+    aspect: float  # width / line height
+    image: np.ndarray | None  # uint8 (28, 28), None for a dash
+    cut: float = 0.0  # strokes the cut at ``a`` crosses (0 at a group's left end)
+    probs: np.ndarray | None = None  # (10,) softmax, filled by the reader
+
+
+def _original_size(source, im: Image.Image) -> tuple[int, int]:
+    """The image's own size: a large JPEG is decoded reduced (lenet.preprocess), boxes are not."""
+    if im.format not in ("JPEG", "MPO") or not isinstance(source, (str, os.PathLike, bytes)):
+        return im.size
+    import io
+
+    try:
+        with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as h:
+            big = max(h.size)
+    except Exception:
+        return im.size
+    f = big / max(im.size)
+    return (round(im.width * f), round(im.height * f)) if f > 1 else im.size
+
+
+def _noise(r: np.ndarray) -> float:
+    """Robust noise level of a (mostly background) image: 1.4826 x median absolute deviation."""
+    s = r[::2, ::2]
+    med = float(np.median(s))
+    return 1.4826 * float(np.median(np.abs(s - med)))
+
+
+def find_line(source, max_pixels: int = MAX_PIXELS) -> Line:
+    """Load an image and find its characters (:class:`Group`, left to right); see the module doc.
+
+    Raises :class:`ImageError` for unusable input; a line without ink has no groups.
+    """
+    im = load_image(source, max_pixels)
+    ow, oh = _original_size(source, im)
+    gray = to_gray(im, READ_SIDE)
+    h, w = gray.shape
+    scale = (ow / w, oh / h)
+    x = 1.0 - gray if ink_is_dark(gray) else gray
+    # Ink is found on a lightly blurred copy: pixel noise (no shrinking averages it away at
+    # this resolution) must not decide the mask or the noise level.
+    # A wide line gets square background blocks a quarter of its short side (the single-digit
+    # default, 8 along the long side, leaves a 100 px tall strip only two block rows, and the
+    # lighting across them stays behind as "ink").
+    blocks = max(BG_BLOCKS, math.ceil(4 * max(h, w) / min(h, w)))
+    r = box_blur(np.maximum(cv2.subtract(x, background_surface(x, blocks)), 0.0), 3)
+    sigma = _noise(r)
+    peak = cv2.minMaxLoc(r)[1]
+    if peak < MIN_CONTRAST or peak < 6 * sigma:
+        return Line([], 0.0, scale)
+    mask = (r > max(0.3 * peak, 4 * sigma)).astype(np.uint8)
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
+    if n <= 1:
+        return Line([], 0.0, scale)
+    mass = np.bincount(labels.ravel(), weights=r.ravel(), minlength=n)
+    # Contrast: the ink's typical level (90th percentile) -> 1, the noise floor -> 0.
+    level = float(np.percentile(r[mask > 0], 90))
+    floor = 3 * sigma
+    ink = np.clip((r - floor) / max(level - floor, 1e-6), 0, 1).astype(np.float32)
+
+    comps = []
+    for lab in range(1, n):
+        x0, y0, cw, ch, area = (int(v) for v in stats[lab])
+        c = Component(lab, area, float(mass[lab]), y0, x0, y0 + ch, x0 + cw, (False,) * 4, 0.0)
+        c.touches = (y0 == 0, y0 + ch == h, x0 == 0, x0 + cw == w)
+        if any(c.touches):
+            by, bx = max(1, math.ceil(0.1 * h)), max(1, math.ceil(0.1 * w))
+            inner = labels[by : h - by, bx : w - bx] == lab
+            c.edge_fraction = 1.0 - int(inner.sum()) / area
+        comps.append(c)
+    kept = [c for c in comps if not is_border_clutter(c, h, w)]
+    # A digit cropped tight (a 32x32 scan) is large and touches two borders: when nothing else
+    # is left, blobs touching at most two borders are taken as ink after all.
+    comps = kept or [c for c in comps if sum(c.touches) <= 2]
+    if not comps:
+        return Line([], 0.0, scale)
+    top = max(c.mass for c in comps)
+    comps = [c for c in comps if c.mass >= SPECK_MASS * top]
+    big = [c for c in comps if c.mass >= 0.15 * top]
+    height = float(np.median([c.height for c in big]))
+    comps = [c for c in comps if max(c.height, c.width) >= 0.15 * height]  # dust
+
+    # Group: every full-size component starts a group; fragments (small both ways: the bar of
+    # a 5, a broken stroke) join the group they overlap or nearly touch. A flat digit (an MNIST
+    # "2" can be twice as wide as tall) is full-size by its width.
+    def small(c: Component) -> bool:
+        return max(c.height, c.width) < FRAGMENT * height
+
+    full = sorted((c for c in comps if not small(c)), key=lambda c: c.x0)
+    members: list[list[Component]] = [[c] for c in full]
+    mid = float(np.median([(c.y0 + c.y1) / 2 for c in full])) if full else h / 2
+    loose: list[list[Component]] = []
+    for f in sorted((c for c in comps if small(c)), key=lambda c: c.x0):
+        best, best_score = None, -1e9
+        for i, g in enumerate(members):
+            g0, g1 = min(c.x0 for c in g), max(c.x1 for c in g)
+            overlap = min(f.x1, g1) - max(f.x0, g0)  # < 0: a gap
+            score = overlap / max(1, f.width) if overlap > 0 else overlap / height
+            if score > best_score:
+                best, best_score = i, score
+        # A dash keeps to itself unless it touches a character (then it is that one's bar).
+        reach = 0.03 if _dashlike(f, mid, height) else FRAGMENT_GAP
+        if best is not None and best_score > -reach:
+            members[best].append(f)
+        else:
+            loose.append([f])
+    groups = []
+    lut = np.zeros(n, np.uint8)
+    for g in sorted(members + loose, key=lambda g: min(c.x0 for c in g)):
+        x0, y0 = min(c.x0 for c in g), min(c.y0 for c in g)
+        x1, y1 = max(c.x1 for c in g), max(c.y1 for c in g)
+        # The group's ink: its components' cells, grown by 2 px for the anti-aliased rim.
+        py0, px0, py1, px1 = max(0, y0 - 2), max(0, x0 - 2), min(h, y1 + 2), min(w, x1 + 2)
+        lut[:] = 0
+        lut[[c.label for c in g]] = 1
+        lab = labels[py0:py1, px0:px1]
+        region = cv2.dilate(lut[lab], np.ones((5, 5), np.uint8))
+        region[(lab > 0) & (lut[lab] == 0)] = 0  # a neighbour's own strokes stay its own
+        gink = ink[py0:py1, px0:px1] * region
+        bx, by, bw, bh = cv2.boundingRect((gink > 0).astype(np.uint8))
+        if bw == 0:
+            continue
+        box = (px0 + bx, py0 + by, px0 + bx + bw, py0 + by + bh)
+        gink = np.ascontiguousarray(gink[by : by + bh, bx : bx + bw])
+        is_dash = len(g) == 1 and small(g[0]) and _dashlike(g[0], mid, height)
+        if (
+            len(g) == 1
+            and small(g[0])
+            and not is_dash
+            and max(g[0].width, g[0].height) < 0.3 * height
+        ):
+            continue  # a stray fragment on its own, too small to be a digit
+        groups.append(Group(box, gink, is_dash))
+    return Line(groups, height, scale)
+
+
+def _dashlike(c: Component, mid: float, height: float) -> bool:
+    """A short, flat stroke at mid-height: the shape of a dash (its place decides the rest)."""
+    return (
+        c.width >= 2 * c.height
+        and c.width >= 0.25 * height
+        and abs((c.y0 + c.y1) / 2 - mid) < 0.2 * height
+    )
+
+
+def piece_image(ink: np.ndarray) -> np.ndarray | None:
+    """Ink (float32 (H, W) in [0, 1]) -> the MNIST-style uint8 (28, 28), or None if empty."""
+    x, y, bw, bh = cv2.boundingRect((ink > 0.02).astype(np.uint8))
+    if bw == 0:
+        return None
+    out = place_by_center_of_mass(scale_to_box(ink[y : y + bh, x : x + bw]))
+    return cv2.convertScaleAbs(out, alpha=255.0)
+
+
+def _local_minima(p: np.ndarray, edge: int) -> list[int]:
+    """Columns ``edge <= x < len(p) - edge`` where ``p`` (1-D) is no higher than both neighbours."""
+    x = np.arange(max(1, edge), len(p) - max(1, edge))
+    if x.size == 0:
+        return []
+    return x[(p[x] <= p[x - 1]) & (p[x] <= p[x + 1])].tolist()
+
+
+def _candidates(ink: np.ndarray, height: float) -> list[int]:
+    """Candidate cut columns inside a group: valleys of its vertical ink projection, and of its
+    upper and lower contours (where two digits meet, the outline dips between them)."""
+    h, w = ink.shape
+    k = max(1, round(0.06 * height)) | 1
+    on = ink > 0.5
+    proj = cv2.blur(ink.sum(axis=0).reshape(1, -1).astype(np.float32), (k, 1)).ravel()
+    any_ink = on.any(axis=0)
+    top = np.where(any_ink, on.argmax(axis=0), h).astype(np.float32)
+    bottom = np.where(any_ink, h - 1 - on[::-1].argmax(axis=0), -1).astype(np.float32)
+    top = cv2.blur(top.reshape(1, -1), (k, 1)).ravel()
+    bottom = cv2.blur(bottom.reshape(1, -1), (k, 1)).ravel()
+    edge = round(MIN_PIECE * height)
+    cand = {x for x in _local_minima(proj, edge) if proj[x] < 0.7 * proj.max()}
+    cand |= set(_local_minima(-top, edge))  # the upper outline dips down
+    cand |= set(_local_minima(bottom, edge))  # the lower outline rises up
+    return sorted(cand)
+
+
+def _cuts(ink: np.ndarray, height: float) -> list[tuple[int, float]]:
+    """Cut columns inside a group, left to right: [(column, strokes the cut crosses)], at most
+    one per :data:`CUT_SPACING` line heights (the cheapest).
+
+    Straight cuts: cheapest paths through the ink near each column (curving around strokes)
+    were measured too (tuning seed, 270 strings a category): overlapping strings +5 points,
+    separated -4 (single digits split along a path that slips between their strokes).
+    """
+    sw = _stroke_width(ink)
+    on = ink > 0.5
+    cost = {c: float(on[:, c].sum()) / sw for c in _candidates(ink, height)}
+    chosen: list[int] = []
+    for c in sorted(cost, key=cost.get):
+        if all(abs(c - k) >= CUT_SPACING * height for k in chosen):
+            chosen.append(c)
+    return [(c, cost[c]) for c in sorted(chosen)]
+
+
+def _stroke_width(ink: np.ndarray) -> float:
+    """Typical stroke thickness of a group: the median length of its vertical ink runs."""
+    m = np.zeros((ink.shape[0] + 2, ink.shape[1]), np.int8)
+    m[1:-1] = ink > 0.5
+    d = np.diff(m, axis=0)  # +1 where a run starts, -1 one past its end, column by column
+    starts = np.flatnonzero(d.T.ravel() == 1)
+    ends = np.flatnonzero(d.T.ravel() == -1)
+    if starts.size == 0:
+        return 1.0
+    return max(1.0, float(np.median(ends - starts)))
+
+
+def segment_graph(line: Line) -> tuple[list[Edge], int]:
+    """The segmentation graph of a line: its edges (node ids increase left to right; a group's
+    last node is the next group's first) and the number of nodes."""
+    edges: list[Edge] = []
+    node = 0
+    hgt = max(line.height, 1.0)
+    for g in line.groups:
+        x0, y0, x1, y1 = g.box
+        width = x1 - x0
+        if g.dash:
+            edges.append(Edge(node, node + 1, g.box, width / hgt, None))
+            node += 1
+            continue
+        ink = g.ink
+        cuts = [(0, 0.0), (width, 0.0)]
+        if width > SPLIT_WIDTH * hgt:
+            cuts = [(0, 0.0), *_cuts(ink, hgt), (width, 0.0)]
+        for i in range(len(cuts) - 1):
+            for j in range(i + 1, len(cuts)):
+                a, b = cuts[i][0], cuts[j][0]
+                whole = i == 0 and j == len(cuts) - 1
+                if not whole and not MIN_PIECE * hgt <= b - a <= MAX_PIECE * hgt:
+                    continue
+                piece = ink[:, a:b]
+                bx, by, bw, bh = cv2.boundingRect((piece > 0.02).astype(np.uint8))
+                if bw == 0:
+                    continue
+                img = piece_image(piece[by : by + bh, bx : bx + bw])
+                if img is None:
+                    continue
+                box = (x0 + a + bx, y0 + by, x0 + a + bx + bw, y0 + by + bh)
+                edges.append(Edge(node + i, node + j, box, bw / hgt, img, cuts[i][1]))
+        node += len(cuts) - 1
+    return edges, node + 1
+
+
+def _edge_scores(e: Edge) -> np.ndarray:
+    """Score of each class (10,) for a digit piece: log p + width prior + the piece bonus."""
+    logp = np.log(np.maximum(e.probs, 1e-12))
+    z = (e.aspect - np.asarray(ASPECT_MEAN)) / ASPECT_SD
+    return logp - PRIOR_WEIGHT * 0.5 * z * z + PIECE_BONUS - CUT_WEIGHT * e.cut
+
+
+def decode(
+    edges: list[Edge], nodes: int, digits: int | None = None, pattern: str | None = None
+) -> list[tuple[Edge, str]] | None:
+    """The best path through the graph as [(edge, character)], or None when no path fits.
+
+    Unconstrained: Viterbi. ``digits``: Viterbi over (node, digits so far), the path with
+    exactly that many digits. ``pattern``: beam search over the :data:`ALTERNATIVES` best
+    classes of each piece; the best complete string that ``re.fullmatch``-es the pattern.
+    """
+    out: list[list[Edge]] = [[] for _ in range(nodes)]
+    for e in edges:
+        out[e.a].append(e)
+    scored = {id(e): _edge_scores(e) for e in edges if e.image is not None}
+    rx = re.compile(pattern) if pattern is not None else None
+    # hyps[node]: {key: (score, path)}; path is a tuple of (edge, char)
+    hyps: list[dict] = [{} for _ in range(nodes)]
+    hyps[0][0 if digits is not None and rx is None else ""] = (0.0, ())
+    for i in range(nodes):
+        here = hyps[i]
+        if rx is not None and len(here) > BEAM:
+            here = dict(sorted(here.items(), key=lambda kv: -kv[1][0])[:BEAM])
+        for e in out[i]:
+            if e.image is None:
+                options = [(DASH, 0.0)]
+            else:
+                s = scored[id(e)]
+                k = ALTERNATIVES if rx is not None else 1
+                options = [(str(int(d)), float(s[d])) for d in np.argsort(-s)[:k]]
+            for key, (score, path) in here.items():
+                for ch, sc in options:
+                    if rx is not None:
+                        nkey = key + ch
+                    elif digits is not None:
+                        nkey = key + (ch != DASH)  # digits so far
+                        if nkey > digits:
+                            continue
+                    else:
+                        nkey = ""
+                    old = hyps[e.b].get(nkey)
+                    if old is None or score + sc > old[0]:
+                        hyps[e.b][nkey] = (score + sc, (*path, (e, ch)))
+    final = hyps[nodes - 1]
+    if rx is not None:
+        ok = [v for k, v in final.items() if rx.fullmatch(k)]
+    elif digits is not None:
+        ok = [v for k, v in final.items() if k == digits]
+    else:
+        ok = list(final.values())
+    if not ok:
+        return None
+    return list(max(ok, key=lambda v: v[0])[1])
+
+
+@dataclass
+class Character:
+    """One character read: a digit (or a dash) with its box in the image's own pixels."""
+
+    char: str  # "0".."9", "-", or "?" below the confidence asked for
+    box: tuple[int, int, int, int]  # x0, y0, x1, y1 (exclusive), image pixels
+    digit: int | None = None
+    confidence: float | None = None
+    top_k: list[list] = field(default_factory=list)  # [[digit, probability], ...] best first
+    image: np.ndarray | None = None  # uint8 (28, 28): what the network saw
+
+    def to_dict(self) -> dict:
+        """JSON-ready: char, digit, confidence, top_k, box."""
+        return {
+            "char": self.char,
+            "digit": self.digit,
+            "confidence": self.confidence,
+            "top_k": self.top_k,
+            "box": list(self.box),
+        }
+
+
+@dataclass
+class Reading:
+    """The answer for one input: the string read, character by character, or why there is none."""
+
+    source: str
+    text: str | None = None
+    confidence: float | None = None  # product of the characters' confidences
+    characters: list[Character] = field(default_factory=list)
+    unsure: bool = False  # a character is below the confidence asked for ("?" in text)
+    reason: str | None = None  # "no digits found" / "no reading fits the constraint"
+    error: str | None = None  # the input could not be used
+
+    @property
+    def ok(self) -> bool:
+        """True unless the input itself was unusable."""
+        return self.error is None
+
+    def to_dict(self) -> dict:
+        """JSON-ready dict: path, text, confidence, unsure, characters (+ reason / error)."""
+        if self.error is not None:
+            return {"path": self.source, "error": self.error}
+        d = {
+            "path": self.source,
+            "text": self.text,
+            "confidence": self.confidence,
+            "unsure": self.unsure,
+            "characters": [c.to_dict() for c in self.characters],
+        }
+        if self.reason is not None:
+            d["reason"] = self.reason
+        return d
+
+
+def check_constraint(digits: int | None, pattern: str | None) -> None:
+    """Refuse a bad ``digits`` / ``pattern`` in one line (both at once, a count out of range,
+    a regular expression that does not compile)."""
+    if digits is not None and pattern is not None:
+        raise LenetError("give digits or pattern, not both")
+    if digits is not None and not 1 <= digits <= 64:
+        raise LenetError("digits must be between 1 and 64")
+    if pattern is not None:
+        if len(pattern) > 200:
+            raise LenetError("pattern is longer than 200 characters")
+        try:
+            re.compile(pattern)
+        except re.error as e:
+            raise LenetError(f"pattern is not a regular expression: {e}") from None
+
+
+class Reader:
+    """A model loaded once, reading strings of digits in images (CLI, service, Python API).
+
+    ``Reader()`` uses the bundled weights; the arguments are :class:`lenet.Predictor`'s (the
+    same loading; the network runs through its :meth:`~lenet.Predictor.probabilities`), or
+    ``predictor``, one already loaded.
+    """
+
+    def __init__(
+        self,
+        checkpoint: str | os.PathLike | None = None,
+        device: str = "cpu",
+        backend: str = "torch",
+        max_pixels: int = MAX_PIXELS,
+        predictor=None,
+    ):
+        if predictor is None:
+            from lenet.predictor import Predictor
+
+            predictor = Predictor(checkpoint, device=device, backend=backend, max_pixels=max_pixels)
+        self.predictor = predictor
+        self.name = predictor.name
+        self.max_pixels = predictor.max_pixels
+
+    def __repr__(self) -> str:
+        return f"Reader({self.predictor!r})"
+
+    def read(
+        self,
+        inputs,
+        *,
+        digits: int | None = None,
+        pattern: str | None = None,
+        min_confidence: float | None = None,
+        top_k: int = 3,
+    ) -> list[Reading]:
+        """One :class:`Reading` per input (a single input is accepted too), in order."""
+        from lenet.predictor import _is_single
+
+        if _is_single(inputs):
+            inputs = [inputs]
+        return [
+            self.read_one(
+                s, digits=digits, pattern=pattern, min_confidence=min_confidence, top_k=top_k
+            )
+            for s in inputs
+        ]
+
+    def read_one(
+        self,
+        source,
+        *,
+        digits: int | None = None,
+        pattern: str | None = None,
+        min_confidence: float | None = None,
+        top_k: int = 3,
+        max_pixels: int | None = None,
+    ) -> Reading:
+        """Read the digits in one image. Unusable input gets ``error``; a blank one ``reason``.
+
+        ``digits``: exactly that many digits; ``pattern``: a regular expression the whole
+        string must match (e.g. ``\\d{3}-\\d{4}``); ``min_confidence``: characters below it
+        read ``?`` and the reading is ``unsure``; ``max_pixels`` lowers the cap for this input.
+        """
+        from lenet.predictor import _check_options, describe_source
+
+        _check_options(top_k, min_confidence)
+        check_constraint(digits, pattern)
+        name = describe_source(source)
+        cap = self.max_pixels if max_pixels is None else min(max_pixels, self.max_pixels)
+        try:
+            line = find_line(source, cap)
+        except ImageError as e:
+            return Reading(name, error=str(e))
+        if not line.groups:
+            return Reading(name, reason=NO_DIGITS)
+        edges, nodes = segment_graph(line)
+        pieces = [e for e in edges if e.image is not None]
+        if pieces:
+            probs = self.predictor.probabilities(np.stack([e.image for e in pieces]))
+            for e, p in zip(pieces, probs, strict=True):
+                e.probs = p
+        path = decode(edges, nodes, digits, pattern)
+        if path is None:
+            return Reading(name, reason=NO_MATCH)
+        return _reading(name, path, line.scale, top_k, min_confidence)
+
+
+def _reading(name: str, path, scale, top_k: int, min_confidence: float | None) -> Reading:
+    """Turn a decoded path into a :class:`Reading` (boxes scaled back to image pixels)."""
+    sx, sy = scale
+    chars = []
+    conf = 1.0
+    unsure = False
+    for e, ch in path:
+        x0, y0, x1, y1 = e.box
+        box = (
+            int(math.floor(x0 * sx)),
+            int(math.floor(y0 * sy)),
+            int(math.ceil(x1 * sx)),
+            int(math.ceil(y1 * sy)),
+        )
+        if e.image is None:
+            chars.append(Character(DASH, box))
+            continue
+        p = e.probs
+        d = int(ch)
+        order = np.argsort(-p, kind="stable")[:top_k]
+        c = Character(
+            ch,
+            box,
+            digit=d,
+            confidence=round(float(p[d]), 6),
+            top_k=[[int(k), round(float(p[k]), 6)] for k in order],
+            image=e.image,
+        )
+        conf *= float(p[d])
+        if min_confidence is not None and c.confidence < min_confidence:
+            c.char, c.digit = UNKNOWN, None
+            unsure = True
+        chars.append(c)
+    text = "".join(c.char for c in chars)
+    return Reading(name, text, round(conf, 6), chars, unsure)
