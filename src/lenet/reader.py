@@ -10,7 +10,8 @@ The steps, after the same loading, grayscale, polarity and background removal as
 2. :func:`segment_graph` -- heuristic over-segmentation (LeCun et al. 1998, section V): a group
    wider than one line height gets candidate cuts at the valleys of its vertical ink
    projection and of its upper and lower outline; every piece between two cuts of plausible width is one edge of the segmentation graph and
-   becomes an MNIST-style 28x28 (:func:`lenet.preprocess.scale_to_box`,
+   becomes an MNIST-style 28x28 (:func:`lenet.preprocess.normalize_stroke` for hairlines,
+   :func:`lenet.preprocess.scale_to_box`,
    :func:`lenet.preprocess.place_by_center_of_mass`).
 3. :class:`Reader` -- the network scores every piece in one batch; an edge's score is the log
    probability of its digit plus a width prior for that digit, minus the strokes its left cut
@@ -42,6 +43,7 @@ from lenet.preprocess import (
     ink_is_dark,
     is_border_clutter,
     load_image,
+    normalize_stroke,
     place_by_center_of_mass,
     scale_to_box,
     to_gray,
@@ -245,7 +247,7 @@ def piece_image(ink: np.ndarray) -> np.ndarray | None:
     x, y, bw, bh = cv2.boundingRect((ink > 0.02).astype(np.uint8))
     if bw == 0:
         return None
-    out = place_by_center_of_mass(scale_to_box(ink[y : y + bh, x : x + bw]))
+    out = place_by_center_of_mass(scale_to_box(normalize_stroke(ink[y : y + bh, x : x + bw])))
     return cv2.convertScaleAbs(out, alpha=255.0)
 
 
