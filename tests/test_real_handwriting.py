@@ -48,9 +48,9 @@ def _digits(n: int = 16) -> torch.Tensor:
 
 @pytest.mark.parametrize("part", AUGMENT_PARTS)
 def test_each_part_is_deterministic_keeps_range_and_background(part):
-    x = _digits()
-    a = distort(x, part, torch.Generator().manual_seed(1))
-    b = distort(x, part, torch.Generator().manual_seed(1))
+    x, ones = _digits(), torch.ones(16, dtype=torch.long)
+    a = distort(x, part, torch.Generator().manual_seed(1), labels=ones)
+    b = distort(x, part, torch.Generator().manual_seed(1), labels=ones)
     torch.testing.assert_close(a, b)
     assert a.shape == x.shape and not torch.allclose(a, x)
     assert a.min() >= x.min() - 1e-5 and a.max() <= x.max() + 1e-5
@@ -86,16 +86,37 @@ def test_aspect_changes_width_not_height():
     assert (heights - 16).abs().max() <= 1
 
 
+def test_continental_flags_ones_and_crosses_sevens_only():
+    x = _digits(60)
+    labels = torch.tensor([1, 7, 3] * 20)
+    y = distort(x, "continental", torch.Generator().manual_seed(0), labels=labels)
+    changed = (y != x).flatten(1).any(1)
+    assert not changed[labels == 3].any()  # other digits untouched
+    for d in (1, 7):
+        assert 0.25 < changed[labels == d].float().mean() < 0.75  # about half of them
+    ink = lambda t: (t[:, 0] - x.min() > 0.5).sum((1, 2))  # noqa: E731
+    assert (ink(y)[changed] > ink(x)[changed] + 3).all()  # a stroke was added, not removed
+    # a 1's flag hangs to the left of the stem's top; a 7's bar crosses the stem
+    one = changed & (labels == 1)
+    assert ((y - x)[one][:, 0, :, :12].sum((1, 2)) > 0).all()
+    with pytest.raises(ValueError, match="labels"):
+        distort(x, "continental", torch.Generator())
+    with pytest.raises(LenetError, match="MNIST only"):
+        make_config(augment="affine+continental", dataset="fashion-mnist")
+
+
 def test_train_with_new_parts_reaches_the_run_and_bad_value_is_one_line(mnist_dir, tmp_path):
     assert_one_line_error(run_cli("train", "--augment", "affine+wobble"), "--augment must be")
-    flags = "--augment affine+stroke+aspect+lowres --limit 256 --epochs 1 --val-size 100"
+    flags = (
+        "--augment affine+stroke+aspect+lowres+continental --limit 256 --epochs 1 --val-size 100"
+    )
     p = run_cli(
         "train", *flags.split(), "--threads", "1", "--data-dir", str(mnist_dir),
         "--out", str(tmp_path), "--name", "a",
     )  # fmt: skip
     assert p.returncode == 0, p.stderr
     assert load_model(tmp_path / "a" / "best.pt").checkpoint["train_config"]["augment"] == (
-        "affine+stroke+aspect+lowres"
+        "affine+stroke+aspect+lowres+continental"
     )
 
 

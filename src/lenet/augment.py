@@ -2,7 +2,8 @@
 section III-C: small rotations, scalings, shears and translations) and elastic distortions
 (Simard, Steinkraus and Platt 2003), both as ONE ``grid_sample`` per batch with torch ops; and,
 for writers and scanners MNIST never saw, random stroke widths (a grey-level dilation or
-erosion), random aspect ratios and random low resolutions (down- then up-sampling).
+erosion), random aspect ratios, random low resolutions (down- then up-sampling), and the
+continental styles MNIST's American writers rarely used (a 1 with a long flag, a crossed 7).
 
 Randomness comes from a private generator seeded from (seed, epoch), so a run is reproducible
 under ``--seed``, a resumed run distorts exactly as the uninterrupted one would, and nothing
@@ -36,6 +37,7 @@ class DistortionParams:
     aspect: float = 0.5  # width scaled by exp(+-aspect * u): up to 1.65x wider or narrower
     lowres_p: float = 0.5  # share of images seen at a low resolution...
     lowres_min: int = 8  # ...of LOWRES_MIN..side pixels square, then back up bilinearly
+    continental_p: float = 0.5  # share of the 1s given a flag and of the 7s given a crossbar
 
 
 DEFAULT_PARAMS = DistortionParams()
@@ -116,20 +118,93 @@ def low_resolution(x: torch.Tensor, gen: torch.Generator, p: DistortionParams) -
     return out
 
 
+def _segment_ink(a: torch.Tensor, b: torch.Tensor, width: torch.Tensor, h: int, w: int):
+    """(m, h, w) coverage in [0, 1] of anti-aliased segments from points ``a`` to ``b`` ((m, 2)
+    as x, y in pixels) drawn ``width`` (m,) pixels wide."""
+    yy, xx = torch.meshgrid(
+        torch.arange(h, dtype=a.dtype), torch.arange(w, dtype=a.dtype), indexing="ij"
+    )
+    p = torch.stack([xx, yy], -1).view(1, h, w, 2)  # pixel centres
+    a, d = a.view(-1, 1, 1, 2), (b - a).view(-1, 1, 1, 2)
+    t = (((p - a) * d).sum(-1) / (d * d).sum(-1).clamp_min(1e-6)).clamp(0, 1)  # (m, h, w)
+    dist = (p - (a + t.unsqueeze(-1) * d)).norm(dim=-1)
+    return (width.view(-1, 1, 1) / 2 + 0.5 - dist).clamp(0, 1)
+
+
+def continental(
+    x: torch.Tensor, labels: torch.Tensor, gen: torch.Generator, p: DistortionParams
+) -> torch.Tensor:
+    """About ``continental_p`` of the 1s get a long flag from the top of their stroke down to
+    the left (25-60 degrees, 30-55% of the digit's height) and of the 7s a crossbar through the
+    stem (30-50% of the height): how much of Europe writes them. MNIST digit labels only."""
+    n, _, h, w = x.shape
+    u = torch.rand(n, 6, generator=gen)  # drawn for every image: the stream never depends on labels
+    labels = labels.cpu()
+    ones = (labels == 1) & (u[:, 0] < p.continental_p)
+    sevens = (labels == 7) & (u[:, 0] < p.continental_p)
+    idx = (ones | sevens).nonzero().flatten()
+    if len(idx) == 0:
+        return x
+    xi = x[idx].cpu().float()  # (m, 1, h, w)
+    lo = xi.amin(dim=(1, 2, 3), keepdim=True)
+    span = (xi.amax(dim=(1, 2, 3), keepdim=True) - lo).clamp_min(1e-6)
+    rel = (xi - lo) / span  # 0 background .. 1 ink
+    ink = rel[:, 0] > 0.5  # (m, h, w)
+    rows = ink.any(2)  # (m, h)
+    top = rows.float().argmax(1)  # first inked row
+    bottom = h - 1 - rows.flip(1).float().argmax(1)
+    height = (bottom - top + 1).float()
+    cols = torch.arange(w, dtype=torch.float32)
+    r = torch.arange(len(idx))
+
+    def centre(row: torch.Tensor) -> torch.Tensor:  # mean inked column of each image's row
+        line = ink[r, row.long().clamp(0, h - 1)].float()  # (m, w)
+        return (line * cols).sum(1) / line.sum(1).clamp_min(1)
+
+    v = u[idx]
+    is_one = ones[idx]
+    # a 1: from the top of the stroke, down and to the left
+    angle = torch.deg2rad(25 + 35 * v[:, 1])
+    length = height * (0.30 + 0.25 * v[:, 2])
+    start_one = torch.stack([centre(top), top.float()], 1)
+    end_one = start_one + torch.stack([-length * torch.cos(angle), length * torch.sin(angle)], 1)
+    # a 7: a short horizontal bar through the stem a little below the middle
+    y_bar = top + height * (0.45 + 0.15 * v[:, 3])
+    half = height * (0.15 + 0.10 * v[:, 2])
+    xc = centre(y_bar)
+    start_seven = torch.stack([xc - half, y_bar], 1)
+    end_seven = torch.stack([xc + half, y_bar], 1)
+    start = torch.where(is_one.view(-1, 1), start_one, start_seven)
+    end = torch.where(is_one.view(-1, 1), end_one, end_seven)
+    stroke = _segment_ink(start, end, 1.5 + 1.0 * v[:, 4], h, w).unsqueeze(1)
+    out = x.clone()
+    out[idx] = (lo + torch.maximum(rel, stroke) * span).to(x.device, x.dtype)
+    return out
+
+
 def distort(
-    x: torch.Tensor, kind: str, gen: torch.Generator, params: DistortionParams = DEFAULT_PARAMS
+    x: torch.Tensor,
+    kind: str,
+    gen: torch.Generator,
+    params: DistortionParams = DEFAULT_PARAMS,
+    labels: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Randomly distort a batch (N, C, H, W) of already-normalized images; same shape back.
 
     ``kind`` is ``none``, ``both`` (affine + elastic) or parts joined by ``+`` (see
-    :func:`lenet.config.augment_parts`). Stroke width is changed first, then the geometry (one
-    ``grid_sample``), then the resolution. Pixels pulled from outside the image repeat the
+    :func:`lenet.config.augment_parts`). Continental styles (which need the digits'
+    ``labels``) come first, then stroke width, then the geometry (one ``grid_sample``), then
+    the resolution. Pixels pulled from outside the image repeat the
     border (background under any normalization), so the digit keeps the input's background.
     """
     parts = augment_parts(kind)
     if not parts:
         return x
     n, _, h, w = x.shape
+    if "continental" in parts:
+        if labels is None:
+            raise ValueError("continental distortions need the digits' labels")
+        x = continental(x, labels, gen, params)
     if "stroke" in parts:
         x = stroke_width(x, gen, params)
     if parts & {"affine", "elastic", "aspect"}:
@@ -158,8 +233,8 @@ class Augmenter:
         self.kind, self.params = kind, params
         self.gen = augment_generator(seed, epoch)
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        return distort(x, self.kind, self.gen, self.params)
+    def __call__(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        return distort(x, self.kind, self.gen, self.params, labels)
 
 
 def make_augmenter(kind: str, seed: int, epoch: int) -> Augmenter | None:

@@ -23,7 +23,7 @@ SELECT_ON = ("val", "test", "last")
 NORMALIZE = ("model", "totensor", "mnist")
 AUGMENTS = ("none", "affine", "elastic", "both")  # see lenet.augment
 # Parts --augment joins with "+" (e.g. affine+stroke+lowres); "both" is affine+elastic.
-AUGMENT_PARTS = ("affine", "elastic", "stroke", "aspect", "lowres")
+AUGMENT_PARTS = ("affine", "elastic", "stroke", "aspect", "lowres", "continental")
 BACKENDS = ("torch", "onnx")  # what runs the network in predict/serve: PyTorch or ONNX Runtime
 # Image files taken from folders by suffix (lenet predict DIR, lenet eval --images DIR).
 IMAGE_SUFFIXES = frozenset(
@@ -83,7 +83,8 @@ class TrainConfig:
         "none",
         "random distortions of each training batch: affine (rotate/scale/shear/shift, as "
         "the 1998 paper), elastic (Simard et al. 2003), both (the two), stroke (stroke width), "
-        "aspect (width/height ratio), lowres (coarse resolution); join parts with +, e.g. "
+        "aspect (width/height ratio), lowres (coarse resolution), continental (flagged 1s, "
+        "crossed 7s; MNIST only); join parts with +, e.g. "
         "affine+stroke+lowres; or none",
     )
     seed: int = setting(0, "seeds the weights, the data order, dropout and distortions")
@@ -212,7 +213,8 @@ def validate(cfg: TrainConfig) -> None:
     choice("dataset", DATASETS)
     choice("select_on", SELECT_ON)
     choice("normalize", NORMALIZE)
-    augment_parts(cfg.augment)
+    if "continental" in augment_parts(cfg.augment) and cfg.dataset != "mnist":
+        raise LenetError("--augment continental draws digits' strokes: MNIST only")
     for name in ("epochs", "batch_size", "eval_batch_size", "step_size"):
         if getattr(cfg, name) < 1:
             raise LenetError(f"--{name.replace('_', '-')} must be at least 1")

@@ -330,7 +330,7 @@ def train_epoch(
         if augment is None:
             xb = data.x_train[idx]
         else:  # distort the global batch, keep this rank's part: N ranks = 1 process
-            xb = strategy.shard(augment(data.x_train[gidx]))
+            xb = strategy.shard(augment(data.x_train[gidx], data.y_train[gidx]))
         yb = data.y_train[idx]
         out = t.net(xb)
         loss = strategy.batch_loss(out, yb, len(gidx))  # mean over the global batch

@@ -170,14 +170,19 @@ def plot_filters(model: nn.Module, out: str | os.PathLike, title: str = "") -> P
 
 
 def augment_preview(
-    images: torch.Tensor, kind: str, out: str | os.PathLike, copies: int = 6, seed: int = 0
+    images: torch.Tensor,
+    kind: str,
+    out: str | os.PathLike,
+    copies: int = 6,
+    seed: int = 0,
+    labels: torch.Tensor | None = None,
 ) -> Path:
     """A grid: each row one digit, the original first, then ``copies`` random distortions."""
     if not augment_parts(kind):
         raise LenetError("--kind none distorts nothing; name what to preview (e.g. affine+stroke)")
     gen = augment_generator(seed, 0)
     x = normalize(images, TOTENSOR)  # (n, 1, 28, 28) in [0, 1]
-    distorted = [distort(x, kind, gen) for _ in range(copies)]
+    distorted = [distort(x, kind, gen, labels=labels) for _ in range(copies)]
     plt = _plt()
     n = len(images)
     fig, axes = plt.subplots(

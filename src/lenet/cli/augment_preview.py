@@ -42,6 +42,9 @@ def run(args: argparse.Namespace) -> int:
     if args.start >= len(train):
         raise LenetError(f"--start must be below {len(train)} (the training set's size)")
     images = train.images[args.start : args.start + args.n]
-    path = augment_preview(images, args.kind, args.out, copies=args.copies, seed=args.seed)
+    labels = train.labels[args.start : args.start + args.n]
+    path = augment_preview(
+        images, args.kind, args.out, copies=args.copies, seed=args.seed, labels=labels
+    )
     print(f"picture: {path}")
     return 0
