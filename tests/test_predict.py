@@ -71,18 +71,42 @@ def readme_bundled_accuracy() -> float:
 
 def test_bundled_weights_match_readme(predictor, mnist_dir):
     path = bundled_checkpoint()
-    assert path.stat().st_size < 1_000_000  # a small file: no optimizer state
+    assert path.stat().st_size < 2_000_000  # three small networks, no optimizer state
     r = evaluate(path, data_dir=mnist_dir, device="cpu", plots=False)
     assert round(100 * r.accuracy, 2) == readme_bundled_accuracy()
     assert predictor.info["test_accuracy"] == pytest.approx(r.accuracy)
-    assert r.accuracy >= 0.99
+    assert r.accuracy >= 0.994  # the real-handwriting issue's target for clean MNIST
+
+
+def test_bundled_weights_record_what_they_score_outside_mnist(predictor):
+    """The recorded accuracy on synthetic photos and on the real dev sets meets the targets;
+    the photos one is re-measured here (the dev sets by lenet eval in test_eval_images)."""
+    from lenet.checkpoint import read_checkpoint
+
+    m = read_checkpoint(bundled_checkpoint())["metrics"]
+    assert m["pen_digits_accuracy"] >= 0.992 and m["optdigits_accuracy"] >= 0.970
+    assert m["photos_accuracy"] >= m["photos_clean_accuracy"] - 0.01  # within 1 point of clean
+
+
+@pytest.mark.slow
+def test_bundled_photo_accuracy_is_what_the_file_records(predictor, mnist_test):
+    from lenet.checkpoint import read_checkpoint
+
+    m = read_checkpoint(bundled_checkpoint())["metrics"]
+    images, labels = mnist_test[0][3000:5000], mnist_test[1][3000:5000]
+    got = np.array(
+        [-1 if r.digit is None else r.digit for r in predictor.predict(make_photos(images, seed=7))]
+    )
+    assert (got == labels).mean() == pytest.approx(m["photos_accuracy"], abs=0.001)
+    clean = (predictor.probabilities(images).argmax(1) == labels).mean()
+    assert clean == pytest.approx(m["photos_clean_accuracy"], abs=0.001)
 
 
 def test_predictor_info(predictor):
     info = predictor.info
-    assert info["model"] == predictor.name == "lenet5-relu"
-    assert info["parameters"] == 61_706 and len(info["checkpoint_sha256"]) == 64
-    assert info["bundled"] and Path(info["path"]).name == "lenet5-relu.pt"
+    assert info["model"] == predictor.name == "lenet5-ensemble"
+    assert info["parameters"] == 185_118 and len(info["checkpoint_sha256"]) == 64
+    assert info["bundled"] and Path(info["path"]).name == "lenet5-ensemble.pt"
 
 
 # ----------------------------------------------------------------------------- the API

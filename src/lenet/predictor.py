@@ -28,7 +28,7 @@ from lenet.runtime import resolve_device
 
 log = logging.getLogger(__name__)
 
-BUNDLED_NAME = "lenet5-relu.pt"
+BUNDLED_NAME = "lenet5-ensemble.pt"
 UNSURE = "unsure"
 # The error of an input the network answered with NaN/inf (broken weights, an overflow): the
 # model's failure, not the input's, so the service answers it apart from bad images.

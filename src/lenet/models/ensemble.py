@@ -3,9 +3,13 @@ the mean of their log-probabilities (a committee, as the 1998 paper's boosted Le
 three LeNet-4s). Members trained from different seeds disagree on digits unlike any they have
 seen, and their average is steadier on writers MNIST never had than any one of them.
 
-The members run one after the other, each through lenet5-relu's fused CPU blocks. Stacking
-them side by side in grouped convolutions (``groups=K``) was measured first and was slower:
-5 members at batch 256 took 96 ms grouped against 16 ms one by one (torch 2.13 CPU, 1 thread).
+The members run one after the other, each through lenet5-relu's fused CPU kernels; for
+inference on the CPU the ensemble calls those kernels directly, checking once for all members
+what each block would check for itself (no hooks, no tracing or export, CPU float32, sizes the
+kernels handle): one digit then takes 0.48 ms for 5 members instead of 0.79 ms (torch 2.13 CPU,
+1 thread). Stacking the members side by side was measured first and was slower: in grouped
+convolutions (``groups=K``) 5 members at batch 256 took 96 ms against 16 ms one by one, and
+as one wide conv plus batched matrix products 132 ms.
 
 Shapes for one 28x28 digit (batch N omitted):
 
@@ -23,19 +27,21 @@ from __future__ import annotations
 import copy
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
+from lenet import kernels, ops
 from lenet.models.lenet5_relu import LeNet5ReLU
 from lenet.models.registry import register_model
 from lenet.normalization import MNIST_STATS
 
-MEMBERS = 5
+MEMBERS = 3
 
 
 @register_model(
     "lenet5-ensemble",
     "a committee of lenet5-relu networks answering the mean of their log-probabilities "
-    "(5 members: 308,530 params)",
+    "(3 members: 185,118 params)",
     normalization=MNIST_STATS,
     num_classes=10,
     members=MEMBERS,
@@ -48,10 +54,43 @@ class LeNet5Ensemble(nn.Module):
         if members < 1:
             raise ValueError("an ensemble needs at least one member")
         self.members = nn.ModuleList(LeNet5ReLU(num_classes) for _ in range(members))
+        self._layers: list[nn.Module] | None = None  # for _direct, filled on first use
+        self._plain = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        votes = torch.stack([m(x) for m in self.members], dim=1)  # (N, K, 10)
+        if self._direct(x):
+            votes = torch.stack([_member_logits(m, x) for m in self.members], dim=1)
+        else:
+            votes = torch.stack([m(x) for m in self.members], dim=1)  # (N, K, 10)
         return torch.log_softmax(votes, dim=2).mean(dim=1)  # (N, 10)
+
+    def _direct(self, x: torch.Tensor) -> bool:
+        """Inference the fused kernels cover for every member (they share their shapes)."""
+        if torch.is_grad_enabled() and (x.requires_grad or self.members[0].c1.weight.requires_grad):
+            return False  # training, or a saliency map: autograd needs the ops' own path
+        first = self.members[0]
+        if self._layers is None:  # the modules, listed once: walking them costs a member's time
+            self._layers = list(self.modules())
+            self._plain = all(_plain(m) for m in self.members)
+        return (
+            self._plain
+            and ops.block1_supported(x, first.c1, first.s2, first.relu, nn.MaxPool2d)
+            and ops._unhooked(*self._layers)
+        )
+
+
+def _plain(m: LeNet5ReLU) -> bool:
+    """A member of exactly lenet5-relu's layers, as block1_supported checked on the first."""
+    return type(m) is LeNet5ReLU and m.c1.padding == (2, 2) and m.c3.out_channels == 16
+
+
+def _member_logits(m: LeNet5ReLU, x: torch.Tensor) -> torch.Tensor:
+    """One member's logits straight through the kernels: (N, 1, 28, 28) -> (N, 10)."""
+    h, _ = kernels.block1_forward(x, m.c1.weight, m.c1.bias, 2, False, False)  # (N, 6, 14, 14)
+    h, _ = kernels.block2_forward(h, m.c3.weight, m.c3.bias, False, False)  # (N, 16, 5, 5)
+    h = F.relu(ops.whole_input_conv(h, m.c5)).flatten(1)  # (N, 120)
+    h = F.relu(F.linear(h, m.f6.weight, m.f6.bias))  # (N, 84)
+    return F.linear(h, m.output.weight, m.output.bias)  # (N, 10)
 
 
 def stack(members: list[LeNet5ReLU]) -> LeNet5Ensemble:
