@@ -12,6 +12,8 @@ import io
 import numpy as np
 from PIL import Image
 
+from lenet.bench.strings import lighting
+
 KINDS = ("paper_png", "paper_jpeg", "pen_jpeg", "transparent_png", "large_jpeg", "chalk_png")
 PENS = [(20, 20, 25), (25, 45, 160), (170, 25, 35), (20, 110, 40), (90, 30, 120)]
 
@@ -20,15 +22,6 @@ def ink_alpha(digit: np.ndarray, size: int) -> np.ndarray:
     """The digit upscaled smoothly to ``size`` x ``size``: stroke coverage in [0, 1]."""
     im = Image.fromarray(digit).resize((size, size), Image.Resampling.BICUBIC)
     return np.clip(np.asarray(im, dtype=np.float32) / 255.0, 0, 1)
-
-
-def lighting(h: int, w: int, rng: np.random.Generator, amp: float) -> np.ndarray:
-    """A linear gradient in a random direction plus a soft vignette, values around 0."""
-    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
-    t = rng.uniform(0, 2 * np.pi)
-    ramp = (np.cos(t) * (xx / w - 0.5) + np.sin(t) * (yy / h - 0.5)) * amp
-    vig = -0.5 * amp * (((xx / w - 0.5) ** 2 + (yy / h - 0.5) ** 2) * 2)
-    return (ramp + vig).astype(np.float32)
 
 
 def _encode(a: np.ndarray, fmt: str, rng: np.random.Generator) -> bytes:

@@ -113,28 +113,24 @@ class Batcher:
         :class:`ClientGone` when ``disconnected()`` (an awaitable that completes when the
         client goes away) finishes first; the job is then skipped, not computed.
         """
-        loop = asyncio.get_running_loop()
-        if self._loop is not loop or self._task is None or self._task.done():
-            self._start(loop)
-        if self.full:
-            raise ServerBusy(f"{len(self._jobs)} requests are already waiting")
-        fut = loop.create_future()
-        self._jobs.append(_Job(data, top_k, min_confidence, fut))
-        self._wake.set()
-        return await self._wait(fut, disconnected)
+        return await self._submit(lambda fut: _Job(data, top_k, min_confidence, fut), disconnected)
 
     async def call(
         self, fn: Callable[[], object], disconnected: Callable[[], Awaitable] | None = None
     ):
         """Run ``fn()`` in its turn in the same queue and thread as the predictions (the same
         bound, 503 and dropped-when-gone rules): how ``/api/read`` shares the guards."""
+        return await self._submit(lambda fut: _Job(b"", 0, None, fut, fn), disconnected)
+
+    async def _submit(self, make_job: Callable, disconnected: Callable[[], Awaitable] | None):
+        """Queue ``make_job(future)`` (or raise :class:`ServerBusy`) and wait for its result."""
         loop = asyncio.get_running_loop()
         if self._loop is not loop or self._task is None or self._task.done():
             self._start(loop)
         if self.full:
             raise ServerBusy(f"{len(self._jobs)} requests are already waiting")
         fut = loop.create_future()
-        self._jobs.append(_Job(b"", 0, None, fut, fn))
+        self._jobs.append(make_job(fut))
         self._wake.set()
         return await self._wait(fut, disconnected)
 

@@ -205,6 +205,26 @@ async def _disconnected(request: Request) -> None:
         pass
 
 
+GONE = object()  # what queued() returns when the client left before its job ran
+
+# The OpenAPI description of an image upload (/api/predict and /api/read take the same).
+IMAGE_REQUEST_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "properties": {"file": {"type": "string", "format": "binary"}},
+                    "required": ["file"],
+                }
+            },
+            "image/*": {"schema": {"type": "string", "format": "binary"}},
+        },
+    }
+}
+
+
 def create_app(
     predictor: Predictor,
     max_bytes: int = DEFAULT_MAX_BYTES,
@@ -300,6 +320,30 @@ def create_app(
             "read_timeout_s": read_timeout,
         }
 
+    async def body(request: Request) -> bytes:
+        """The request's image bytes; 503 at once, before reading (and holding) a body that
+        would not be queued."""
+        if batcher.full:
+            request.state.log_extra = f"busy waiting={batcher.waiting}"
+            raise ApiError(503, BUSY, close=True)
+        batcher.reading += 1
+        try:
+            return await image_bytes_from_request(request, max_bytes, read_timeout)
+        finally:
+            batcher.reading -= 1  # from here on it is counted in the queue itself
+
+    async def queued(request: Request, job):
+        """Await a queued job: its result, a 503 when the queue is full, or GONE when the
+        client left first (the job was skipped; 499 only reaches the log)."""
+        try:
+            return await job
+        except ServerBusy:
+            request.state.log_extra = f"busy waiting={batcher.waiting}"
+            raise ApiError(503, BUSY) from None
+        except ClientGone:
+            request.state.log_extra = "client gone, not computed"
+            return GONE
+
     @app.post(
         "/api/predict",
         summary="Recognise the digit in an image",
@@ -310,21 +354,7 @@ def create_app(
             "predict`. A blank image answers 200 with `digit: null` and a `reason`; a body over "
             "the size limit answers 413; something that is not a usable image answers 400."
         ),
-        openapi_extra={
-            "requestBody": {
-                "required": True,
-                "content": {
-                    "multipart/form-data": {
-                        "schema": {
-                            "type": "object",
-                            "properties": {"file": {"type": "string", "format": "binary"}},
-                            "required": ["file"],
-                        }
-                    },
-                    "image/*": {"schema": {"type": "string", "format": "binary"}},
-                },
-            }
-        },
+        openapi_extra=IMAGE_REQUEST_BODY,
     )
     async def predict(
         request: Request,
@@ -338,26 +368,18 @@ def create_app(
         ),
     ) -> Response:
         t0 = time.perf_counter()
-        if batcher.full:  # refuse before reading (and holding) a body that would not be queued
-            request.state.log_extra = f"busy waiting={batcher.waiting}"
-            raise ApiError(503, BUSY, close=True)
-        batcher.reading += 1
+        data = await body(request)
         try:
-            data = await image_bytes_from_request(request, max_bytes, read_timeout)
-        finally:
-            batcher.reading -= 1  # from here on it is counted in the queue itself
-        try:
-            p = await batcher.predict(
-                data, top_k_, min_confidence_, disconnected=lambda: _disconnected(request)
+            p = await queued(
+                request,
+                batcher.predict(
+                    data, top_k_, min_confidence_, disconnected=lambda: _disconnected(request)
+                ),
             )
-        except ServerBusy:
-            request.state.log_extra = f"busy waiting={batcher.waiting}"
-            raise ApiError(503, BUSY) from None
-        except ClientGone:  # nobody is listening; this status only reaches the log
-            request.state.log_extra = "client gone, not computed"
-            return Response(status_code=499)
         except LenetError as e:  # the predictor reports per-input errors in .error; be safe
             raise ApiError(400, str(e)) from None
+        if p is GONE:
+            return Response(status_code=499)
         if p.error:
             request.state.log_extra = f"error={p.error[:80]!r}"
             if p.error.startswith("internal error"):  # the Predictor caught a bug, not bad input
@@ -388,21 +410,7 @@ def create_app(
             "constrain the reading; characters below `min_confidence` read `?` and the answer "
             "is `unsure`. No digits: 200 with `text: null` and a `reason`."
         ),
-        openapi_extra={
-            "requestBody": {
-                "required": True,
-                "content": {
-                    "multipart/form-data": {
-                        "schema": {
-                            "type": "object",
-                            "properties": {"file": {"type": "string", "format": "binary"}},
-                            "required": ["file"],
-                        }
-                    },
-                    "image/*": {"schema": {"type": "string", "format": "binary"}},
-                },
-            }
-        },
+        openapi_extra=IMAGE_REQUEST_BODY,
     )
     async def read(
         request: Request,
@@ -426,14 +434,7 @@ def create_app(
             check_constraint(digits, pattern)
         except LenetError as e:
             raise ApiError(422, str(e)) from None
-        if batcher.full:
-            request.state.log_extra = f"busy waiting={batcher.waiting}"
-            raise ApiError(503, BUSY, close=True)
-        batcher.reading += 1
-        try:
-            data = await image_bytes_from_request(request, max_bytes, read_timeout)
-        finally:
-            batcher.reading -= 1
+        data = await body(request)
         if not reader_box:
             reader_box.append(Reader(predictor=predictor))
         reader = reader_box[0]
@@ -448,13 +449,8 @@ def create_app(
                 max_pixels=max_pixels,
             )
 
-        try:
-            r = await batcher.call(work, disconnected=lambda: _disconnected(request))
-        except ServerBusy:
-            request.state.log_extra = f"busy waiting={batcher.waiting}"
-            raise ApiError(503, BUSY) from None
-        except ClientGone:
-            request.state.log_extra = "client gone, not computed"
+        r = await queued(request, batcher.call(work, disconnected=lambda: _disconnected(request)))
+        if r is GONE:
             return Response(status_code=499)
         if r.error:
             request.state.log_extra = f"error={r.error[:80]!r}"

@@ -87,8 +87,9 @@ def compose_strip(
     return strip[:, :right], boxes
 
 
-def _lighting(h: int, w: int, rng: np.random.Generator, amp: float) -> np.ndarray:
-    """A linear gradient in a random direction plus a soft vignette (values around 0)."""
+def lighting(h: int, w: int, rng: np.random.Generator, amp: float) -> np.ndarray:
+    """A linear gradient in a random direction plus a soft vignette (values around 0); the
+    single-digit photos of the tests (tests/photos.py) light their paper the same way."""
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
     t = rng.uniform(0, 2 * np.pi)
     ramp = (np.cos(t) * (xx / w - 0.5) + np.sin(t) * (yy / h - 0.5)) * amp
@@ -132,7 +133,7 @@ def render_photo(
         )
         for bx0, by0, bx1, by1 in boxes
     ]
-    light = _lighting(h, w, rng, rng.uniform(0.1, 0.3))
+    light = lighting(h, w, rng, rng.uniform(0.1, 0.3))
     paper = rng.uniform(0.8, 0.95) + light
     tint = np.array([1.0, rng.uniform(0.97, 1.0), rng.uniform(0.9, 1.0)], np.float32)
     pen = np.array(PENS[int(rng.integers(len(PENS)))], np.float32) / 255 * rng.uniform(0.7, 1.3)

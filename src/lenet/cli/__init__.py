@@ -90,6 +90,12 @@ def add_backend(p: argparse.ArgumentParser) -> None:
     )
 
 
+def add_image_inputs(p: argparse.ArgumentParser) -> None:
+    """The image paths and ``--model`` of ``predict`` and ``read``."""
+    p.add_argument("paths", nargs="+", metavar="PATH", help="image file, folder, glob, or -")
+    p.add_argument("--model", metavar="CKPT", help="checkpoint (default: the bundled weights)")
+
+
 def add_top_k(p: argparse.ArgumentParser, help: str) -> None:
     """``--top-k K``: how many best classes to list, 1 to 10 (all of them)."""
     p.add_argument("--top-k", type=int, choices=range(1, 11), default=3, metavar="K", help=help)

@@ -10,7 +10,14 @@ import json
 import sys
 from pathlib import Path
 
-from lenet.cli import add_backend, add_device, add_min_confidence, add_top_k, bounded
+from lenet.cli import (
+    add_backend,
+    add_device,
+    add_image_inputs,
+    add_min_confidence,
+    add_top_k,
+    bounded,
+)
 
 # Files taken from folders (explicitly named files are tried whatever their extension).
 from lenet.config import IMAGE_SUFFIXES
@@ -23,11 +30,10 @@ def register(sub) -> None:
         description="Predict handwritten digits in image files (PNG, JPEG, BMP, GIF, TIFF, WebP, "
         "...), folders (recursively), globs, or '-' for one image on stdin. Each image is made "
         "MNIST-like first (ink polarity, background, crop, 20 px box, centre of mass). Uses the "
-        "bundled pretrained lenet5-relu unless --model is given. Exits 1 at the end if any input "
-        "could not be used.",
+        "bundled pretrained weights (lenet5-ensemble) unless --model is given. Exits 1 at the "
+        "end if any input could not be used.",
     )
-    p.add_argument("paths", nargs="+", metavar="PATH", help="image file, folder, glob, or -")
-    p.add_argument("--model", metavar="CKPT", help="checkpoint (default: the bundled weights)")
+    add_image_inputs(p)
     add_top_k(p, help="how many best classes to list (1-10, default 3)")
     p.add_argument(
         "--format",

@@ -8,7 +8,14 @@ import json
 import sys
 from pathlib import Path
 
-from lenet.cli import add_backend, add_device, add_min_confidence, add_top_k, bounded
+from lenet.cli import (
+    add_backend,
+    add_device,
+    add_image_inputs,
+    add_min_confidence,
+    add_top_k,
+    bounded,
+)
 
 
 def register(sub) -> None:
@@ -19,11 +26,10 @@ def register(sub) -> None:
         "in image files, folders (recursively), globs, or '-' for one image on stdin: one "
         "answer per image with the string, each character's box, digit and confidence. "
         "Touching digits are cut where the network reads the pieces best. Uses the bundled "
-        "pretrained lenet5-relu unless --model is given. Exits 1 at the end if any input could "
-        "not be used.",
+        "pretrained weights (lenet5-ensemble) unless --model is given. Exits 1 at the end if "
+        "any input could not be used.",
     )
-    p.add_argument("paths", nargs="+", metavar="PATH", help="image file, folder, glob, or -")
-    p.add_argument("--model", metavar="CKPT", help="checkpoint (default: the bundled weights)")
+    add_image_inputs(p)
     p.add_argument(
         "--format",
         choices=["table", "json", "csv"],
