@@ -17,7 +17,7 @@ from conftest import run_cli
 from lenet import optim
 from lenet.config import TrainConfig, make_config, paper_eta
 from lenet.errors import LenetError
-from lenet.models.layers import Subsample
+from lenet.models.layers import EuclideanRBF, Subsample
 
 
 class _Tiny(nn.Module):
@@ -78,6 +78,29 @@ def test_diagonal_is_the_exact_hessian_for_a_linear_model():
     hess = torch.autograd.functional.hessian(lambda w, b: F.cross_entropy(x @ w.T + b, y), (w, b))
     torch.testing.assert_close(got["weight"], hess[0][0].reshape(12, 12).diag().view(3, 4))
     torch.testing.assert_close(got["bias"], hess[1][1].diag())
+
+
+def test_squared_input_adds_the_rbf_curvature():
+    """With an RBF output, 2 * sum_j (dx_j/dw_k)^2 of its input x is added; exact here, where
+    each weight of the layer before it feeds one unit of x."""
+    torch.manual_seed(5)
+    model = nn.Sequential(nn.Linear(4, 3), nn.Tanh(), EuclideanRBF(torch.randn(5, 3))).double()
+    x = torch.randn(6, 4, dtype=torch.float64)
+    opt = optim.SDLM(model.parameters(), lr=1e-3)
+    opt.estimate_diagonal(model, x, squared_input="2", chunk=4)
+    ggn = _brute_ggn_diag(model, x)
+    params = {n: p.detach() for n, p in model.named_parameters()}
+    for name, p in model.named_parameters():
+        want = torch.zeros(p.numel(), dtype=p.dtype)
+        for k in range(p.numel()):
+            tangent = {n: torch.zeros_like(q) for n, q in params.items()}
+            tangent[name].view(-1)[k] = 1.0
+            feat = lambda ps: torch.tanh(
+                functional_call(model[0], {n[2:]: v for n, v in ps.items()}, (x,))
+            )  # noqa: E731
+            _, dfeat = jvp(feat, (params,), (tangent,))  # (N, 3)
+            want[k] = 2 * dfeat.pow(2).sum(1).mean()
+        torch.testing.assert_close(opt.state[p]["hessian"], ggn[name] + want.view_as(p))
 
 
 class _Tied(nn.Module):

@@ -323,10 +323,16 @@ def estimate_curvature(t: Trainee, data: Data, cfg: TrainConfig, perm: torch.Ten
     per-image Jacobians cannot go through the fused kernels' autograd Functions."""
     from lenet.kernels import turned_off
 
+    from lenet.models.layers import EuclideanRBF
+
     estimate = getattr(t.opt, "estimate_diagonal", None)
-    if estimate is not None:
-        with turned_off():
-            estimate(t.model, data.x_train[perm[:HESSIAN_SAMPLES]], loss_logits(cfg))
+    if estimate is None:
+        return
+    # lenet5-1998's RBF output: its squared distance's curvature at F6 counts (the paper's).
+    rbf = [name for name, m in t.model.named_modules() if isinstance(m, EuclideanRBF)]
+    with turned_off():
+        x = data.x_train[perm[:HESSIAN_SAMPLES]]
+        estimate(t.model, x, loss_logits(cfg), squared_input=rbf[0] if rbf else None)
 
 
 def train_epoch(

@@ -201,42 +201,71 @@ class SDLM(Optimizer):
         model: torch.nn.Module,
         inputs: torch.Tensor,
         logits_fn=None,
+        squared_input: str | None = None,
         chunk: int = 32,
     ) -> None:
         """(Re)estimate every parameter's h_kk on ``inputs`` (N, ...): the mean over the N
         images of the Gauss-Newton diagonal (see the class docstring), stored as
         ``state[p]["hessian"]``. ``model`` is run in eval mode (dropout off, batch norm on its
         running statistics: one image at a time has no batch); ``logits_fn`` maps the model's
-        output to the logits the cross-entropy sees (e.g. the MAP loss's extra rubbish class)."""
+        output to the logits the cross-entropy sees (e.g. the MAP loss's extra rubbish class).
+
+        ``squared_input`` names a submodule whose input ``x`` the loss compares to a target by a
+        squared distance (lenet5-1998's RBF output: the MAP loss's y_D = ||x - w_D||^2, a squared
+        error on F6). Its curvature 2 I in ``x`` is the paper's second derivative at F6 (the
+        RBF's own second derivative, which a Gauss-Newton split at the logits would drop), and
+        it is added: ``2 * sum_j (dx_j/dw_k)^2``, estimated with one fixed random +-1 probe per
+        image (``2 * (v . dx/dw_k)^2`` has that expectation; exact for a weight feeding one unit
+        of ``x``, such as F6's), at the cost of one more Jacobian row instead of ``len(x)``."""
         from torch.func import functional_call, jacrev, vmap
 
         mine = {p for group in self.param_groups for p in group["params"]}
         params = {n: p.detach() for n, p in model.named_parameters() if p in mine}
         owners = {n: p for n, p in model.named_parameters() if p in mine}
         buffers = dict(model.named_buffers())
+        feats: list[torch.Tensor] = []  # the squared_input's input in the current call
 
-        def logits_one(pvals: dict, x: torch.Tensor):
+        def outputs_one(pvals: dict, x: torch.Tensor, v: torch.Tensor):
+            feats.clear()
             out = functional_call(model, (pvals, buffers), (x.unsqueeze(0),))  # (1, C)
             if logits_fn is not None:
                 out = logits_fn(out)
-            return out[0], out[0]  # (C,) to differentiate, (C,) kept as aux
+            probe = (feats[-1].flatten() * v).sum() if feats else out.new_zeros(())
+            return (out[0], probe), out[0]  # (C,) and () to differentiate, (C,) kept as aux
 
-        jac_fn = vmap(jacrev(logits_one, has_aux=True), in_dims=(None, 0))
+        hook = None
+        if squared_input is not None:
+            hook = model.get_submodule(squared_input).register_forward_pre_hook(
+                lambda module, args: feats.append(args[0])
+            )
+        jac_fn = vmap(jacrev(outputs_one, has_aux=True), in_dims=(None, 0, 0))
         sums = {n: torch.zeros_like(p) for n, p in params.items()}
         was_training = model.training
         model.eval()
         try:
             with torch.enable_grad():
+                width = 0
+                if hook is not None:  # the probe's length: one plain forward
+                    with torch.no_grad():
+                        model(inputs[:1])
+                    width = feats[-1][0].numel()
+                g = torch.Generator().manual_seed(0)  # fixed probes: the estimate is repeatable
                 for i in range(0, len(inputs), chunk):
-                    jac, z = jac_fn(params, inputs[i : i + chunk])  # jac[n]: (B, C, *shape)
+                    xb = inputs[i : i + chunk]
+                    v = torch.randint(0, 2, (len(xb), width), generator=g) * 2.0 - 1.0
+                    (jac, jprobe), z = jac_fn(params, xb, v.to(xb))  # jac[n]: (B, C, *shape)
                     prob = torch.softmax(z.detach(), dim=1).unsqueeze(2)  # (B, C, 1)
                     for n, J in jac.items():
                         J = J.detach().flatten(2)  # (B, C, P)
                         # diag(J^T (diag(p) - p p^T) J) = sum_c p_c J_c^2 - (sum_c p_c J_c)^2
                         d = (prob * J * J).sum(1) - (prob * J).sum(1).pow(2)  # (B, P)
+                        if hook is not None:
+                            d = d + 2 * jprobe[n].detach().flatten(1).pow(2)
                         sums[n] += d.sum(0).view_as(sums[n])
         finally:
             model.train(was_training)
+            if hook is not None:
+                hook.remove()
         for n, s in sums.items():
             self.state[owners[n]]["hessian"] = (s / max(len(inputs), 1)).clamp_(min=0)
 
