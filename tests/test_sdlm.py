@@ -90,14 +90,15 @@ def test_squared_input_adds_the_rbf_curvature():
     opt.estimate_diagonal(model, x, squared_input="2", chunk=4)
     ggn = _brute_ggn_diag(model, x)
     params = {n: p.detach() for n, p in model.named_parameters()}
+
+    def feat(ps: dict) -> torch.Tensor:  # the RBF's input, (N, 3)
+        return torch.tanh(functional_call(model[0], {n[2:]: v for n, v in ps.items()}, (x,)))
+
     for name, p in model.named_parameters():
         want = torch.zeros(p.numel(), dtype=p.dtype)
         for k in range(p.numel()):
             tangent = {n: torch.zeros_like(q) for n, q in params.items()}
             tangent[name].view(-1)[k] = 1.0
-            feat = lambda ps: torch.tanh(
-                functional_call(model[0], {n[2:]: v for n, v in ps.items()}, (x,))
-            )  # noqa: E731
             _, dfeat = jvp(feat, (params,), (tangent,))  # (N, 3)
             want[k] = 2 * dfeat.pow(2).sum(1).mean()
         torch.testing.assert_close(opt.state[p]["hessian"], ggn[name] + want.view_as(p))

@@ -322,7 +322,6 @@ def estimate_curvature(t: Trainee, data: Data, cfg: TrainConfig, perm: torch.Ten
     rank, so data-parallel ranks agree). PyTorch's own operators run meanwhile: torch.func's
     per-image Jacobians cannot go through the fused kernels' autograd Functions."""
     from lenet.kernels import turned_off
-
     from lenet.models.layers import EuclideanRBF
 
     estimate = getattr(t.opt, "estimate_diagonal", None)
