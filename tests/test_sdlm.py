@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 
 import pytest
 import torch
@@ -223,3 +224,17 @@ def test_cli_trains_with_sdlm(mnist_dir, tmp_path):
     hessians = [s["hessian"] for s in state["optimizer"]["state"].values()]
     assert hessians and all(torch.isfinite(h).all() and (h >= 0).all() for h in hessians)
     assert (run / "best.pt").is_file()
+
+
+@pytest.mark.slow
+def test_paper_recipe_resumes_on_its_schedule(mnist_dir, tmp_path):
+    """A paper-recipe run resumed from last.pt keeps its diagonal and continues the eta schedule."""
+    from lenet.engine import train
+
+    common = dict(data_dir=str(mnist_dir), out=str(tmp_path), progress=False)
+    first = train(recipe="paper", rbf_j=5.0, limit=64, epochs=1, threads=1, name="p", **common)
+    state = torch.load(first.last_path, weights_only=True)
+    assert all("hessian" in s for s in state["optimizer"]["state"].values())
+    done = train(resume=first.last_path, epochs=3, progress=False)
+    assert [r.lr for r in done.history] == pytest.approx([5e-4, 5e-4, 2e-4])
+    assert all(math.isfinite(r.train_loss) for r in done.history)
