@@ -172,8 +172,8 @@ RECIPES: dict[str, dict] = {
     # (mu 0.02, h_kk re-estimated on 500 images before each pass), the paper's eta per pass, no
     # weight decay, all 60,000 training images, the model after the last pass kept (no
     # selection on the test set). Batch: the paper updates after every image; batch 1 costs
-    # Python's per-step overhead 60,000 times a pass on a CPU (112 s a pass on one thread against
-    # 20 s at batch 8), so the recipe uses batch 8 with the paper's eta per step, unscaled: eta
+    # Python's per-step overhead 60,000 times a pass on a CPU (134 s a pass on one thread against
+    # 24 s at batch 8), so the recipe uses batch 8 with the paper's eta per step, unscaled: eta
     # scaled by 8 (4e-3) diverged in the first pass (docs/training.md, "The paper's training").
     "paper": dict(
         model="lenet5-1998",
