@@ -298,6 +298,41 @@ def restore(t: Trainee, state: dict, result: TrainResult) -> int:
 
 # ---------------------------------------------------------------------------- 4. one epoch
 
+# Images sdlm re-estimates its second derivatives on before each pass (the paper's 500).
+HESSIAN_SAMPLES = 500
+
+
+def loss_logits(cfg: TrainConfig) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    """What the training loss sees instead of the model's (N, 10) output, or None for the output
+    itself: with ``--rbf-j`` j, lenet5-1998's minus squared distances get an 11th logit -j, so
+    the cross-entropy is the paper's MAP criterion (eq. 9) y_D + log(exp(-j) + sum exp(-y_i))."""
+    if not cfg.rbf_j:
+        return None
+    j = cfg.rbf_j
+
+    def with_rubbish(out: torch.Tensor) -> torch.Tensor:
+        return torch.cat([out, out.new_full((len(out), 1), -j)], dim=1)  # (N, 11)
+
+    return with_rubbish
+
+
+def estimate_curvature(t: Trainee, data: Data, cfg: TrainConfig, perm: torch.Tensor) -> None:
+    """Before a pass, an optimizer that uses second derivatives (sdlm) re-estimates them on the
+    first :data:`HESSIAN_SAMPLES` images of the pass's order (undistorted; the same on every
+    rank, so data-parallel ranks agree). PyTorch's own operators run meanwhile: torch.func's
+    per-image Jacobians cannot go through the fused kernels' autograd Functions."""
+    from lenet.kernels import turned_off
+    from lenet.models.layers import EuclideanRBF
+
+    estimate = getattr(t.opt, "estimate_diagonal", None)
+    if estimate is None:
+        return
+    # lenet5-1998's RBF output: its squared distance's curvature at F6 counts (the paper's).
+    rbf = [name for name, m in t.model.named_modules() if isinstance(m, EuclideanRBF)]
+    with turned_off():
+        x = data.x_train[perm[:HESSIAN_SAMPLES]]
+        estimate(t.model, x, loss_logits(cfg), squared_input=rbf[0] if rbf else None)
+
 
 def train_epoch(
     t: Trainee, data: Data, cfg: TrainConfig, epoch: int, strategy: Strategy, progress: bool
@@ -309,12 +344,14 @@ def train_epoch(
     device, n = strategy.device, data.n_used
     t.model.train()
     perm = epoch_permutation(n, cfg.seed, epoch).to(device)
+    to_loss = loss_logits(cfg)
     augment = make_augmenter(cfg.augment, cfg.seed, epoch)
     # Dropout's randomness: a function of (seed, epoch, rank): resume is exact, ranks differ.
     torch.manual_seed(derive_seed(cfg.seed, "dropout", epoch, strategy.rank))
     loss_sum = torch.zeros((), device=device)  # this rank's sum of per-image losses
     correct = torch.zeros((), dtype=torch.long, device=device)
     lr, t0 = t.opt.param_groups[0]["lr"], time.perf_counter()
+    estimate_curvature(t, data, cfg, perm)  # timed with the pass: it is part of its cost
     bar = tqdm(
         total=n,
         desc=f"epoch {epoch + 1}/{cfg.epochs}",
@@ -333,7 +370,8 @@ def train_epoch(
             xb = strategy.shard(augment(data.x_train[gidx], data.y_train[gidx]))
         yb = data.y_train[idx]
         out = t.net(xb)
-        loss = strategy.batch_loss(out, yb, len(gidx))  # mean over the global batch
+        # mean over the global batch
+        loss = strategy.batch_loss(out if to_loss is None else to_loss(out), yb, len(gidx))
         t.opt.zero_grad(set_to_none=True)
         loss.backward()
         t.opt.step()

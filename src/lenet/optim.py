@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 from torch.optim import Optimizer
 
-from lenet.config import TrainConfig
+from lenet.config import TrainConfig, paper_eta
 
 
 def _unwrapped(fn):
@@ -146,6 +146,130 @@ class FusedSGD(_Eager, torch.optim.SGD):
             )
 
 
+class SDLM(Optimizer):
+    """Stochastic diagonal Levenberg-Marquardt (LeCun et al. 1998, appendix C): each parameter
+    w_k steps ``-lr / (mu + h_kk) * grad_k``, with ``h_kk`` a Gauss-Newton estimate of the loss's
+    second derivative in w_k, re-estimated by :meth:`estimate_diagonal` (the engine calls it on
+    500 training images before every pass, as the paper does).
+
+    ``h_kk`` is the exact diagonal of the generalized Gauss-Newton matrix ``J^T H J`` of the
+    softmax cross-entropy the engine trains with (``J``: Jacobian of the logits in the weights,
+    ``H = diag(p) - p p^T``: the loss Hessian in the logits), averaged over the samples. Why this
+    and not the Fisher with sampled labels: for cross-entropy the two have the same expectation,
+    but the GGN diagonal is deterministic (no sampling noise on 500 images, testable element by
+    element) and costs one Jacobian per image either way. Like the paper's "Levenberg-Marquardt"
+    approximation it drops every f'' term (so h_kk >= 0); unlike the paper's back-propagated
+    diagonal it keeps the cross terms between units and between the connections that share a
+    weight (the paper drops them to save 1998's compute): a shared weight (convolution kernel,
+    subsampling coefficient) gets the second derivative over all its connections, summed, since
+    it is accumulated per parameter. Parameters not yet estimated use h_kk = 0 (step lr/mu).
+    ``weight_decay`` adds ``weight_decay * w`` to the gradient (the paper uses none).
+    """
+
+    add_param_group = _unwrapped(Optimizer.add_param_group)
+    zero_grad = _unwrapped(Optimizer.zero_grad)
+    state_dict = _unwrapped(Optimizer.state_dict)
+    load_state_dict = _unwrapped(Optimizer.load_state_dict)
+
+    def __init__(self, params, lr: float = 5e-4, mu: float = 0.02, weight_decay: float = 0.0):
+        if lr <= 0 or mu <= 0 or weight_decay < 0:
+            raise ValueError(
+                f"SDLM needs lr > 0, mu > 0, weight_decay >= 0 (got {lr}, {mu}, {weight_decay})"
+            )
+        super().__init__(params, dict(lr=lr, mu=mu, weight_decay=weight_decay))
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        """One update of every parameter with a gradient (``closure`` is not supported)."""
+        if closure is not None:
+            raise NotImplementedError("SDLM takes no closure: call the closure, then step()")
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                grad = p.grad
+                if group["weight_decay"]:
+                    grad = grad.add(p, alpha=group["weight_decay"])
+                h = self.state[p].get("hessian")
+                if h is None:
+                    p.add_(grad, alpha=-group["lr"] / group["mu"])
+                else:
+                    p.addcdiv_(grad, h + group["mu"], value=-group["lr"])
+
+    def estimate_diagonal(
+        self,
+        model: torch.nn.Module,
+        inputs: torch.Tensor,
+        logits_fn=None,
+        squared_input: str | None = None,
+        chunk: int = 32,
+    ) -> None:
+        """(Re)estimate every parameter's h_kk on ``inputs`` (N, ...): the mean over the N
+        images of the Gauss-Newton diagonal (see the class docstring), stored as
+        ``state[p]["hessian"]``. ``model`` is run in eval mode (dropout off, batch norm on its
+        running statistics: one image at a time has no batch); ``logits_fn`` maps the model's
+        output to the logits the cross-entropy sees (e.g. the MAP loss's extra rubbish class).
+
+        ``squared_input`` names a submodule whose input ``x`` the loss compares to a target by a
+        squared distance (lenet5-1998's RBF output: the MAP loss's y_D = ||x - w_D||^2, a squared
+        error on F6). Its curvature 2 I in ``x`` is the paper's second derivative at F6 (the
+        RBF's own second derivative, which a Gauss-Newton split at the logits would drop), and
+        it is added: ``2 * sum_j (dx_j/dw_k)^2``, estimated with one fixed random +-1 probe per
+        image (``2 * (v . dx/dw_k)^2`` has that expectation; exact for a weight feeding one unit
+        of ``x``, such as F6's), at the cost of one more Jacobian row instead of ``len(x)``."""
+        from torch.func import functional_call, jacrev, vmap
+
+        mine = {p for group in self.param_groups for p in group["params"]}
+        params = {n: p.detach() for n, p in model.named_parameters() if p in mine}
+        owners = {n: p for n, p in model.named_parameters() if p in mine}
+        buffers = dict(model.named_buffers())
+        feats: list[torch.Tensor] = []  # the squared_input's input in the current call
+
+        def outputs_one(pvals: dict, x: torch.Tensor, v: torch.Tensor):
+            feats.clear()
+            out = functional_call(model, (pvals, buffers), (x.unsqueeze(0),))  # (1, C)
+            if logits_fn is not None:
+                out = logits_fn(out)
+            probe = (feats[-1].flatten() * v).sum() if feats else out.new_zeros(())
+            return (out[0], probe), out[0]  # (C,) and () to differentiate, (C,) kept as aux
+
+        hook = None
+        if squared_input is not None:
+            hook = model.get_submodule(squared_input).register_forward_pre_hook(
+                lambda module, args: feats.append(args[0])
+            )
+        jac_fn = vmap(jacrev(outputs_one, has_aux=True), in_dims=(None, 0, 0))
+        sums = {n: torch.zeros_like(p) for n, p in params.items()}
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.enable_grad():
+                width = 0
+                if hook is not None:  # the probe's length: one plain forward
+                    with torch.no_grad():
+                        model(inputs[:1])
+                    width = feats[-1][0].numel()
+                g = torch.Generator().manual_seed(0)  # fixed probes: the estimate is repeatable
+                for i in range(0, len(inputs), chunk):
+                    xb = inputs[i : i + chunk]
+                    v = torch.randint(0, 2, (len(xb), width), generator=g) * 2.0 - 1.0
+                    (jac, jprobe), z = jac_fn(params, xb, v.to(xb))  # jac[n]: (B, C, *shape)
+                    prob = torch.softmax(z.detach(), dim=1).unsqueeze(2)  # (B, C, 1)
+                    for n, J in jac.items():
+                        J = J.detach().flatten(2)  # (B, C, P)
+                        # diag(J^T (diag(p) - p p^T) J) = sum_c p_c J_c^2 - (sum_c p_c J_c)^2
+                        d = (prob * J * J).sum(1) - (prob * J).sum(1).pow(2)  # (B, P)
+                        if hook is not None:
+                            d = d + 2 * jprobe[n].detach().flatten(1).pow(2)
+                        sums[n] += d.sum(0).view_as(sums[n])
+        finally:
+            model.train(was_training)
+            if hook is not None:
+                hook.remove()
+        for n, s in sums.items():
+            self.state[owners[n]]["hessian"] = (s / max(len(inputs), 1)).clamp_(min=0)
+
+
 # optimizer -> (our class, torch's class, the ATen kernel our class steps with)
 _CLASSES = {
     "sgd": (FusedSGD, torch.optim.SGD, "_fused_sgd_"),
@@ -159,6 +283,8 @@ def build_optimizer(cfg: TrainConfig, params, device: torch.device) -> Optimizer
     """SGD (with momentum), Adam or AdamW from the config, fused on CPU and CUDA where this torch
     has the kernels; else torch.optim's own (fused where it accepts that, else plain)."""
     params = list(params)
+    if cfg.optimizer == "sdlm":
+        return SDLM(params, lr=cfg.lr, mu=cfg.sdlm_mu, weight_decay=cfg.weight_decay)
     kw = dict(lr=cfg.lr, weight_decay=cfg.weight_decay)
     if cfg.optimizer == "sgd":
         kw["momentum"] = cfg.momentum
@@ -178,6 +304,9 @@ def build_scheduler(
     """The LR schedule and whether it steps per batch (True) or per epoch (False)."""
     from torch.optim import lr_scheduler
 
+    if cfg.scheduler == "paper":  # the 1998 paper's eta per pass, scaled so pass 1 is --lr
+        first = paper_eta(0)
+        return lr_scheduler.LambdaLR(opt, lambda epoch: paper_eta(epoch) / first), False
     if cfg.scheduler == "step":
         return lr_scheduler.StepLR(opt, step_size=cfg.step_size, gamma=cfg.gamma), False
     total = cfg.epochs * steps_per_epoch

@@ -107,7 +107,7 @@ class EuclideanRBF(nn.Module):
     Returns ``-y`` so that larger is better and the engine's cross-entropy applies: the
     cross-entropy of ``-y`` is exactly the paper's MAP criterion (eq. 9),
     ``y_D + log(exp(-j) + sum_i exp(-y_i))``, without the constant "rubbish class" term
-    ``exp(-j)`` (i.e. with j -> infinity).
+    ``exp(-j)`` (i.e. with j -> infinity; ``--rbf-j`` adds it in the training loss).
     """
 
     def __init__(self, prototypes: torch.Tensor):

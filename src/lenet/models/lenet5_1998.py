@@ -25,8 +25,9 @@ Choices where the paper cannot be followed literally (documented in the README):
   digit drawings in that style, fixed (a buffer, not a parameter).
 * Loss: the output returns ``-y_i`` (negative squared distances) and the engine's cross-entropy
   on it equals the paper's MAP criterion (eq. 9) without its constant rubbish-class term
-  ``exp(-j)``; the paper gives no value for j. Training uses our optimizers rather than the
-  paper's stochastic diagonal Levenberg-Marquardt.
+  ``exp(-j)`` (the paper gives no value for j); ``--rbf-j`` adds it (``lenet.engine.loss_logits``).
+  The default recipes train with our optimizers; ``--recipe paper`` uses the paper's stochastic
+  diagonal Levenberg-Marquardt (``lenet.optim.SDLM``) and eta schedule.
 """
 
 from __future__ import annotations
