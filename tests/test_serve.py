@@ -653,3 +653,26 @@ def read_all(s: socket.socket) -> bytes:
     while chunk := s.recv(65536):
         out += chunk
     return out
+
+
+def test_a_one_pixel_drawing_is_seen_at_mnist_width(client, mnist_dir):
+    """A mouse or 1-px pen drawing posted like the drawing page's canvas: the 28x28 the
+    network saw (and the page shows) has MNIST's stroke width, not a faint hairline."""
+    import base64
+    import io as _io
+
+    from lenet.data import load_split
+    from photos import hairline_png
+
+    test = load_split("test", mnist_dir)
+    right, ink = 0, []
+    for i in range(20):
+        digit, label = test.images[i].numpy(), int(test.labels[i])
+        r = post_raw(client, hairline_png(digit, size=280))
+        assert r.status_code == 200, r.text
+        out = r.json()
+        right += out["digit"] == label
+        seen = np.asarray(Image.open(_io.BytesIO(base64.b64decode(out["preprocessed_png_base64"]))))
+        ink.append(seen.astype(float).sum() / digit.astype(float).sum())
+    assert right >= 19
+    assert 0.6 < np.median(ink) < 1.6, np.median(ink)  # a hairline alone has a fraction of it
