@@ -138,7 +138,9 @@ def continental(
     the left (25-60 degrees, 30-55% of the digit's height) and of the 7s a crossbar through the
     stem (30-50% of the height): how much of Europe writes them. MNIST digit labels only."""
     n, _, h, w = x.shape
-    u = torch.rand(n, 6, generator=gen)  # drawn for every image: the stream never depends on labels
+    # Six numbers per image, drawn for every image so the stream never depends on the labels
+    # (the sixth is unused; drawing it keeps trained runs, the bundled weights, reproducible).
+    u = torch.rand(n, 6, generator=gen)
     labels = labels.cpu()
     ones = (labels == 1) & (u[:, 0] < p.continental_p)
     sevens = (labels == 7) & (u[:, 0] < p.continental_p)

@@ -398,8 +398,6 @@ def create_app(
         )
         return Response(_dumps(out), media_type="application/json")
 
-    reader_box: list = []  # the Reader, made on the first /api/read (it shares the predictor)
-
     @app.post(
         "/api/read",
         summary="Read a whole number (several digits) in an image",
@@ -435,9 +433,7 @@ def create_app(
         except LenetError as e:
             raise ApiError(422, str(e)) from None
         data = await body(request)
-        if not reader_box:
-            reader_box.append(Reader(predictor=predictor))
-        reader = reader_box[0]
+        reader = Reader(predictor=predictor)  # three attributes: the predictor is shared
 
         def work():
             return reader.read_one(

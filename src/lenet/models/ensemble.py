@@ -55,7 +55,7 @@ class LeNet5Ensemble(nn.Module):
             raise ValueError("an ensemble needs at least one member")
         self.members = nn.ModuleList(LeNet5ReLU(num_classes) for _ in range(members))
         self._layers: list[nn.Module] | None = None  # for _direct, filled on first use
-        self._plain = False
+        self._all_plain = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self._direct(x):
@@ -71,9 +71,10 @@ class LeNet5Ensemble(nn.Module):
         first = self.members[0]
         if self._layers is None:  # the modules, listed once: walking them costs a member's time
             self._layers = list(self.modules())
-            self._plain = all(_plain(m) for m in self.members)
+            self._all_plain = all(_plain(m) for m in self.members)
         return (
-            self._plain
+            self._all_plain
+            and tuple(x.shape[-2:]) == (28, 28)  # the sizes _member_logits' kernels take
             and ops.block1_supported(x, first.c1, first.s2, first.relu, nn.MaxPool2d)
             and ops._unhooked(*self._layers)
         )
