@@ -201,3 +201,14 @@ def test_normalize_stroke_leaves_mnist_like_strokes_alone(mnist_test_digits):
         patch = big[y : y + h, x : x + w]  # the digit's box, as preprocess() hands it over
         unchanged += normalize_stroke(patch) is patch
     assert unchanged >= 196, unchanged  # MNIST's thinnest 1-2% may be thickened a little
+
+
+def test_stroke_measure_takes_slivers_opencv_would_call_a_scalar():
+    """A piece of ink one pixel wide and up to 4 tall (a cut's sliver in ``lenet read``) once
+    crashed cv2.compare, which reads such a column as a scalar; found by the piece generator."""
+    from lenet.preprocess import normalize_stroke, stroke_width
+
+    for shape in [(1, 1), (2, 1), (4, 1), (1, 4), (5, 1)]:
+        patch = np.ones(shape, np.float32)
+        assert stroke_width(patch) > 0
+        assert normalize_stroke(patch).shape == shape

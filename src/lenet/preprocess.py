@@ -698,7 +698,12 @@ def stroke_width(patch: np.ndarray) -> float:
     rim (the ink pixels a 3x3 erosion removes), which is the width of a long stroke. Cheap
     (two counts and one erosion) and coarse at 1-2 px, which is all the decision needs."""
     patch = np.asarray(patch, dtype=np.float32)
-    mask = cv2.compare(patch, 0.5 * float(patch.max()), cv2.CMP_GE)  # uint8 0/255
+    level = 0.5 * float(patch.max())
+    if patch.shape[1] == 1 and patch.shape[0] <= 4:
+        # OpenCV takes a column of at most 4 values for a scalar, and compare() then fails.
+        mask = np.where(patch >= level, 255, 0).astype(np.uint8)
+    else:
+        mask = cv2.compare(patch, level, cv2.CMP_GE)  # uint8 0/255
     area = cv2.countNonZero(mask)
     rim = area - cv2.countNonZero(cv2.erode(mask, np.ones((3, 3), np.uint8)))
     return 2.0 * area / max(rim, 1)
