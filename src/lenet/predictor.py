@@ -208,6 +208,7 @@ class Predictor:
         self.info = {
             "model": self.name,
             "parameters": count_parameters(self.model),
+            "classes": int(lm.config.get("num_classes", 10)),
             "test_accuracy": acc,
             "checkpoint_sha256": sha256_file(path),
             "path": str(path),

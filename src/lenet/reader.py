@@ -13,20 +13,25 @@ The steps, after the same loading, grayscale, polarity and background removal as
    becomes an MNIST-style 28x28 (:func:`lenet.preprocess.normalize_stroke` for hairlines,
    :func:`lenet.preprocess.scale_to_box`,
    :func:`lenet.preprocess.place_by_center_of_mass`).
-3. :class:`Reader` -- the network scores every piece in one batch; an edge's score is the log
-   probability of its digit plus a width prior for that digit, minus the strokes its left cut
-   crosses; the best path through the graph
-   is found by dynamic programming (Viterbi), under ``digits=N`` (exactly N digits) or a
-   ``pattern`` (a regular expression the whole string must match; beam search over the
-   top classes of every piece).
+3. :class:`Reader` -- two networks score every piece in one batch each: the digit model
+   (the bundled committee, or ``--model``) and the piece network (:mod:`lenet.bench.pieces`, the
+   paper's answer to segmentation: trained on pieces cut from MNIST-train strings to say "one
+   whole digit" or "not one": a half, a pair, a digit with a neighbour's stroke). An edge's
+   score is the two networks' log probabilities of its digit, the piece network's log
+   probability that it is one whole digit, a width prior for the digit, and a bonus per piece;
+   the best path through the graph is found by dynamic programming (Viterbi), under
+   ``digits=N`` (exactly N digits) or a ``pattern`` (a regular expression the whole string
+   must match; beam search over the top classes of every piece).
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -49,15 +54,21 @@ from lenet.preprocess import (
     to_gray,
 )
 
+PIECES_NAME = "lenet5-pieces.pt"  # the bundled piece network, in lenet/weights/
 READ_SIDE = 512  # lines are read on an image reduced to at most this longest side
 SPECK_MASS = 0.03  # components with less ink than this share of the heaviest are specks
 FRAGMENT = 0.6  # a component smaller both ways than this share of the line height is a fragment
-SPLIT_WIDTH = 1.0  # groups wider than this many line heights may hold several digits
+# Groups wider than this many line heights may hold several digits. A 1 touching its
+# neighbour is narrower than one height; the piece network keeps wide single digits whole.
+SPLIT_WIDTH = 0.6
+MERGE_GAP = 0.15  # neighbours closer than this many line heights may be one broken digit
 MIN_PIECE, MAX_PIECE = 0.12, 1.45  # piece widths the graph allows, in line heights
 FRAGMENT_GAP = 0.15  # a fragment closer than this many line heights joins its neighbour
 CUT_SPACING = 0.12  # candidate cuts at least this many line heights apart
+FILL_GAP = 0.35  # two cuts further apart than this many line heights get the cheapest between
 BEAM = 128  # hypotheses kept per graph node under a pattern
 ALTERNATIVES = 3  # classes tried per piece under a pattern
+NOT_A_DIGIT = 10  # the piece network's extra class
 DASH = "-"
 UNKNOWN = "?"
 NO_DIGITS = "no digits found"
@@ -67,9 +78,11 @@ NO_MATCH = "no reading fits the constraint"
 # per class measured): means; one spread for all, widened for slant and size jitter.
 ASPECT_MEAN = (0.92, 0.46, 0.96, 0.82, 0.81, 0.96, 0.75, 0.80, 0.78, 0.70)
 ASPECT_SD = 0.25
-PRIOR_WEIGHT = 0.5  # weight of the width prior next to the network's log probability
-CUT_WEIGHT = 0.5  # subtracted per stroke a cut crosses
-PIECE_BONUS = 0.0  # added per piece (tuned on seed 1: 0 balances best with the cut cost)
+# An edge's score (see _edge_scores), tuned on the benchmark's tuning seed 1 (never seed 0):
+PRIOR_WEIGHT = 0.25  # weight of the width prior next to the networks' log probabilities
+PIECE_VOTE = 0.5  # the piece network's share of the digit's log probability
+WHOLE_WEIGHT = 0.5  # weight of log P(one whole digit)
+PIECE_BONUS = 1.25  # added per piece: without it the path with fewest pieces wins ties
 
 
 @dataclass
@@ -99,8 +112,8 @@ class Edge:
     box: tuple[int, int, int, int]  # x0, y0, x1, y1 in working pixels
     aspect: float  # width / line height
     image: np.ndarray | None  # uint8 (28, 28), None for a dash
-    cut: float = 0.0  # strokes the cut at ``a`` crosses (0 at a group's left end)
-    probs: np.ndarray | None = None  # (10,) softmax, filled by the reader
+    probs: np.ndarray | None = None  # (10,) the digit model's softmax, filled by the reader
+    piece: np.ndarray | None = None  # (11,) the piece network's softmax (10 = not one digit)
 
 
 def _original_size(source, im: Image.Image) -> tuple[int, int]:
@@ -278,22 +291,31 @@ def _candidates(ink: np.ndarray, height: float) -> list[int]:
     return sorted(cand)
 
 
-def _cuts(ink: np.ndarray, height: float) -> list[tuple[int, float]]:
-    """Cut columns inside a group, left to right: [(column, strokes the cut crosses)], at most
-    one per :data:`CUT_SPACING` line heights (the cheapest).
+def _cuts(ink: np.ndarray, height: float) -> list[int]:
+    """Cut columns inside a group, left to right: at most one per :data:`CUT_SPACING` line
+    heights (the valleys whose column crosses the fewest strokes), then, while two cuts are
+    more than :data:`FILL_GAP` line heights apart, the column between them crossing the
+    fewest strokes (two digits can meet where no outline dips).
 
     Straight cuts: cheapest paths through the ink near each column (curving around strokes)
     were measured too (tuning seed, 270 strings a category): overlapping strings +5 points,
     separated -4 (single digits split along a path that slips between their strokes).
     """
-    sw = _stroke_width(ink)
-    on = ink > 0.5
-    cost = {c: float(on[:, c].sum()) / sw for c in _candidates(ink, height)}
+    cols = (ink > 0.5).sum(axis=0)  # (W,) ink pixels each column crosses
     chosen: list[int] = []
-    for c in sorted(cost, key=cost.get):
+    for c in sorted(_candidates(ink, height), key=lambda c: cols[c]):
         if all(abs(c - k) >= CUT_SPACING * height for k in chosen):
             chosen.append(c)
-    return [(c, cost[c]) for c in sorted(chosen)]
+    margin = max(1, round(CUT_SPACING * height))
+    cuts = [0, *sorted(chosen), ink.shape[1]]
+    i = 0
+    while i < len(cuts) - 1:
+        a, b = cuts[i], cuts[i + 1]
+        if b - a > FILL_GAP * height and b - a > 2 * margin:
+            cuts.insert(i + 1, a + margin + int(np.argmin(cols[a + margin : b - margin + 1])))
+        else:
+            i += 1
+    return cuts[1:-1]
 
 
 def _stroke_width(ink: np.ndarray) -> float:
@@ -314,20 +336,23 @@ def segment_graph(line: Line) -> tuple[list[Edge], int]:
     edges: list[Edge] = []
     node = 0
     hgt = max(line.height, 1.0)
+    ends = []  # (first node, last node) of every group
     for g in line.groups:
         x0, y0, x1, y1 = g.box
         width = x1 - x0
+        first = node
         if g.dash:
             edges.append(Edge(node, node + 1, g.box, width / hgt, None))
             node += 1
+            ends.append((first, node))
             continue
         ink = g.ink
-        cuts = [(0, 0.0), (width, 0.0)]
+        cuts = [0, width]
         if width > SPLIT_WIDTH * hgt:
-            cuts = [(0, 0.0), *_cuts(ink, hgt), (width, 0.0)]
+            cuts = [0, *_cuts(ink, hgt), width]
         for i in range(len(cuts) - 1):
             for j in range(i + 1, len(cuts)):
-                a, b = cuts[i][0], cuts[j][0]
+                a, b = cuts[i], cuts[j]
                 whole = i == 0 and j == len(cuts) - 1
                 if not whole and not MIN_PIECE * hgt <= b - a <= MAX_PIECE * hgt:
                     continue
@@ -339,16 +364,40 @@ def segment_graph(line: Line) -> tuple[list[Edge], int]:
                 if img is None:
                     continue
                 box = (x0 + a + bx, y0 + by, x0 + a + bx + bw, y0 + by + bh)
-                edges.append(Edge(node + i, node + j, box, bw / hgt, img, cuts[i][1]))
+                edges.append(Edge(node + i, node + j, box, bw / hgt, img))
         node += len(cuts) - 1
+        ends.append((first, node))
+    # A digit broken into two full-size strokes (a 5 whose bar stands apart, a 4 written in
+    # two strokes) is two groups: close neighbours, narrow enough together, get one more edge.
+    groups = line.groups
+    for k in range(len(groups) - 1):
+        g, h = groups[k], groups[k + 1]
+        if g.dash or h.dash or h.box[0] - g.box[2] > MERGE_GAP * hgt:
+            continue
+        x0, y0 = min(g.box[0], h.box[0]), min(g.box[1], h.box[1])
+        x1, y1 = max(g.box[2], h.box[2]), max(g.box[3], h.box[3])
+        if x1 - x0 > MAX_PIECE * hgt:
+            continue
+        ink = np.zeros((y1 - y0, x1 - x0), np.float32)
+        for q in (g, h):
+            sub = ink[q.box[1] - y0 : q.box[3] - y0, q.box[0] - x0 : q.box[2] - x0]
+            np.maximum(sub, q.ink, out=sub)
+        img = piece_image(ink)
+        if img is not None:
+            edges.append(Edge(ends[k][0], ends[k + 1][1], (x0, y0, x1, y1), (x1 - x0) / hgt, img))
     return edges, node + 1
 
 
 def _edge_scores(e: Edge) -> np.ndarray:
-    """Score of each class (10,) for a digit piece: log p + width prior + the piece bonus."""
+    """Score of each class (10,) for a digit piece: the two networks' log p of the digit, the
+    piece network's log P(one whole digit), the width prior and the piece bonus."""
     logp = np.log(np.maximum(e.probs, 1e-12))
+    if e.piece is not None:
+        whole = max(1.0 - float(e.piece[NOT_A_DIGIT]), 1e-12)
+        logq = np.log(np.maximum(e.piece[:NOT_A_DIGIT], 1e-12) / whole)  # P(digit | whole)
+        logp = (1 - PIECE_VOTE) * logp + PIECE_VOTE * logq + WHOLE_WEIGHT * math.log(whole)
     z = (e.aspect - np.asarray(ASPECT_MEAN)) / ASPECT_SD
-    return logp - PRIOR_WEIGHT * 0.5 * z * z + PIECE_BONUS - CUT_WEIGHT * e.cut
+    return logp - PRIOR_WEIGHT * 0.5 * z * z + PIECE_BONUS
 
 
 def decode(
@@ -480,7 +529,9 @@ class Reader:
 
     ``Reader()`` uses the bundled weights; the arguments are :class:`lenet.Predictor`'s (the
     same loading; the network runs through its :meth:`~lenet.Predictor.probabilities`), or
-    ``predictor``, one already loaded.
+    ``predictor``, one already loaded. ``pieces``: the piece network's checkpoint (an
+    11-class model, :mod:`lenet.bench.pieces`); default the bundled one, shared by every reader
+    in the process.
     """
 
     def __init__(
@@ -490,12 +541,19 @@ class Reader:
         backend: str = "torch",
         max_pixels: int = MAX_PIXELS,
         predictor=None,
+        pieces: str | os.PathLike | None = None,
     ):
-        if predictor is None:
-            from lenet.predictor import Predictor
+        from lenet.predictor import Predictor
 
+        if predictor is None:
             predictor = Predictor(checkpoint, device=device, backend=backend, max_pixels=max_pixels)
         self.predictor = predictor
+        self.pieces = bundled_piece_predictor() if pieces is None else Predictor(pieces)
+        if self.pieces.info["classes"] != NOT_A_DIGIT + 1:
+            raise LenetError(
+                f"{pieces}: a piece network has {NOT_A_DIGIT + 1} classes (digits and "
+                f"'not one digit'), this one {self.pieces.info['classes']}"
+            )
         self.name = predictor.name
         self.max_pixels = predictor.max_pixels
 
@@ -554,13 +612,23 @@ class Reader:
         edges, nodes = segment_graph(line)
         pieces = [e for e in edges if e.image is not None]
         if pieces:
-            probs = self.predictor.probabilities(np.stack([e.image for e in pieces]))
-            for e, p in zip(pieces, probs, strict=True):
-                e.probs = p
+            images = np.stack([e.image for e in pieces])
+            probs = self.predictor.probabilities(images)
+            whole = self.pieces.probabilities(images)
+            for e, p, q in zip(pieces, probs, whole, strict=True):
+                e.probs, e.piece = p, q
         path = decode(edges, nodes, digits, pattern)
         if path is None:
             return Reading(name, reason=NO_MATCH)
         return _reading(name, path, line.scale, top_k, min_confidence)
+
+
+@functools.cache
+def bundled_piece_predictor():
+    """The bundled piece network (``weights/lenet5-pieces.pt``), loaded once per process."""
+    from lenet.predictor import Predictor
+
+    return Predictor(Path(__file__).parent / "weights" / PIECES_NAME)
 
 
 def _reading(name: str, path, scale, top_k: int, min_confidence: float | None) -> Reading:

@@ -52,6 +52,12 @@ def register(sub) -> None:
         metavar="DIR",
         help="write each character's 28x28 as PNG (existing files are never overwritten)",
     )
+    p.add_argument(
+        "--pieces",
+        metavar="CKPT",
+        help="the piece network that tells a whole digit from a piece (default: the bundled "
+        "one; scripts/train_piece_net.py makes one)",
+    )
     add_backend(p)
     add_device(p)
     p.set_defaults(func=run)
@@ -118,7 +124,7 @@ def run(args: argparse.Namespace) -> int:
     if save_dir is not None and save_dir.exists() and not save_dir.is_dir():
         raise LenetError(f"--save-segments {save_dir}: exists and is not a folder")
     torch.set_num_threads(1)  # one small image at a time: more threads only spin
-    reader = Reader(args.model, device=args.device, backend=args.backend)
+    reader = Reader(args.model, device=args.device, backend=args.backend, pieces=args.pieces)
     width = min(max(len(n) for n, _ in inputs), 60)
     writer = None
     if args.format == "csv":
