@@ -105,6 +105,37 @@ def test_squared_input_adds_the_rbf_curvature():
         torch.testing.assert_close(opt.state[p]["hessian"], ggn[name] + want.view_as(p))
 
 
+def test_paper_init_keeps_lenet5_1998_in_the_range_sdlm_needs(mnist_dir):
+    """At its initialization on real digits, every weighted sum of lenet5-1998 has a standard
+    deviation near 1 (the sigmoid's operating range, the paper's aim for its init), and SDLM's
+    first-pass effective learning rates eta / (mu + h_kk) at the paper's eta and mu stay at or
+    below the 0.016 the paper reports. The literal 2.4/fan-in init gave F6 a standard deviation of
+    2e-4, h_kk down to 1e-6 (every weight stepping eta/mu = 0.025) and a first pass that diverged."""
+    from lenet.data import load_split
+    from lenet.models import create_model, get_spec
+    from lenet.normalization import normalize
+
+    torch.manual_seed(0)
+    model = create_model("lenet5-1998")
+    x = normalize(load_split("test", mnist_dir).images[:64], get_spec("lenet5-1998").normalization)
+    spread = {}
+    hooks = [
+        getattr(model, n).register_forward_hook(
+            lambda m, i, o, n=n: spread.__setitem__(n, o.detach().std().item())
+        )
+        for n in ("c1", "s2", "c3", "s4", "c5", "f6")
+    ]
+    with torch.no_grad():
+        model(x)
+    for h in hooks:
+        h.remove()
+    assert all(0.2 < s < 3 for s in spread.values()), spread
+    opt = optim.SDLM(model.parameters(), lr=paper_eta(0), mu=0.02)
+    opt.estimate_diagonal(model, x, squared_input="output")
+    h_min = min(opt.state[p]["hessian"].min().item() for p in model.parameters())
+    assert paper_eta(0) / (0.02 + h_min) <= 0.016
+
+
 class _Tied(nn.Module):
     """A 4->3 linear layer whose 12 connections share 5 weights (``theta[INDEX]``)."""
 
