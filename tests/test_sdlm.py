@@ -217,6 +217,8 @@ def test_paper_schedule_recipe_and_rbf_j():
         "paper",
         "last",
     )
+    # the paper's eta per image, times the batch (the loss is the batch's mean)
+    assert cfg.lr == pytest.approx(paper_eta(0) * cfg.batch_size)
     model = _Tiny()
     opt = optim.build_optimizer(cfg, model.parameters(), torch.device("cpu"))
     assert isinstance(opt, optim.SDLM) and opt.param_groups[0]["mu"] == cfg.sdlm_mu
@@ -267,5 +269,5 @@ def test_paper_recipe_resumes_on_its_schedule(mnist_dir, tmp_path):
     state = torch.load(first.last_path, weights_only=True)
     assert all("hessian" in s for s in state["optimizer"]["state"].values())
     done = train(resume=first.last_path, epochs=3, progress=False)
-    assert [r.lr for r in done.history] == pytest.approx([5e-4, 5e-4, 2e-4])
+    assert [r.lr for r in done.history] == pytest.approx([4e-3, 4e-3, 1.6e-3])  # eta x batch 8
     assert all(math.isfinite(r.train_loss) for r in done.history)
