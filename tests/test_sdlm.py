@@ -219,6 +219,9 @@ def test_paper_schedule_recipe_and_rbf_j():
     )
     # the paper's eta per image, times the batch (the loss is the batch's mean)
     assert cfg.lr == pytest.approx(paper_eta(0) * cfg.batch_size)
+    # its MAP loss keeps the rubbish class (j = 1) on lenet5-1998, the one model with an RBF
+    # output; for lenet1 / lenet4 the recipe's j is dropped, a j given for them is an error
+    assert cfg.rbf_j == 1.0 and make_config("paper", model="lenet4").rbf_j == 0.0
     model = _Tiny()
     opt = optim.build_optimizer(cfg, model.parameters(), torch.device("cpu"))
     assert isinstance(opt, optim.SDLM) and opt.param_groups[0]["mu"] == cfg.sdlm_mu
@@ -239,7 +242,8 @@ def test_paper_schedule_recipe_and_rbf_j():
     to_loss = loss_logits(make_config("paper", rbf_j=2.0))
     want = -out[range(4), labels] + torch.log(torch.exp(torch.tensor(-2.0)) + out.exp().sum(1))
     torch.testing.assert_close(F.cross_entropy(to_loss(out), labels), want.mean())
-    for bad in (dict(rbf_j=-1.0), dict(rbf_j=1.0, model="lenet5"), dict(sdlm_mu=0.0)):
+    bad_settings = (dict(rbf_j=-1.0), dict(rbf_j=1.0, model="lenet1"), dict(sdlm_mu=0.0))
+    for bad in bad_settings:
         with pytest.raises(LenetError):
             make_config("paper", **bad)
 
