@@ -105,6 +105,37 @@ def test_squared_input_adds_the_rbf_curvature():
         torch.testing.assert_close(opt.state[p]["hessian"], ggn[name] + want.view_as(p))
 
 
+def test_paper_init_keeps_lenet5_1998_in_the_range_sdlm_needs(mnist_dir):
+    """At its initialization on real digits, every weighted sum of lenet5-1998 has a standard
+    deviation near 1 (the sigmoid's operating range, the paper's aim for its init), and SDLM's
+    first-pass effective learning rates eta / (mu + h_kk) at the paper's eta and mu stay at or
+    below the 0.016 the paper reports. The literal 2.4/fan-in init gave F6 a standard deviation of
+    2e-4, h_kk down to 1e-6 (every weight stepping eta/mu = 0.025) and a first pass that diverged."""
+    from lenet.data import load_split
+    from lenet.models import create_model, get_spec
+    from lenet.normalization import normalize
+
+    torch.manual_seed(0)
+    model = create_model("lenet5-1998")
+    x = normalize(load_split("test", mnist_dir).images[:64], get_spec("lenet5-1998").normalization)
+    spread = {}
+    hooks = [
+        getattr(model, n).register_forward_hook(
+            lambda m, i, o, n=n: spread.__setitem__(n, o.detach().std().item())
+        )
+        for n in ("c1", "s2", "c3", "s4", "c5", "f6")
+    ]
+    with torch.no_grad():
+        model(x)
+    for h in hooks:
+        h.remove()
+    assert all(0.2 < s < 3 for s in spread.values()), spread
+    opt = optim.SDLM(model.parameters(), lr=paper_eta(0), mu=0.02)
+    opt.estimate_diagonal(model, x, squared_input="output")
+    h_min = min(opt.state[p]["hessian"].min().item() for p in model.parameters())
+    assert paper_eta(0) / (0.02 + h_min) <= 0.016
+
+
 class _Tied(nn.Module):
     """A 4->3 linear layer whose 12 connections share 5 weights (``theta[INDEX]``)."""
 
@@ -186,6 +217,11 @@ def test_paper_schedule_recipe_and_rbf_j():
         "paper",
         "last",
     )
+    # the paper's eta per image, times the batch (the loss is the batch's mean)
+    assert cfg.lr == pytest.approx(paper_eta(0) * cfg.batch_size)
+    # its MAP loss keeps the rubbish class (j = 1) on lenet5-1998, the one model with an RBF
+    # output; for lenet1 / lenet4 the recipe's j is dropped, a j given for them is an error
+    assert cfg.rbf_j == 1.0 and make_config("paper", model="lenet4").rbf_j == 0.0
     model = _Tiny()
     opt = optim.build_optimizer(cfg, model.parameters(), torch.device("cpu"))
     assert isinstance(opt, optim.SDLM) and opt.param_groups[0]["mu"] == cfg.sdlm_mu
@@ -206,7 +242,8 @@ def test_paper_schedule_recipe_and_rbf_j():
     to_loss = loss_logits(make_config("paper", rbf_j=2.0))
     want = -out[range(4), labels] + torch.log(torch.exp(torch.tensor(-2.0)) + out.exp().sum(1))
     torch.testing.assert_close(F.cross_entropy(to_loss(out), labels), want.mean())
-    for bad in (dict(rbf_j=-1.0), dict(rbf_j=1.0, model="lenet5"), dict(sdlm_mu=0.0)):
+    bad_settings = (dict(rbf_j=-1.0), dict(rbf_j=1.0, model="lenet1"), dict(sdlm_mu=0.0))
+    for bad in bad_settings:
         with pytest.raises(LenetError):
             make_config("paper", **bad)
 
@@ -236,5 +273,5 @@ def test_paper_recipe_resumes_on_its_schedule(mnist_dir, tmp_path):
     state = torch.load(first.last_path, weights_only=True)
     assert all("hessian" in s for s in state["optimizer"]["state"].values())
     done = train(resume=first.last_path, epochs=3, progress=False)
-    assert [r.lr for r in done.history] == pytest.approx([5e-4, 5e-4, 2e-4])
+    assert [r.lr for r in done.history] == pytest.approx([4e-3, 4e-3, 1.6e-3])  # eta x batch 8
     assert all(math.isfinite(r.train_loss) for r in done.history)

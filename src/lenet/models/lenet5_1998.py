@@ -16,7 +16,8 @@ Shapes for one digit (batch N omitted); parameters and connections as the paper 
                                                       60,000 params   340,908 connections
 
 Every layer up to f6 is followed by f(a) = 1.7159 tanh(2a/3); weights start uniform in
-+-2.4/fan-in (the paper's choices).
++-2.4/sqrt(fan-in) (the paper's choices; the paper prints 2.4/fan-in, which cannot keep the
+weighted sums in the sigmoid's range as it says it does: see ``lecun_uniform_``).
 
 Choices where the paper cannot be followed literally (documented in the README):
 
