@@ -188,6 +188,27 @@ def test_cuts_fill_a_long_stretch_without_valleys():
     assert cuts and gaps.max() <= FILL_GAP * height
 
 
+def test_close_neighbours_also_make_one_piece():
+    """Two strokes a little apart may be one broken digit: the graph has a piece for both
+    together, beside the two alone; neighbours further apart than MERGE_GAP do not."""
+    from lenet.reader import MERGE_GAP, Group, Line, segment_graph
+
+    stroke = np.ones((40, 6), np.float32)
+
+    def spans(gap: int) -> set:
+        line = Line(
+            [Group((0, 0, 6, 40), stroke), Group((6 + gap, 0, 12 + gap, 40), stroke)],
+            40.0,
+            (1.0, 1.0),
+        )
+        edges, nodes = segment_graph(line)
+        assert nodes == 3
+        return {(e.a, e.b) for e in edges}
+
+    assert spans(2) == {(0, 1), (1, 2), (0, 2)}
+    assert spans(int(MERGE_GAP * 40) + 4) == {(0, 1), (1, 2)}
+
+
 def test_piece_labels(mnist_test):
     """Pieces of a string's graph: whole digits get their label, a pair or a half class 10."""
     from lenet.bench.pieces import label_pieces
@@ -395,3 +416,19 @@ def test_read_calls_share_the_prediction_queue_bound():
         b.close()
 
     asyncio.run(go())
+
+
+def test_readme_table_is_the_recorded_benchmark():
+    """The README's string table shows docs/bench/read-strings.json (the benchmark's --json)."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    res = json.loads((root / "docs" / "bench" / "read-strings.json").read_text())
+    readme = (root / "README.md").read_text()
+    for cat, r in res["categories"].items():
+        row = (
+            f"| {cat} | {100 * r['string_accuracy']:.1f}% | "
+            f"{100 * r['five_digit_string_accuracy']:.1f}% | {100 * r['char_accuracy']:.2f}% |"
+        )
+        assert row in readme, row
+    assert f"{100 * res['all']['char_accuracy']:.2f}%" in readme

@@ -80,7 +80,7 @@ ASPECT_MEAN = (0.92, 0.46, 0.96, 0.82, 0.81, 0.96, 0.75, 0.80, 0.78, 0.70)
 ASPECT_SD = 0.25
 # An edge's score (see _edge_scores), tuned on the benchmark's tuning seed 1 (never seed 0):
 PRIOR_WEIGHT = 0.25  # weight of the width prior next to the networks' log probabilities
-PIECE_VOTE = 0.5  # the piece network's share of the digit's log probability
+PIECE_VOTE = 0.25  # the piece network's share of the digit's log probability (see docs/read.md)
 WHOLE_WEIGHT = 0.5  # weight of log P(one whole digit)
 PIECE_BONUS = 1.25  # added per piece: without it the path with fewest pieces wins ties
 
