@@ -313,9 +313,12 @@ def test_reproduce_quick_smoke(mnist_dir, tmp_path):
         "lenet5-seed",
         "lenet5-relu",
         "lenet5-1998",
+        "lenet5-1998-sdlm",
         "lenet5-1998+distortions",
         "lenet5-plus+distortions",
     ]
+    sdlm = next(r for r in rep["rows"] if r["key"] == "lenet5-1998-sdlm")["config"]
+    assert (sdlm["optimizer"], sdlm["scheduler"], sdlm["batch_size"]) == ("sdlm", "paper", 8)
     for r in rep["rows"]:
         assert (
             len(r["runs"]) == 1 and 0 <= r["mean_error"] < 90

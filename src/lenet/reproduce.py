@@ -54,6 +54,9 @@ ROWS: list[Row] = [
         settings=dict(MODERN, epochs=20, batch_size=256, lr=5e-3, weight_decay=1e-4)),
     Row("lenet5-1998", "lenet5-1998", "LeNet-5 as published", 0.95, "LeNet-5",
         settings=dict(MODERN, epochs=20, lr=1e-2)),
+    # The paper's own training (Appendix C): SDLM with its eta schedule, 20 passes, batch 8.
+    Row("lenet5-1998-sdlm", "lenet5-1998", "LeNet-5 as published, the paper's training (SDLM)",
+        0.95, "LeNet-5", recipe="paper"),
     Row("lenet5-1998+distortions", "lenet5-1998", "LeNet-5 as published, affine distortions",
         0.8, "LeNet-5 [dist]", settings=dict(MODERN, epochs=30, lr=2e-3, augment="affine")),
     # affine only: with affine + elastic ("both", 30 epochs) lenet5-plus reached just 0.91% and
