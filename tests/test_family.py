@@ -307,6 +307,7 @@ def test_reproduce_quick_smoke(mnist_dir, tmp_path):
     p = run_cli("reproduce", "--quick", "--threads", "1", *where, "--runs", str(tmp_path / "runs"))
     assert p.returncode == 0, p.stderr
     rep = json.loads((tmp_path / "docs" / "reproduction-quick.json").read_text())
+    assert rep["command"] == "lenet reproduce --quick --threads 1"  # how it ran, in its header
     assert [r["key"] for r in rep["rows"]] == [
         "lenet1",
         "lenet4",
@@ -341,3 +342,19 @@ def test_reproduce_update_replaces_only_the_rerun_rows(mnist_dir, tmp_path):
     assert again["rows"][0] == first["rows"][0]  # lenet1 kept as it was
     assert again["updates"][0]["rows"] == ["lenet4"]
     assert "re-run by" in (tmp_path / "reproduction-quick.md").read_text()
+
+
+def test_reproduce_report_names_the_update_each_row_comes_from():
+    from lenet.reproduce import _update_lines
+
+    ups = [
+        dict(command="lenet reproduce --only a,b --update", started="t1", rows=["a", "b"]),
+        dict(command="lenet reproduce --only b --update", started="t2", rows=["b"]),
+        dict(command="lenet reproduce --only c --update", started="t3", rows=["c"]),
+    ]
+    for u in ups:
+        u["total_seconds"] = 60.0
+    first, second, third = _update_lines(ups)
+    assert "its runs of `a`" in first and "re-run again later" in first
+    assert second.endswith("the table shows those runs.\n") and "t2" in second
+    assert third.endswith("the table shows those runs.\n")

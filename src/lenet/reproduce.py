@@ -203,7 +203,10 @@ def reproduce(
         torch.set_num_threads(threads)  # before machine() records it
     t_all = time.perf_counter()
     report = {
-        "command": "lenet reproduce" + (" --quick" if quick else f" --seeds {seeds}"),
+        "command": "lenet reproduce"
+        + (" --quick" if quick else f" --seeds {seeds}")
+        + (f" --threads {threads}" if threads else "")
+        + (f" --jobs {jobs}" if jobs > 1 else ""),
         "quick": quick,
         "seeds": seeds,
         "paper": PAPER,
@@ -272,6 +275,33 @@ def _fmt_time(s: float) -> str:
     return f"{s:.0f} s" if s < 120 else f"{s / 60:.1f} min"
 
 
+def _update_lines(updates: list[dict]) -> list[str]:
+    """One paragraph per ``--update`` run, naming the rows whose results in the table are its own
+    (a row re-run by a later update shows that later run, and says so)."""
+    later: set[str] = set()
+    lines: list[str] = []
+    for u in reversed(updates):
+        shown = [k for k in u["rows"] if k not in later]
+        again = [k for k in u["rows"] if k in later]
+        later |= set(u["rows"])
+        names = ", ".join(f"`{k}`" for k in u["rows"])
+        line = (
+            f"Rows {names} were re-run by `{u['command']}` on {u['started']} "
+            f"({_fmt_time(u['total_seconds'])}); "
+        )
+        if not again:
+            line += "the table shows those runs."
+        elif shown:
+            line += (
+                f"the table shows its runs of {', '.join(f'`{k}`' for k in shown)} "
+                "(the others were re-run again later)."
+            )
+        else:
+            line += "all of them were re-run again later."
+        lines.append(line + "\n")
+    return lines[::-1]
+
+
 def render_markdown(report: dict) -> str:
     """The report as Markdown: one table row per model against the paper."""
     m = report["machine"]
@@ -288,11 +318,7 @@ def render_markdown(report: dict) -> str:
         "",
         f"Protocol: {report['protocol']}. Paper errors from {report['paper']}.",
         "",
-        *[
-            f"Rows {', '.join(f'`{k}`' for k in u['rows'])} were re-run by `{u['command']}` on "
-            f"{u['started']} ({_fmt_time(u['total_seconds'])}); the table shows those runs.\n"
-            for u in report.get("updates", [])
-        ],
+        *_update_lines(report.get("updates", [])),
         "| row | model | what | paper error | our error, mean ± std | per seed | params | epochs | train time / seed | at or below paper |",
         "| --- | --- | --- | ---: | ---: | --- | ---: | ---: | ---: | :---: |",
     ]
