@@ -43,26 +43,30 @@ class Row:
     paper_row: str
     recipe: str = "fast"
     settings: dict = field(default_factory=dict)
+    # False: shown beside the paper's figure for comparison, not held to it (the study note's
+    # recipe; our AdamW recipe for the published network, whose target row is the paper's own
+    # training)
+    target: bool = True
 
 
 ROWS: list[Row] = [
     Row("lenet1", "lenet1", "LeNet-1", 1.7, "LeNet-1", settings=dict(MODERN, epochs=20, lr=1e-2)),
     Row("lenet4", "lenet4", "LeNet-4", 1.1, "LeNet-4", settings=dict(MODERN, epochs=20, lr=5e-3)),
     Row("lenet5-seed", "lenet5", "the study note's LeNet-5 and recipe", 0.95, "LeNet-5",
-        recipe="note"),
+        recipe="note", target=False),
     Row("lenet5-relu", "lenet5-relu", "LeNet-5, ReLU + max pooling", 0.95, "LeNet-5",
         settings=dict(MODERN, epochs=20, batch_size=256, lr=5e-3, weight_decay=1e-4)),
-    Row("lenet5-1998", "lenet5-1998", "LeNet-5 as published", 0.95, "LeNet-5",
-        settings=dict(MODERN, epochs=20, lr=1e-2)),
     # The paper's own training (Appendix C): SDLM with its eta schedule, 20 passes, batch 8.
-    Row("lenet5-1998-sdlm", "lenet5-1998", "LeNet-5 as published, the paper's training (SDLM)",
+    Row("lenet5-1998", "lenet5-1998", "LeNet-5 as published, the paper's training (SDLM)",
         0.95, "LeNet-5", recipe="paper"),
+    Row("lenet5-1998-adamw", "lenet5-1998", "LeNet-5 as published, our AdamW recipe", 0.95,
+        "LeNet-5", settings=dict(MODERN, epochs=20, lr=1e-2), target=False),
     Row("lenet5-1998+distortions", "lenet5-1998", "LeNet-5 as published, affine distortions",
         0.8, "LeNet-5 [dist]", settings=dict(MODERN, epochs=30, lr=2e-3, augment="affine")),
     # affine only: with affine + elastic ("both", 30 epochs) lenet5-plus reached just 0.91% and
     # 1.00% test error (train accuracy on distorted digits stayed under 98%: too strong)
     Row("lenet5-plus+distortions", "lenet5-plus", "our lenet5-plus, affine distortions",
-        0.5, "our goal", settings=dict(MODERN, epochs=20, lr=5e-3, weight_decay=1e-4, augment="affine")),
+        0.4, "our goal", settings=dict(MODERN, epochs=20, lr=5e-3, weight_decay=1e-4, augment="affine")),
 ]  # fmt: skip
 ROW_KEYS = [r.key for r in ROWS]
 # --quick: one short epoch on a subset, just to prove every row runs end to end.
@@ -238,9 +242,11 @@ def reproduce(
             }
         )
     report["total_seconds"] = time.perf_counter() - t_all
+
     stem = "reproduction-quick" if quick else "reproduction"
     if update:
         report = _merge_into(Path(out_dir) / f"{stem}.json", report)
+    report["targets_met"] = _targets_met(report)
     if report["machine"].get("gpu") and device in ("auto", "cuda"):
         report["machine"]["used"] = report["machine"]["gpu"]
     out = Path(out_dir)
@@ -302,6 +308,12 @@ def _update_lines(updates: list[dict]) -> list[str]:
     return lines[::-1]
 
 
+def _targets_met(report: dict) -> bool:
+    """True when every row held to a target (not a comparison row) meets it."""
+    rows = [r for r in report["rows"] if r.get("target", True) and r["paper_error"]]
+    return all(r["beats_paper"] for r in rows)
+
+
 def render_markdown(report: dict) -> str:
     """The report as Markdown: one table row per model against the paper."""
     m = report["machine"]
@@ -318,8 +330,13 @@ def render_markdown(report: dict) -> str:
         "",
         f"Protocol: {report['protocol']}. Paper errors from {report['paper']}.",
         "",
+        f"Every target row at or below its target: **{'yes' if _targets_met(report) else 'no'}**. Rows marked "
+        "*(comparison)* are shown beside the paper without being held to it: the study note's "
+        "recipe, and our AdamW recipe for the published network (its target row is the "
+        "paper's own training).",
+        "",
         *_update_lines(report.get("updates", [])),
-        "| row | model | what | paper error | our error, mean ± std | per seed | params | epochs | train time / seed | at or below paper |",
+        "| row | model | what | paper error | our error, mean ± std | per seed | params | epochs | train time / seed | at or below |",
         "| --- | --- | --- | ---: | ---: | --- | ---: | ---: | ---: | :---: |",
     ]
     for r in report["rows"]:
@@ -327,6 +344,8 @@ def render_markdown(report: dict) -> str:
         per = ", ".join(f"{x['test_error']:.2f}" for x in r["runs"])
         paper = f"{r['paper_error']:.2f}% ({r['paper_row']})" if r["paper_error"] else "—"
         ok = {True: "yes", False: "**no**", None: "—"}[r["beats_paper"]]
+        if not r.get("target", True):  # a comparison row: how it stands, not a verdict
+            ok = {True: "(comparison: yes)", False: "(comparison: no)", None: "—"}[r["beats_paper"]]
         lines.append(
             f"| `{r['key']}` | `{r['model']}` | {r['what']} | {paper} | {r['mean_error']:.2f}%{std} | {per} | "
             f"{r['params']:,} | {r['config']['epochs']} | {_fmt_time(r['train_seconds_mean'])} | {ok} |"
