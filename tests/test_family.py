@@ -389,3 +389,20 @@ def test_reproduce_targets_are_the_issues_and_comparison_rows_are_marked():
     assert "at or below its target: **yes**" in md and "(comparison: no)" in md
     rep["rows"][0].update(mean_error=1.2, beats_paper=False)
     assert not _targets_met(rep) and "**no**" in render_markdown(rep)
+
+
+def test_recorded_reproduction_is_one_command_with_every_target_met():
+    """docs/reproduction.md is what one full `lenet reproduce` wrote, and it meets the targets."""
+    from pathlib import Path
+
+    from lenet.reproduce import ROWS, _targets_met, render_markdown
+
+    docs = Path(__file__).resolve().parents[1] / "docs"
+    rep = json.loads((docs / "reproduction.json").read_text())
+    assert not rep.get("updates") and rep["command"].startswith("lenet reproduce --seeds 3")
+    assert [r["key"] for r in rep["rows"]] == [r.key for r in ROWS]
+    for recorded, row in zip(rep["rows"], ROWS, strict=True):
+        assert (recorded["paper_error"], recorded["target"]) == (row.paper_error, row.target)
+        assert len(recorded["runs"]) == 3
+    assert rep["targets_met"] and _targets_met(rep)
+    assert (docs / "reproduction.md").read_text() == render_markdown(rep)

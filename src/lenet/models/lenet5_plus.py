@@ -20,8 +20,8 @@ Shapes for one digit (batch N omitted):
                                                                                 55,630 params
 
 C3 as one 5x5 convolution of 40 maps (54,206 parameters, the first version) read 0.56%, 0.50%
-and 0.44% test error on seeds 0-2 with the reproduction's recipe; as two 3x3 (this), 0.32% and
-0.39% on seeds 0-1 (docs/reproduction.md has the 3-seed row).
+and 0.44% test error on seeds 0-2 with the reproduction's recipe; as two 3x3 (this), 0.32%,
+0.39% and 0.43% (docs/reproduction.md, row lenet5-plus+distortions).
 """
 
 from __future__ import annotations
