@@ -209,7 +209,8 @@ def test_close_neighbours_also_make_one_piece():
     assert spans(int(MERGE_GAP * 40) + 4) == {(0, 1), (1, 2)}
 
 
-def test_piece_labels(mnist_test):
+@pytest.mark.parametrize("view", ["image", "context"])
+def test_piece_labels(mnist_test, view):
     """Pieces of a string's graph: whole digits get their label, a pair or a half class 10."""
     from lenet.bench.pieces import label_pieces
     from lenet.reader import NOT_A_DIGIT, find_line, segment_graph
@@ -219,7 +220,7 @@ def test_piece_labels(mnist_test):
     for s in make_strings(images, labels, 6, "touching", seed=3):
         line = find_line(s.data)
         edges, _ = segment_graph(line)
-        pieces = label_pieces(edges, line, s.boxes, s.text)
+        pieces = label_pieces(edges, line, s.boxes, s.text, view)
         assert all(img.shape == (28, 28) and img.dtype == np.uint8 for img, _ in pieces)
         ys = {y for _, y in pieces}
         assert ys - {NOT_A_DIGIT} <= {int(c) for c in s.text}
@@ -227,21 +228,38 @@ def test_piece_labels(mnist_test):
     assert NOT_A_DIGIT in seen and len(seen) > 3
 
 
-def test_bundled_piece_network():
-    """11 classes, and the file records its recipe and what it scored on held-out pieces."""
+@pytest.mark.parametrize("view", ["image", "context"])
+def test_bundled_piece_networks(view):
+    """11 classes, and each file records its recipe, its view and what it scored on held-out
+    pieces."""
     from lenet.checkpoint import read_checkpoint
     from lenet.reader import NOT_A_DIGIT, bundled_piece_predictor
 
-    p = bundled_piece_predictor()
+    p = bundled_piece_predictor(view)
     assert p.info["classes"] == NOT_A_DIGIT + 1
     m = read_checkpoint(p.path)["metrics"]
     assert m["recipe"].startswith("python scripts/train_piece_net.py")
+    assert m.get("view", "image") == view and (view == "image") == ("--view" not in m["recipe"])
     assert m["test_pieces"]["accuracy"] >= 0.9
 
 
+def test_context_image_keeps_a_short_piece_short():
+    """A stroke cut from the top half of a group stays half as tall and at the top in the
+    piece's context picture; on its own (piece_image) it is scaled up to a whole digit's size."""
+    from lenet.reader import context_image, piece_image
+
+    ink = np.zeros((40, 12), np.float32)
+    ink[2:20, 4:8] = 1.0  # a stroke in the upper half of a group 40 px high
+    rows = np.flatnonzero(context_image(ink).max(axis=1) > 64)
+    assert rows.max() - rows.min() + 1 <= 11 and rows.max() < 14  # short, above the middle
+    alone = np.flatnonzero(piece_image(ink[2:20]).max(axis=1) > 64)
+    assert alone.max() - alone.min() + 1 >= 18
+
+
 @pytest.mark.slow
-def test_piece_network_figures_are_what_it_scores(mnist_dir):
-    """Re-measure the held-out piece accuracy the bundled file records (deterministic)."""
+@pytest.mark.parametrize("view", ["image", "context"])
+def test_piece_network_figures_are_what_it_scores(mnist_dir, view):
+    """Re-measure the held-out piece accuracy each bundled file records (deterministic)."""
     import torch
 
     from lenet.bench.pieces import piece_accuracy, piece_set
@@ -249,9 +267,9 @@ def test_piece_network_figures_are_what_it_scores(mnist_dir):
     from lenet.reader import bundled_piece_predictor
 
     torch.set_num_threads(1)
-    path = bundled_piece_predictor().path
+    path = bundled_piece_predictor(view).path
     test = load_split("test", mnist_dir)
-    x, y = piece_set(test.images.numpy(), test.labels.numpy(), 300, 2)
+    x, y = piece_set(test.images.numpy(), test.labels.numpy(), 300, 2, view)
     got = piece_accuracy(load_model(path).model, x, y)
     want = read_checkpoint(path)["metrics"]["test_pieces"]
     assert got["pieces"] == want["pieces"]
@@ -264,6 +282,8 @@ def test_reader_refuses_a_digit_model_as_piece_network(mnist_test, tmp_path):
 
     with pytest.raises(LenetError, match="11 classes"):
         Reader(pieces=bundled_checkpoint())
+    with pytest.raises(LenetError, match="11 classes"):
+        Reader(context_pieces=bundled_checkpoint())
     data, _ = clean_string(*mnist_test, [0, 1])
     (tmp_path / "x.png").write_bytes(data)
     r = run_cli("read", str(tmp_path / "x.png"), "--pieces", str(tmp_path / "none.pt"))

@@ -40,6 +40,7 @@ from PIL import Image
 from lenet.errors import ImageError, LenetError
 from lenet.preprocess import (
     BG_BLOCKS,
+    CANVAS,
     MAX_PIXELS,
     MIN_CONTRAST,
     Component,
@@ -54,7 +55,11 @@ from lenet.preprocess import (
     to_gray,
 )
 
-PIECES_NAME = "lenet5-pieces.pt"  # the bundled piece network, in lenet/weights/
+# The bundled piece networks, in lenet/weights/: one sees each piece scaled up on its own (as the
+# digit model does), the other sees it within its group's full height (context_image).
+PIECES_NAME = "lenet5-pieces.pt"
+CONTEXT_PIECES_NAME = "lenet5-pieces-context.pt"
+VIEWS = {"image": PIECES_NAME, "context": CONTEXT_PIECES_NAME}
 READ_SIDE = 512  # lines are read on an image reduced to at most this longest side
 SPECK_MASS = 0.03  # components with less ink than this share of the heaviest are specks
 FRAGMENT = 0.6  # a component smaller both ways than this share of the line height is a fragment
@@ -82,7 +87,7 @@ ASPECT_SD = 0.25
 PRIOR_WEIGHT = 0.25  # weight of the width prior next to the networks' log probabilities
 PIECE_VOTE = 0.25  # the piece network's share of the digit's log probability (see docs/read.md)
 WHOLE_WEIGHT = 0.5  # weight of log P(one whole digit)
-PIECE_BONUS = 1.25  # added per piece: without it the path with fewest pieces wins ties
+PIECE_BONUS = 1.5  # added per piece: without it the path with fewest pieces wins ties
 
 
 @dataclass
@@ -112,6 +117,8 @@ class Edge:
     box: tuple[int, int, int, int]  # x0, y0, x1, y1 in working pixels
     aspect: float  # width / line height
     image: np.ndarray | None  # uint8 (28, 28), None for a dash
+    # uint8 (28, 28): what the piece network sees, the piece within its group's full height
+    context: np.ndarray | None = None
     probs: np.ndarray | None = None  # (10,) the digit model's softmax, filled by the reader
     piece: np.ndarray | None = None  # (11,) the piece network's softmax (10 = not one digit)
 
@@ -264,6 +271,19 @@ def piece_image(ink: np.ndarray) -> np.ndarray | None:
     return cv2.convertScaleAbs(out, alpha=255.0)
 
 
+def context_image(ink: np.ndarray) -> np.ndarray:
+    """A piece's columns over its group's full height (float32 (H, W) in [0, 1]) -> uint8
+    (28, 28): the rectangle scaled into MNIST's 20 px box and centred, so a piece keeps its size
+    and place in the group. A stroke cut from a digit then looks short and off-centre; scaled up
+    on its own it looks like a whole 1."""
+    out = np.zeros((CANVAS, CANVAS), np.float32)
+    patch = scale_to_box(normalize_stroke(ink))
+    h, w = patch.shape
+    y, x = (CANVAS - h) // 2, (CANVAS - w) // 2
+    out[y : y + h, x : x + w] = patch
+    return cv2.convertScaleAbs(out, alpha=255.0)
+
+
 def _local_minima(p: np.ndarray, edge: int) -> list[int]:
     """Columns ``edge <= x < len(p) - edge`` where ``p`` (1-D) is no higher than both neighbours."""
     x = np.arange(max(1, edge), len(p) - max(1, edge))
@@ -364,7 +384,8 @@ def segment_graph(line: Line) -> tuple[list[Edge], int]:
                 if img is None:
                     continue
                 box = (x0 + a + bx, y0 + by, x0 + a + bx + bw, y0 + by + bh)
-                edges.append(Edge(node + i, node + j, box, bw / hgt, img))
+                ctx = context_image(piece[:, bx : bx + bw])
+                edges.append(Edge(node + i, node + j, box, bw / hgt, img, ctx))
         node += len(cuts) - 1
         ends.append((first, node))
     # A digit broken into two full-size strokes (a 5 whose bar stands apart, a 4 written in
@@ -384,7 +405,10 @@ def segment_graph(line: Line) -> tuple[list[Edge], int]:
             np.maximum(sub, q.ink, out=sub)
         img = piece_image(ink)
         if img is not None:
-            edges.append(Edge(ends[k][0], ends[k + 1][1], (x0, y0, x1, y1), (x1 - x0) / hgt, img))
+            box = (x0, y0, x1, y1)
+            edges.append(
+                Edge(ends[k][0], ends[k + 1][1], box, (x1 - x0) / hgt, img, context_image(ink))
+            )
     return edges, node + 1
 
 
@@ -542,18 +566,22 @@ class Reader:
         max_pixels: int = MAX_PIXELS,
         predictor=None,
         pieces: str | os.PathLike | None = None,
+        context_pieces: str | os.PathLike | None = None,
     ):
         from lenet.predictor import Predictor
 
         if predictor is None:
             predictor = Predictor(checkpoint, device=device, backend=backend, max_pixels=max_pixels)
         self.predictor = predictor
-        self.pieces = bundled_piece_predictor() if pieces is None else Predictor(pieces)
-        if self.pieces.info["classes"] != NOT_A_DIGIT + 1:
-            raise LenetError(
-                f"{pieces}: a piece network has {NOT_A_DIGIT + 1} classes (digits and "
-                f"'not one digit'), this one {self.pieces.info['classes']}"
-            )
+        self.piece_nets = {}  # view -> Predictor
+        for view, path in (("image", pieces), ("context", context_pieces)):
+            net = bundled_piece_predictor(view) if path is None else Predictor(path)
+            if net.info["classes"] != NOT_A_DIGIT + 1:
+                raise LenetError(
+                    f"{path}: a piece network has {NOT_A_DIGIT + 1} classes (digits and "
+                    f"'not one digit'), this one {net.info['classes']}"
+                )
+            self.piece_nets[view] = net
         self.name = predictor.name
         self.max_pixels = predictor.max_pixels
 
@@ -614,7 +642,7 @@ class Reader:
         if pieces:
             images = np.stack([e.image for e in pieces])
             probs = self.predictor.probabilities(images)
-            whole = self.pieces.probabilities(images)
+            whole = piece_votes(self.piece_nets, pieces)
             for e, p, q in zip(pieces, probs, whole, strict=True):
                 e.probs, e.piece = p, q
         path = decode(edges, nodes, digits, pattern)
@@ -623,12 +651,27 @@ class Reader:
         return _reading(name, path, line.scale, top_k, min_confidence)
 
 
+def piece_votes(nets: dict, pieces: list[Edge]) -> np.ndarray:
+    """(P, 11): the piece networks' softmax, each on its view of every piece, combined as the
+    normalized geometric mean (a committee, as the digit model's)."""
+    logq = np.mean(
+        [
+            np.log(np.maximum(net.probabilities(np.stack([getattr(e, v) for e in pieces])), 1e-12))
+            for v, net in nets.items()
+        ],
+        axis=0,
+    )
+    q = np.exp(logq - logq.max(axis=1, keepdims=True))
+    return q / q.sum(axis=1, keepdims=True)
+
+
 @functools.cache
-def bundled_piece_predictor():
-    """The bundled piece network (``weights/lenet5-pieces.pt``), loaded once per process."""
+def bundled_piece_predictor(view: str = "image"):
+    """A bundled piece network (:data:`VIEWS`: ``image`` or ``context``), loaded once per
+    process."""
     from lenet.predictor import Predictor
 
-    return Predictor(Path(__file__).parent / "weights" / PIECES_NAME)
+    return Predictor(Path(__file__).parent / "weights" / VIEWS[view])
 
 
 def _reading(name: str, path, scale, top_k: int, min_confidence: float | None) -> Reading:

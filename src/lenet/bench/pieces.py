@@ -7,8 +7,10 @@ graph for this (section VII); so does this module, on strings of MNIST TRAINING 
 benchmark's strings use test digits only): every piece of the graph is labelled by how well
 its horizontal extent matches one digit's ink box (intersection over union >= ``WHOLE_IOU``:
 that digit; < ``JUNK_IOU``: class 10, not one digit; in between: left out as ambiguous), and a
-``lenet5-relu`` with 11 outputs learns them. ``scripts/train_piece_net.py`` writes the bundled
-``weights/lenet5-pieces.pt`` with this module.
+``lenet5-relu`` with 11 outputs learns them, on one of two views of each piece (the piece scaled
+up on its own, or within its character's full height). ``scripts/train_piece_net.py`` writes
+the bundled ``weights/lenet5-pieces.pt`` and ``weights/lenet5-pieces-context.pt`` with this
+module.
 """
 
 from __future__ import annotations
@@ -32,11 +34,16 @@ CLASSES = NOT_A_DIGIT + 1
 
 
 def label_pieces(
-    edges: list[Edge], line: Line, boxes: list[tuple[int, int, int, int]], text: str
+    edges: list[Edge],
+    line: Line,
+    boxes: list[tuple[int, int, int, int]],
+    text: str,
+    view: str = "image",
 ) -> list[tuple[np.ndarray, int]]:
     """(28x28 image, class) for every digit piece of a graph that is clearly one digit (its
     label) or clearly not (:data:`NOT_A_DIGIT`); ``boxes`` are the digits' ink boxes in image
-    pixels, ``text`` their labels."""
+    pixels, ``text`` their labels, ``view`` which picture of the piece (``image`` or
+    ``context``)."""
     sx = line.scale[0]
     spans = np.array([(b[0] / sx, b[2] / sx) for b in boxes])  # (D, 2), working pixels
     out = []
@@ -49,23 +56,24 @@ def label_pieces(
         iou = inter / np.maximum(union, 1e-9)
         k = int(np.argmax(iou))
         if iou[k] >= WHOLE_IOU:
-            out.append((e.image, int(text[k])))
+            out.append((getattr(e, view), int(text[k])))
         elif iou[k] < JUNK_IOU:
-            out.append((e.image, NOT_A_DIGIT))
+            out.append((getattr(e, view), NOT_A_DIGIT))
     return out
 
 
 def piece_set(
-    images: np.ndarray, labels: np.ndarray, per_category: int, seed: int
+    images: np.ndarray, labels: np.ndarray, per_category: int, seed: int, view: str = "image"
 ) -> tuple[np.ndarray, np.ndarray]:
     """Pieces of ``per_category`` strings of every category drawn from ``images`` (uint8 (N,
-    28, 28)) and ``labels``: uint8 (M, 28, 28) images and int64 (M,) classes."""
+    28, 28)) and ``labels``: uint8 (M, 28, 28) images (``view``: the ``image`` of each piece or
+    its ``context``, :func:`lenet.reader.context_image`) and int64 (M,) classes."""
     xs, ys = [], []
     for cat in CATEGORIES:
         for s in make_strings(images, labels, per_category, cat, seed):
             line = find_line(s.data)
             edges, _ = segment_graph(line)
-            for img, y in label_pieces(edges, line, s.boxes, s.text):
+            for img, y in label_pieces(edges, line, s.boxes, s.text, view):
                 xs.append(img)
                 ys.append(y)
     return np.stack(xs), np.asarray(ys, np.int64)

@@ -55,8 +55,14 @@ def register(sub) -> None:
     p.add_argument(
         "--pieces",
         metavar="CKPT",
-        help="the piece network that tells a whole digit from a piece (default: the bundled "
-        "one; scripts/train_piece_net.py makes one)",
+        help="the piece network that tells a whole digit from a piece, on each piece scaled up "
+        "on its own (default: the bundled one; scripts/train_piece_net.py makes one)",
+    )
+    p.add_argument(
+        "--context-pieces",
+        metavar="CKPT",
+        help="the piece network that sees each piece within its group's height (default: the "
+        "bundled one; scripts/train_piece_net.py --view context makes one)",
     )
     add_backend(p)
     add_device(p)
@@ -124,7 +130,13 @@ def run(args: argparse.Namespace) -> int:
     if save_dir is not None and save_dir.exists() and not save_dir.is_dir():
         raise LenetError(f"--save-segments {save_dir}: exists and is not a folder")
     torch.set_num_threads(1)  # one small image at a time: more threads only spin
-    reader = Reader(args.model, device=args.device, backend=args.backend, pieces=args.pieces)
+    reader = Reader(
+        args.model,
+        device=args.device,
+        backend=args.backend,
+        pieces=args.pieces,
+        context_pieces=args.context_pieces,
+    )
     width = min(max(len(n) for n, _ in inputs), 60)
     writer = None
     if args.format == "csv":
