@@ -85,7 +85,7 @@ ASPECT_MEAN = (0.92, 0.46, 0.96, 0.82, 0.81, 0.96, 0.75, 0.80, 0.78, 0.70)
 ASPECT_SD = 0.25
 # An edge's score (see _edge_scores), tuned on the benchmark's tuning seed 1 (never seed 0):
 PRIOR_WEIGHT = 0.25  # weight of the width prior next to the networks' log probabilities
-PIECE_VOTE = 0.25  # the piece network's share of the digit's log probability (see docs/read.md)
+PIECE_VOTE = 0.25  # the piece networks' share of the digit's log probability (see docs/read.md)
 WHOLE_WEIGHT = 0.5  # weight of log P(one whole digit)
 PIECE_BONUS = 1.5  # added per piece: without it the path with fewest pieces wins ties
 
@@ -117,10 +117,10 @@ class Edge:
     box: tuple[int, int, int, int]  # x0, y0, x1, y1 in working pixels
     aspect: float  # width / line height
     image: np.ndarray | None  # uint8 (28, 28), None for a dash
-    # uint8 (28, 28): what the piece network sees, the piece within its group's full height
+    # uint8 (28, 28): the piece within its group's full height, for the context piece network
     context: np.ndarray | None = None
     probs: np.ndarray | None = None  # (10,) the digit model's softmax, filled by the reader
-    piece: np.ndarray | None = None  # (11,) the piece network's softmax (10 = not one digit)
+    piece: np.ndarray | None = None  # (11,) the piece networks' committee (10 = not one digit)
 
 
 def _original_size(source, im: Image.Image) -> tuple[int, int]:

@@ -242,7 +242,6 @@ def reproduce(
             }
         )
     report["total_seconds"] = time.perf_counter() - t_all
-
     stem = "reproduction-quick" if quick else "reproduction"
     if update:
         report = _merge_into(Path(out_dir) / f"{stem}.json", report)
