@@ -38,6 +38,7 @@ import numpy as np
 from PIL import Image
 
 from lenet.errors import ImageError, LenetError
+from lenet.linescan import LineNet, Scan, bundled_line_net, frames_of, span_scores, sweep_cuts
 from lenet.preprocess import (
     BG_BLOCKS,
     CANVAS,
@@ -88,6 +89,12 @@ PRIOR_WEIGHT = 0.25  # weight of the width prior next to the networks' log proba
 PIECE_VOTE = 0.25  # the piece networks' share of the digit's log probability (see docs/read.md)
 WHOLE_WEIGHT = 0.5  # weight of log P(one whole digit)
 PIECE_BONUS = 1.5  # added per piece: without it the path with fewest pieces wins ties
+# The line network's span scores (lenet.linescan): log P(one digit in the span) and log P(the
+# digit | one digit) weighted apart, as they are right apart: the network counts digits on the
+# benchmark's MNIST strings better than it names real writers' digits.
+SWEEP_SPLIT = 5.0
+SWEEP_DIGIT = 0.5
+SWEEP_CUT_NEAR = 0.06  # a line-network cut this close (line heights) to a valley cut is not added
 
 
 @dataclass
@@ -121,6 +128,8 @@ class Edge:
     context: np.ndarray | None = None
     probs: np.ndarray | None = None  # (10,) the digit model's softmax, filled by the reader
     piece: np.ndarray | None = None  # (11,) the piece networks' committee (10 = not one digit)
+    span: tuple[float, float] = (-math.inf, math.inf)  # x of nodes a and b, working pixels
+    sweep: np.ndarray | None = None  # (11,) the line network's span scores (lenet.linescan)
 
 
 def _original_size(source, im: Image.Image) -> tuple[int, int]:
@@ -350,17 +359,21 @@ def _stroke_width(ink: np.ndarray) -> float:
     return max(1.0, float(np.median(ends - starts)))
 
 
-def segment_graph(line: Line) -> tuple[list[Edge], int]:
+def segment_graph(line: Line, extra_cuts=()) -> tuple[list[Edge], int]:
     """The segmentation graph of a line: its edges (node ids increase left to right; a group's
-    last node is the next group's first) and the number of nodes."""
+    last node is the next group's first) and the number of nodes. ``extra_cuts``: more cut
+    positions (working x; :func:`lenet.linescan.sweep_cuts`, between the digits the line
+    network sees), added inside the groups wide enough to hold two digits."""
     edges: list[Edge] = []
     node = 0
     hgt = max(line.height, 1.0)
     ends = []  # (first node, last node) of every group
-    for g in line.groups:
+    node_x = {}  # node -> x, working pixels: a cut's column; between groups, mid-gap
+    for k, g in enumerate(line.groups):
         x0, y0, x1, y1 = g.box
         width = x1 - x0
         first = node
+        node_x[first] = (line.groups[k - 1].box[2] + x0) / 2 if k else -math.inf
         if g.dash:
             edges.append(Edge(node, node + 1, g.box, width / hgt, None))
             node += 1
@@ -369,7 +382,15 @@ def segment_graph(line: Line) -> tuple[list[Edge], int]:
         ink = g.ink
         cuts = [0, width]
         if width > SPLIT_WIDTH * hgt:
-            cuts = [0, *_cuts(ink, hgt), width]
+            inner = _cuts(ink, hgt)
+            near, edge = SWEEP_CUT_NEAR * hgt, MIN_PIECE * hgt
+            for x in extra_cuts:
+                c = round(x - x0)
+                if edge <= c <= width - edge and all(abs(c - k) > near for k in inner):
+                    inner.append(c)
+            cuts = [0, *sorted(inner), width]
+        for i in range(1, len(cuts) - 1):
+            node_x[node + i] = x0 + cuts[i]
         for i in range(len(cuts) - 1):
             for j in range(i + 1, len(cuts)):
                 a, b = cuts[i], cuts[j]
@@ -393,7 +414,8 @@ def segment_graph(line: Line) -> tuple[list[Edge], int]:
     groups = line.groups
     for k in range(len(groups) - 1):
         g, h = groups[k], groups[k + 1]
-        if g.dash or h.dash or h.box[0] - g.box[2] > MERGE_GAP * hgt:
+        # A dash close to a digit may be that digit's detached bar (a 5's): it gets the piece too.
+        if (g.dash and h.dash) or h.box[0] - g.box[2] > MERGE_GAP * hgt:
             continue
         x0, y0 = min(g.box[0], h.box[0]), min(g.box[1], h.box[1])
         x1, y1 = max(g.box[2], h.box[2]), max(g.box[3], h.box[3])
@@ -409,6 +431,9 @@ def segment_graph(line: Line) -> tuple[list[Edge], int]:
             edges.append(
                 Edge(ends[k][0], ends[k + 1][1], box, (x1 - x0) / hgt, img, context_image(ink))
             )
+    node_x[node] = math.inf
+    for e in edges:
+        e.span = (node_x[e.a], node_x[e.b])
     return edges, node + 1
 
 
@@ -421,7 +446,11 @@ def _edge_scores(e: Edge) -> np.ndarray:
         logq = np.log(np.maximum(e.piece[:NOT_A_DIGIT], 1e-12) / whole)  # P(digit | whole)
         logp = (1 - PIECE_VOTE) * logp + PIECE_VOTE * logq + WHOLE_WEIGHT * math.log(whole)
     z = (e.aspect - np.asarray(ASPECT_MEAN)) / ASPECT_SD
-    return logp - PRIOR_WEIGHT * 0.5 * z * z + PIECE_BONUS
+    score = logp - PRIOR_WEIGHT * 0.5 * z * z + PIECE_BONUS
+    if e.sweep is not None:
+        one = float(np.logaddexp.reduce(e.sweep[1:]))  # log P(exactly one digit in the span)
+        score = score + SWEEP_SPLIT * one + SWEEP_DIGIT * (e.sweep[1:] - one)
+    return score
 
 
 def decode(
@@ -447,7 +476,7 @@ def decode(
             here = dict(sorted(here.items(), key=lambda kv: -kv[1][0])[:BEAM])
         for e in out[i]:
             if e.image is None:
-                options = [(DASH, 0.0)]
+                options = [(DASH, 0.0 if e.sweep is None else SWEEP_SPLIT * float(e.sweep[0]))]
             else:
                 s = scored[id(e)]
                 k = ALTERNATIVES if rx is not None else 1
@@ -567,6 +596,7 @@ class Reader:
         predictor=None,
         pieces: str | os.PathLike | None = None,
         context_pieces: str | os.PathLike | None = None,
+        line_net: str | os.PathLike | None | bool = None,
     ):
         from lenet.predictor import Predictor
 
@@ -582,6 +612,13 @@ class Reader:
                     f"'not one digit'), this one {net.info['classes']}"
                 )
             self.piece_nets[view] = net
+        # The line network (the SDNN): None the bundled one, a path another, False none.
+        if line_net is False:
+            self.line_net = None
+        elif line_net is None or line_net is True:
+            self.line_net = bundled_line_net()
+        else:
+            self.line_net = LineNet(line_net)
         self.name = predictor.name
         self.max_pixels = predictor.max_pixels
 
@@ -637,7 +674,8 @@ class Reader:
             return Reading(name, error=str(e))
         if not line.groups:
             return Reading(name, reason=NO_DIGITS)
-        edges, nodes = segment_graph(line)
+        scan = None if self.line_net is None else self.line_net.scan(line)
+        edges, nodes = segment_graph(line, () if scan is None else sweep_cuts(scan))
         pieces = [e for e in edges if e.image is not None]
         if pieces:
             images = np.stack([e.image for e in pieces])
@@ -645,10 +683,27 @@ class Reader:
             whole = piece_votes(self.piece_nets, pieces)
             for e, p, q in zip(pieces, probs, whole, strict=True):
                 e.probs, e.piece = p, q
+        if scan is not None:
+            sweep_scores(scan, edges)
         path = decode(edges, nodes, digits, pattern)
         if path is None:
             return Reading(name, reason=NO_MATCH)
         return _reading(name, path, line.scale, top_k, min_confidence)
+
+
+def sweep_scores(scan: Scan, edges: list[Edge]) -> None:
+    """Fill every edge's ``sweep``: the line network's scores of the frames in its span
+    (:func:`lenet.linescan.span_scores`; a span too narrow to hold a frame gets the nearest)."""
+    if not edges:
+        return
+    logp = scan.logp
+    last = len(logp)
+    spans = frames_of(np.array([e.span for e in edges]), scan.x0, scan.f)  # (E, 2), may be inf
+    spans = np.clip(np.nan_to_num(spans, posinf=last, neginf=0), 0, last).astype(int)
+    spans[:, 0] = np.minimum(spans[:, 0], last - 1)
+    spans[:, 1] = np.maximum(spans[:, 1], spans[:, 0] + 1)
+    for e, s in zip(edges, span_scores(logp, spans), strict=True):
+        e.sweep = s
 
 
 def piece_votes(nets: dict, pieces: list[Edge]) -> np.ndarray:

@@ -64,6 +64,17 @@ def register(sub) -> None:
         help="the piece network that sees each piece within its group's height (default: the "
         "bundled one; scripts/train_piece_net.py --view context makes one)",
     )
+    p.add_argument(
+        "--line-net",
+        metavar="CKPT",
+        help="the line network (SDNN) swept along the whole line for a second opinion on every "
+        "piece (default: the bundled one; scripts/train_line_net.py makes one)",
+    )
+    p.add_argument(
+        "--no-line-net",
+        action="store_true",
+        help="read without the line network (pieces and piece networks only; faster)",
+    )
     add_backend(p)
     add_device(p)
     p.set_defaults(func=run)
@@ -122,6 +133,8 @@ def run(args: argparse.Namespace) -> int:
     from lenet.reader import Reader, check_constraint
 
     check_constraint(args.digits, args.pattern)  # a bad pattern: one line, before the model
+    if args.no_line_net and args.line_net:
+        raise LenetError("give --line-net or --no-line-net, not both")
     quiet_bomb_warning()
     inputs = expand_paths(args.paths)
     if not inputs:
@@ -136,6 +149,7 @@ def run(args: argparse.Namespace) -> int:
         backend=args.backend,
         pieces=args.pieces,
         context_pieces=args.context_pieces,
+        line_net=False if args.no_line_net else args.line_net,
     )
     width = min(max(len(n) for n, _ in inputs), 60)
     writer = None

@@ -1,0 +1,179 @@
+"""The reader's second opinion: the SDNN (:mod:`lenet.models.sdnn`) swept along the whole line.
+
+:func:`line_image` redraws a line's characters (:class:`lenet.reader.Line`) as one strip, its
+digit height scaled to MNIST's 20 px; :class:`LineNet` gives every 4-column frame of it the
+log probability of "no digit centred here" and of each digit; :func:`span_scores` turns them
+into a score for each piece of the segmentation graph: the log probability, under the CTC
+model the network was trained with, that the frames of the piece's span hold exactly one
+digit ``d`` (and only blanks around it). Summed along a path through the graph, these are the
+log probability of the whole string with its digits placed in those spans, so a cut that
+halves a digit or a piece holding two digits scores low whatever its picture looks like, and a
+straight cut through two overlapping digits is fine as long as it falls between their centres.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+from lenet.errors import CheckpointError
+from lenet.models.sdnn import BLANK, LINE_HEIGHT, ROWS, SDNN, STRIDE, SDNNConfig
+from lenet.normalization import MNIST_STATS, Normalization
+from lenet.preprocess import stroke_width
+
+LINE_NET_NAME = "lenet-sdnn.pt"  # the bundled network, in lenet/weights/
+MODEL_NAME = "sdnn"
+PAD = 8  # blank columns either side of the line image
+MIN_STROKE = 1.5  # thinner strokes (a 1-px pen at this scale) are thickened, in pixels
+
+
+def line_image(groups, height: float) -> tuple[np.ndarray, float, float]:
+    """The characters of a line (:class:`lenet.reader.Group` with ``box`` and ``ink``) as one
+    float32 (32, W) image in [0, 1], W a multiple of :data:`STRIDE`, and the map from working
+    pixels to its columns: ``column = (x - x0) * f + PAD``; returns ``(image, x0, f)``. A
+    dash is drawn too (it may be the detached bar of a 5) but does not place the line."""
+    digits = [g for g in groups if not g.dash]
+    if not digits or height <= 0:
+        return np.zeros((ROWS, 2 * PAD), np.float32), 0.0, 1.0
+    x0, y0 = min(g.box[0] for g in groups), min(g.box[1] for g in groups)
+    x1, y1 = max(g.box[2] for g in groups), max(g.box[3] for g in groups)
+    canvas = np.zeros((y1 - y0, x1 - x0), np.float32)
+    for g in groups:
+        gx0, gy0, gx1, gy1 = g.box
+        sub = canvas[gy0 - y0 : gy1 - y0, gx0 - x0 : gx1 - x0]
+        np.maximum(sub, g.ink, out=sub)
+    f = LINE_HEIGHT / height
+    nw, nh = max(1, round(canvas.shape[1] * f)), max(1, round(canvas.shape[0] * f))
+    how = cv2.INTER_AREA if f < 1 else cv2.INTER_LINEAR
+    small = np.clip(cv2.resize(canvas, (nw, nh), interpolation=how), 0, 1)
+    if small.max() > 0 and stroke_width(small) < MIN_STROKE:  # a hairline: MNIST's are 2-3 px
+        small = cv2.dilate(small, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (3, 3)))
+    # The line's middle (the median of its characters' tops and bottoms) on the middle row.
+    mid = (np.median([g.box[1] for g in digits]) + np.median([g.box[3] for g in digits])) / 2
+    top = round(ROWS / 2 - (mid - y0) * f)
+    width = math.ceil((nw + 2 * PAD) / STRIDE) * STRIDE
+    out = np.zeros((ROWS, width), np.float32)
+    r0, r1 = max(0, top), min(ROWS, top + nh)
+    if r1 > r0:
+        out[r0:r1, PAD : PAD + nw] = small[r0 - top : r1 - top]
+    return out, float(x0), f
+
+
+def span_scores(logp: np.ndarray, spans: np.ndarray) -> np.ndarray:
+    """(E, 11) for frame log probabilities ``logp`` (T, 11) and ``spans`` (E, 2) of frame
+    indices [t0, t1): column 0 the log probability that the span is all blank, column d + 1
+    that it holds exactly digit d (CTC: blanks, a run of d, blanks)."""
+    e = len(spans)
+    out = np.full((e, 11), -np.inf)
+    if e == 0:
+        return out
+    length = (spans[:, 1] - spans[:, 0]).astype(int)
+    lmax = int(length.max())
+    t = spans[:, :1] + np.arange(lmax)  # (E, L) frame indices
+    valid = np.arange(lmax) < length[:, None]
+    lp = logp[np.clip(t, 0, len(logp) - 1)]  # (E, L, 11)
+    blank, digit = lp[..., BLANK], lp[..., BLANK + 1 :]  # (E, L), (E, L, 10)
+    before = np.zeros((e, 1))  # only blanks so far
+    inside = np.full((e, 10), -np.inf)  # in the digit's run
+    after = np.full((e, 10), -np.inf)  # blanks after it
+    for k in range(lmax):
+        v = valid[:, k : k + 1]
+        b = blank[:, k : k + 1]
+        new_inside = np.logaddexp(before, inside) + digit[:, k]
+        new_after = np.logaddexp(inside, after) + b
+        inside = np.where(v, new_inside, inside)
+        after = np.where(v, new_after, after)
+        before = np.where(v, before + b, before)
+    out[:, 0] = before[:, 0]
+    out[:, 1:] = np.logaddexp(inside, after)
+    return out
+
+
+@dataclass
+class Scan:
+    """The line network's answer for one line: frame log probabilities and the map from
+    working pixels to line-image columns (``column = (x - x0) * f + PAD``)."""
+
+    logp: np.ndarray  # (T, 11)
+    x0: float
+    f: float
+
+
+def sweep_cuts(scan: Scan) -> list[float]:
+    """Cut positions (working x) halfway between the centres of neighbouring digits the line
+    network sees (runs of frames whose best class is a digit): overlapping digits have no
+    valley between them, but their centres still stand apart."""
+    best = scan.logp.argmax(axis=1)
+    centres = []  # frame index of each run's middle
+    t = 0
+    while t < len(best):
+        if best[t] == BLANK:
+            t += 1
+            continue
+        u = t
+        while u + 1 < len(best) and best[u + 1] == best[t]:
+            u += 1
+        centres.append((t + u) / 2)
+        t = u + 1
+    mids = [(a + b) / 2 for a, b in zip(centres[:-1], centres[1:], strict=True)]
+    cols = [STRIDE * m + (STRIDE - 1) / 2 for m in mids]
+    return [(c - PAD) / scan.f + scan.x0 for c in cols]
+
+
+class LineNet:
+    """A trained :class:`lenet.models.sdnn.SDNN` and its input scaling, loaded once."""
+
+    def __init__(self, path: str | os.PathLike | None = None):
+        from lenet.checkpoint import read_checkpoint
+
+        path = Path(path) if path is not None else Path(__file__).parent / "weights" / LINE_NET_NAME
+        ckpt = read_checkpoint(path)
+        if ckpt["model"]["name"] != MODEL_NAME:
+            raise CheckpointError(
+                f"{path}: a line network is an {MODEL_NAME!r} checkpoint, "
+                f"this one holds {ckpt['model']['name']!r}"
+            )
+        try:
+            self.model = SDNN(SDNNConfig(**(ckpt["model"].get("config") or {})))
+            self.model.load_state_dict(ckpt["state_dict"])
+        except (RuntimeError, TypeError, ValueError) as e:
+            raise CheckpointError(f"{path}: weights do not fit the line network ({e})") from None
+        self.model.eval()
+        self.normalization = Normalization.from_dict(
+            ckpt.get("normalization") or MNIST_STATS.to_dict()
+        )
+        self.path = path
+        self.info = ckpt.get("metrics", {})
+
+    def frame_logp(self, image: np.ndarray) -> np.ndarray:
+        """(T, 11) log probabilities of the frames of one line image (float32 (32, W))."""
+        n = self.normalization
+        x = (torch.from_numpy(np.ascontiguousarray(image)) - n.mean) / n.std
+        with torch.no_grad():
+            logits = self.model(x[None, None])[0]  # (11, T)
+        return torch.log_softmax(logits.T.double(), dim=1).numpy()
+
+    def scan(self, line) -> Scan:
+        """Sweep the network along a :class:`lenet.reader.Line`."""
+        image, x0, f = line_image(line.groups, line.height)
+        return Scan(self.frame_logp(image), x0, f)
+
+
+@functools.cache
+def bundled_line_net() -> LineNet:
+    """The bundled line network, loaded once per process."""
+    return LineNet()
+
+
+def frames_of(xs: np.ndarray, x0: float, f: float) -> np.ndarray:
+    """Working-pixel x positions -> frame boundaries: the first frame whose centre is at or
+    right of each position (frame t covers columns 4t .. 4t + 3)."""
+    col = (np.asarray(xs, np.float64) - x0) * f + PAD
+    return np.ceil((col - (STRIDE - 1) / 2) / STRIDE)

@@ -1,0 +1,161 @@
+"""The reader's line network (the SDNN): its shapes, the line image, the span scores against
+brute force, the bundled file, and how the reader and `lenet read` load it."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import assert_one_line_error, run_cli
+from lenet.linescan import PAD, frames_of, line_image, span_scores
+from lenet.models.sdnn import BLANK, LINE_HEIGHT, ROWS, SDNN, STRIDE
+
+
+def test_sdnn_shapes():
+    """(N, 1, 32, W) -> (N, 11, W / 4): one frame every 4 columns."""
+    model = SDNN().eval()
+    with torch.no_grad():
+        out = model(torch.zeros(2, 1, ROWS, 96))
+    assert out.shape == (2, 11, 96 // STRIDE)
+
+
+def _brute(logp: np.ndarray) -> np.ndarray:
+    """Column 0: log P(all blank); d + 1: log P(the frames collapse to exactly d), by
+    enumerating every labelling of the frames (CTC: merge runs, drop blanks)."""
+    t = len(logp)
+    total = np.full(11, -np.inf)
+    for path in itertools.product(range(11), repeat=t):
+        merged = [c for i, c in enumerate(path) if i == 0 or c != path[i - 1]]
+        labels = [c for c in merged if c != BLANK]
+        lp = sum(logp[i, c] for i, c in enumerate(path))
+        if not labels:
+            total[0] = np.logaddexp(total[0], lp)
+        elif len(labels) == 1:
+            total[labels[0]] = np.logaddexp(total[labels[0]], lp)
+    return total
+
+
+def test_span_scores_match_brute_force():
+    """The 3-state recursion against enumerating all 11^T frame labellings (T up to 4),
+    for spans of different lengths scored together."""
+    rng = np.random.default_rng(0)
+    logits = rng.normal(0, 2, (6, 11))
+    logp = logits - np.logaddexp.reduce(logits, axis=1, keepdims=True)
+    spans = np.array([[0, 1], [1, 4], [2, 6], [5, 6]])
+    got = span_scores(logp, spans)
+    for (a, b), row in zip(spans, got, strict=True):
+        if b - a <= 4:
+            np.testing.assert_allclose(row, _brute(logp[a:b]), rtol=1e-9)
+    # Every labelling of the frames is all-blank, one digit, or more: the first two are a part.
+    assert np.all(np.logaddexp.reduce(got, axis=1) <= 1e-9)
+
+
+def test_line_image_scales_the_line_to_mnist_height():
+    """Two 60 px tall groups become a 32-row image whose ink is LINE_HEIGHT rows tall, its
+    width a multiple of the frame stride; frames_of maps the groups' x to frames in order."""
+    from lenet.reader import Group
+
+    ink = np.ones((60, 20), np.float32)
+    groups = [Group((10, 5, 30, 65), ink), Group((50, 5, 70, 65), ink)]
+    img, x0, f = line_image(groups, 60.0)
+    assert img.shape[0] == ROWS and img.shape[1] % STRIDE == 0
+    rows = np.flatnonzero(img.max(axis=1) > 0.5)
+    assert rows.max() - rows.min() + 1 == LINE_HEIGHT
+    cols = np.flatnonzero(img.max(axis=0) > 0.5)
+    assert cols.min() == PAD and x0 == 10 and f == pytest.approx(LINE_HEIGHT / 60)
+    t = frames_of(np.array([10, 30, 50, 70]), x0, f)
+    assert list(t) == sorted(t) and t[0] == PAD // STRIDE
+    blank, _, _ = line_image([], 0.0)
+    assert blank.shape[0] == ROWS and not blank.any()
+    # A dash is drawn (it may be a 5's bar) but does not move the line's middle.
+    dash = Group((32, 60, 48, 64), np.ones((4, 16), np.float32), dash=True)
+    with_dash, _, _ = line_image([*groups, dash], 60.0)
+    assert with_dash[:, : img.shape[1]].sum() > img.sum()
+    assert np.flatnonzero(with_dash.max(axis=1) > 0.5).min() == rows.min()
+
+
+def test_sweep_cuts_fall_between_digit_centres():
+    """Runs of digit frames 2-3 and 6 (two digits, no blank between 6 and 7's run) -> cuts
+    halfway between run centres, mapped back to working pixels."""
+    from lenet.linescan import Scan, sweep_cuts
+
+    best = [BLANK, BLANK, 4, 4, BLANK, BLANK, 8, 2, BLANK]  # frames' best class
+    logp = np.full((len(best), 11), -5.0)
+    logp[np.arange(len(best)), best] = -0.01
+    x0, f = 100.0, 0.5
+    cuts = sweep_cuts(Scan(logp, x0, f))
+    centres = [2.5, 6.0, 7.0]  # frames
+    want = [
+        (STRIDE * (a + b) / 2 + (STRIDE - 1) / 2 - PAD) / f + x0
+        for a, b in zip(centres[:-1], centres[1:], strict=True)
+    ]
+    assert cuts == pytest.approx(want)
+    assert sweep_cuts(Scan(np.zeros((0, 11)), x0, f)) == []
+
+
+def test_bundled_line_network_records_its_recipe():
+    from lenet.checkpoint import read_checkpoint
+    from lenet.linescan import bundled_line_net
+
+    net = bundled_line_net()
+    m = read_checkpoint(net.path)["metrics"]
+    assert m["recipe"].startswith("python scripts/train_line_net.py")
+    assert m["test_lines"]["lines"] == 900 and m["test_lines"]["string_accuracy"] >= 0.8
+
+
+@pytest.mark.slow
+def test_line_network_figures_are_what_it_scores(mnist_dir):
+    """Re-measure the held-out line accuracy the bundled file records (deterministic)."""
+    from lenet.bench.lines import line_accuracy, line_set
+    from lenet.checkpoint import read_checkpoint
+    from lenet.data import load_split
+    from lenet.linescan import bundled_line_net
+
+    torch.set_num_threads(1)
+    net = bundled_line_net()
+    test = load_split("test", mnist_dir)
+    x, y, _ = line_set(test.images.numpy(), test.labels.numpy(), 300, 2)
+    got = line_accuracy(net.model, x, y)
+    want = read_checkpoint(net.path)["metrics"]["test_lines"]
+    assert got["lines"] == want["lines"]
+    assert got["string_accuracy"] == pytest.approx(want["string_accuracy"], abs=2e-3)
+
+
+def test_reader_with_and_without_the_line_network(mnist_dir):
+    """The line network changes scores, not the interface: both readers read a clean string,
+    and the one without it has no sweep scores on its graph."""
+    from lenet.bench.strings import compose_strip
+    from lenet.data import load_split
+    from lenet.reader import Reader
+
+    torch.set_num_threads(1)
+    test = load_split("test", mnist_dir)
+    images, labels = test.images.numpy(), test.labels.numpy()
+    idx = [3, 2, 1, 18, 4]
+    strip, _ = compose_strip([images[i] for i in idx], [8] * 4, np.random.default_rng(0))
+    img = (255 - np.clip(strip * 255, 0, 255)).astype(np.uint8)
+    img = np.kron(img, np.ones((3, 3), np.uint8))
+    text = "".join(str(int(labels[i])) for i in idx)
+    assert Reader().read_one(img).text == text
+    assert Reader(line_net=False).read_one(img).text == text
+
+
+def test_cli_line_network_errors(tmp_path):
+    """A missing file, a digit model given as the line network, and both flags: one line each."""
+    from lenet.predictor import bundled_checkpoint
+
+    png = tmp_path / "x.png"
+    from PIL import Image
+
+    Image.new("L", (64, 32), 255).save(png)
+    r = run_cli("read", str(png), "--line-net", str(tmp_path / "none.pt"))
+    assert_one_line_error(r)
+    assert "none.pt" in r.stderr
+    r = run_cli("read", str(png), "--line-net", str(bundled_checkpoint()))
+    assert_one_line_error(r)
+    assert "line network" in r.stderr
+    r = run_cli("read", str(png), "--line-net", str(bundled_checkpoint()), "--no-line-net")
+    assert_one_line_error(r)
