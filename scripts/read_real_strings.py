@@ -1,6 +1,6 @@
 """Strings of REAL handwritten digits for ``lenet read``: the dev sets' single digits side by side.
 
-    python scripts/read_real_strings.py --data-dir data [--n 150] [--seed 0]
+    python scripts/read_real_strings.py --data-dir data [--n 150] [--seed 0] [--no-line-net]
 
 No set of real multi-digit strings is in the repository, so this composes them from the real
 single digits of ``lenet data --real`` (250 pen-drawn, 1,797 optdigits): each file's ink is cut
@@ -44,12 +44,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data-dir", default="./data")
     p.add_argument("--n", type=int, default=150, help="strings per category (default 150)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--line-net", help="another line network (default: the bundled one)")
+    p.add_argument("--no-line-net", action="store_true", help="read without the line network")
     a = p.parse_args(argv)
     torch.set_num_threads(1)
     items = [it for name in REAL_SETS for it in load_labelled_folder(real_dir(a.data_dir, name))]
     digits = [digit_ink(path) for path, _ in items]
     labels = [label for _, label in items]
-    reader = Reader()
+    reader = Reader(line_net=False if a.no_line_net else a.line_net)
     for k, cat in enumerate(CATEGORIES):
         rng = np.random.default_rng([a.seed, 77, k])
         lo, hi = CATEGORIES[cat]

@@ -15,7 +15,7 @@ from conftest import assert_one_line_error, run_cli
 from lenet.bench.read import edit_distance, score
 from lenet.bench.strings import CATEGORIES, compose_strip, make_strings, write_string_set
 from lenet.data import load_split
-from lenet.reader import NO_DIGITS, NO_MATCH, Reader
+from lenet.reader import NO_DIGITS, NO_MATCH, Reader, find_line
 
 
 @pytest.fixture(scope="module")
@@ -186,6 +186,18 @@ def test_cuts_fill_a_long_stretch_without_valleys():
     cuts = _cuts(ink, height)
     gaps = np.diff([0, *cuts, ink.shape[1]])
     assert cuts and gaps.max() <= FILL_GAP * height
+
+
+def test_line_height_counts_a_broken_digit_once():
+    """A lone digit drawn in two strokes one above the other (a 3 broken across its middle) is
+    one digit tall, not half."""
+    page = np.full((200, 300), 255, np.uint8)
+    cv2.ellipse(page, (100, 70), (30, 25), 0, -140, 90, 0, 6)  # upper bowl, y 45..95
+    cv2.ellipse(page, (100, 140), (30, 25), 0, -90, 140, 0, 6)  # lower bowl, y 115..165
+    buf = io.BytesIO()
+    Image.fromarray(page).save(buf, "PNG")
+    line = find_line(buf.getvalue())
+    assert 105 <= line.height <= 135  # the strokes together: about 120 px on the 300 px page
 
 
 def test_close_neighbours_also_make_one_piece():

@@ -205,7 +205,7 @@ def find_line(source, max_pixels: int = MAX_PIXELS) -> Line:
     top = max(c.mass for c in comps)
     comps = [c for c in comps if c.mass >= SPECK_MASS * top]
     big = [c for c in comps if c.mass >= 0.15 * top]
-    height = float(np.median([c.height for c in big]))
+    height = _line_height(big)
     comps = [c for c in comps if max(c.height, c.width) >= 0.15 * height]  # dust
 
     # Group: every full-size component starts a group; fragments (small both ways: the bar of
@@ -260,6 +260,26 @@ def find_line(source, max_pixels: int = MAX_PIXELS) -> Line:
             continue  # a stray fragment on its own, too small to be a digit
         groups.append(Group(box, gink, is_dash))
     return Line(groups, height, scale)
+
+
+def _line_height(comps: list[Component]) -> float:
+    """Typical digit height: the median height of the components stacked into columns.
+
+    Components that share most of the narrower one's columns are one column of ink (digits on a
+    line stand side by side, not on top of each other): a 5 whose bar stands apart, a digit
+    broken across the middle. Their union's height counts once, so a line of one or two broken
+    digits is not taken for a line half as tall.
+    """
+    stacks: list[list[int]] = []  # [x0, x1, y0, y1]
+    for c in sorted(comps, key=lambda c: -c.height):
+        for s in stacks:
+            inside = min(c.x1, s[1]) - max(c.x0, s[0])
+            if inside >= 0.5 * min(c.width, s[1] - s[0]):
+                s[:] = [min(s[0], c.x0), max(s[1], c.x1), min(s[2], c.y0), max(s[3], c.y1)]
+                break
+        else:
+            stacks.append([c.x0, c.x1, c.y0, c.y1])
+    return float(np.median([s[3] - s[2] for s in stacks]))
 
 
 def _dashlike(c: Component, mid: float, height: float) -> bool:
