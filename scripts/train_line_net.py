@@ -1,6 +1,7 @@
 """Make the reader's bundled line network (src/lenet/weights/lenet-sdnn.pt); see lenet.bench.lines.
 
     python scripts/train_line_net.py --data-dir data [--out PATH] [--overwrite] [--strings N] [--epochs E]
+        [--stride 2|4]
 
 Lines of N strings per category of MNIST TRAINING digits (seeds 200 and 201, half each, made
 by two processes), rendered as photos and found by the reader, train an SDNN with CTC and
@@ -48,6 +49,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     p.add_argument("--strings", type=int, default=TRAIN_STRINGS, help="strings per category")
     p.add_argument("--epochs", type=int, default=EPOCHS, help="passes over the lines")
+    p.add_argument(
+        "--stride",
+        type=int,
+        choices=(2, 4),
+        default=SDNNConfig.stride,
+        help="line-image columns per frame (default %(default)s)",
+    )
     a = p.parse_args(argv)
     if a.out.exists() and not a.overwrite:
         p.error(f"{a.out} exists; give --overwrite to replace it")
@@ -56,6 +64,8 @@ def main(argv: list[str] | None = None) -> int:
         command += f" --strings {a.strings}"
     if a.epochs != EPOCHS:
         command += f" --epochs {a.epochs}"
+    if a.stride != SDNNConfig.stride:
+        command += f" --stride {a.stride}"
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     torch.set_num_threads(1)
     t0 = time.perf_counter()
@@ -67,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     xs, ys, spans = (parts[0][k] + parts[1][k] for k in range(3))
     vx, vy, _ = parts[2]
     print(f"{len(ys)} training lines, {time.perf_counter() - t0:.0f} s")
-    cfg = SDNNConfig()
+    cfg = SDNNConfig(stride=a.stride)
     model = train_line_net(xs, ys, spans, epochs=a.epochs, cfg=cfg)
     metrics = line_accuracy(model, vx, vy)
     print(metrics)

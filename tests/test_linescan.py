@@ -11,15 +11,29 @@ import torch
 
 from conftest import assert_one_line_error, run_cli
 from lenet.linescan import PAD, frames_of, line_image, span_scores
-from lenet.models.sdnn import BLANK, LINE_HEIGHT, ROWS, SDNN, STRIDE
+from lenet.models.sdnn import BLANK, LINE_HEIGHT, ROWS, SDNN, STRIDE, SDNNConfig
 
 
 def test_sdnn_shapes():
-    """(N, 1, 32, W) -> (N, 11, W / 4): one frame every 4 columns."""
+    """(N, 1, 32, W) -> (N, 11, W / STRIDE): one frame every STRIDE (2) columns."""
     model = SDNN().eval()
     with torch.no_grad():
         out = model(torch.zeros(2, 1, ROWS, 96))
     assert out.shape == (2, 11, 96 // STRIDE)
+
+
+def test_sdnn_stride_four():
+    """stride=4 (LeNet's 2x2 second pool) gives half the frames and maps positions to frames
+    half as finely; other strides are refused."""
+    model = SDNN(SDNNConfig(stride=4)).eval()
+    with torch.no_grad():
+        out = model(torch.zeros(2, 1, ROWS, 96))
+    assert out.shape == (2, 11, 24)
+    cols = np.array([PAD + 0.5, PAD + 8.5])  # working x with x0 = 0, f = 1
+    np.testing.assert_array_equal(frames_of(cols - PAD, 0.0, 1.0, stride=2), [4, 8])
+    np.testing.assert_array_equal(frames_of(cols - PAD, 0.0, 1.0, stride=4), [2, 4])
+    with pytest.raises(ValueError, match="stride"):
+        SDNN(SDNNConfig(stride=3))
 
 
 def _brute(logp: np.ndarray) -> np.ndarray:

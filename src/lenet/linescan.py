@@ -1,7 +1,7 @@
 """The reader's second opinion: the SDNN (:mod:`lenet.models.sdnn`) swept along the whole line.
 
 :func:`line_image` redraws a line's characters (:class:`lenet.reader.Line`) as one strip, its
-digit height scaled to MNIST's 20 px; :class:`LineNet` gives every 4-column frame of it the
+digit height scaled to MNIST's 20 px; :class:`LineNet` gives every frame of it (2 columns) the
 log probability of "no digit centred here" and of each digit; :func:`span_scores` turns them
 into a score for each piece of the segmentation graph: the log probability, under the CTC
 model the network was trained with, that the frames of the piece's span hold exactly one
@@ -104,6 +104,7 @@ class Scan:
     logp: np.ndarray  # (T, 11)
     x0: float
     f: float
+    stride: int = STRIDE  # line-image columns per frame
 
 
 def sweep_cuts(scan: Scan) -> list[float]:
@@ -123,7 +124,7 @@ def sweep_cuts(scan: Scan) -> list[float]:
         centres.append((t + u) / 2)
         t = u + 1
     mids = [(a + b) / 2 for a, b in zip(centres[:-1], centres[1:], strict=True)]
-    cols = [STRIDE * m + (STRIDE - 1) / 2 for m in mids]
+    cols = [scan.stride * m + (scan.stride - 1) / 2 for m in mids]
     return [(c - PAD) / scan.f + scan.x0 for c in cols]
 
 
@@ -163,7 +164,7 @@ class LineNet:
     def scan(self, line) -> Scan:
         """Sweep the network along a :class:`lenet.reader.Line`."""
         image, x0, f = line_image(line.groups, line.height)
-        return Scan(self.frame_logp(image), x0, f)
+        return Scan(self.frame_logp(image), x0, f, self.model.cfg.stride)
 
 
 @functools.cache
@@ -172,8 +173,8 @@ def bundled_line_net() -> LineNet:
     return LineNet()
 
 
-def frames_of(xs: np.ndarray, x0: float, f: float) -> np.ndarray:
+def frames_of(xs: np.ndarray, x0: float, f: float, stride: int = STRIDE) -> np.ndarray:
     """Working-pixel x positions -> frame boundaries: the first frame whose centre is at or
-    right of each position (frame t covers columns 4t .. 4t + 3)."""
+    right of each position (frame t covers columns stride * t .. stride * (t + 1) - 1)."""
     col = (np.asarray(xs, np.float64) - x0) * f + PAD
-    return np.ceil((col - (STRIDE - 1) / 2) / STRIDE)
+    return np.ceil((col - (stride - 1) / 2) / stride)

@@ -718,7 +718,7 @@ def sweep_scores(scan: Scan, edges: list[Edge]) -> None:
         return
     logp = scan.logp
     last = len(logp)
-    spans = frames_of(np.array([e.span for e in edges]), scan.x0, scan.f)  # (E, 2), may be inf
+    spans = frames_of(np.array([e.span for e in edges]), scan.x0, scan.f, scan.stride)  # (E, 2)
     spans = np.clip(np.nan_to_num(spans, posinf=last, neginf=0), 0, last).astype(int)
     spans[:, 0] = np.minimum(spans[:, 0], last - 1)
     spans[:, 1] = np.maximum(spans[:, 1], spans[:, 0] + 1)

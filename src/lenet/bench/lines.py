@@ -55,13 +55,13 @@ def line_set(
     return xs, ys, spans
 
 
-def frame_targets(text: str, spans: np.ndarray, frames: int) -> np.ndarray:
+def frame_targets(text: str, spans: np.ndarray, frames: int, stride: int = STRIDE) -> np.ndarray:
     """(frames,) class of every frame: digit d + 1 where the frame's centre is within the
     middle :data:`CENTRE` of that digit's ink span (at least the frame nearest its centre),
     :data:`BLANK` elsewhere. Training on these as well as CTC keeps each digit's answer at its
     centre, where the reader's cuts never are (CTC alone answered near a digit's left edge)."""
     out = np.full(frames, BLANK, np.int64)
-    centres = STRIDE * np.arange(frames) + (STRIDE - 1) / 2
+    centres = stride * np.arange(frames) + (stride - 1) / 2
     for ch, (a, b) in zip(text, spans, strict=True):
         mid, half = (a + b) / 2, max(CENTRE * (b - a) / 2, 1.0)
         hit = np.abs(centres - mid) <= half
@@ -90,22 +90,28 @@ def _augment(
     return out, spans * (nw / w)
 
 
-def _batch(imgs: list[np.ndarray], texts: list[str], spans: list[np.ndarray] | None = None):
+def _batch(
+    imgs: list[np.ndarray],
+    texts: list[str],
+    spans: list[np.ndarray] | None = None,
+    stride: int = STRIDE,
+):
     """Pad to one width: (B, 1, 32, W) normalized input, targets, frame and target lengths,
-    and (with ``spans``) the frame targets (B, W / 4), padding frames -100 (ignored)."""
+    and (with ``spans``) the frame targets (B, W / stride), padding frames -100 (ignored)."""
     width = max(i.shape[1] for i in imgs)
     x = np.zeros((len(imgs), 1, ROWS, width), np.float32)
     for k, i in enumerate(imgs):
         x[k, 0, :, : i.shape[1]] = i
     x = (torch.from_numpy(x) - MNIST_STATS.mean) / MNIST_STATS.std
     targets = torch.tensor([int(c) + 1 for t in texts for c in t], dtype=torch.long)
-    frames = torch.tensor([i.shape[1] // STRIDE for i in imgs], dtype=torch.long)
+    frames = torch.tensor([i.shape[1] // stride for i in imgs], dtype=torch.long)
     lengths = torch.tensor([len(t) for t in texts], dtype=torch.long)
     if spans is None:
         return x, targets, frames, lengths
-    per_frame = np.full((len(imgs), width // STRIDE), -100, np.int64)
+    per_frame = np.full((len(imgs), width // stride), -100, np.int64)
     for k, (i, t, sp) in enumerate(zip(imgs, texts, spans, strict=True)):
-        per_frame[k, : i.shape[1] // STRIDE] = frame_targets(t, sp, i.shape[1] // STRIDE)
+        n = i.shape[1] // stride
+        per_frame[k, :n] = frame_targets(t, sp, n, stride)
     return x, targets, frames, lengths, torch.from_numpy(per_frame)
 
 
@@ -144,7 +150,7 @@ def train_line_net(
         for idx in batches:
             pairs = [_augment(xs[i], spans[i], rng) for i in idx]
             x, targets, frames, lengths, per_frame = _batch(
-                [p[0] for p in pairs], [ys[i] for i in idx], [p[1] for p in pairs]
+                [p[0] for p in pairs], [ys[i] for i in idx], [p[1] for p in pairs], model.cfg.stride
             )
             logits = model(x)  # (B, 11, T)
             logp = F.log_softmax(logits, dim=1).permute(2, 0, 1)  # (T, B, 11)
@@ -177,10 +183,10 @@ def line_accuracy(model: SDNN, xs: list[np.ndarray], ys: list[str]) -> dict:
     right = same_len = chars = chars_right = 0
     with torch.no_grad():
         for i in range(0, len(xs), 64):
-            x, *_ = _batch(xs[i : i + 64], ys[i : i + 64])
+            x, *_ = _batch(xs[i : i + 64], ys[i : i + 64], stride=model.cfg.stride)
             logp = F.log_softmax(model(x), dim=1).permute(0, 2, 1).numpy()
             for k, t in enumerate(ys[i : i + 64]):
-                got = greedy(logp[k, : xs[i + k].shape[1] // STRIDE])
+                got = greedy(logp[k, : xs[i + k].shape[1] // model.cfg.stride])
                 right += got == t
                 if len(got) == len(t):
                     same_len += 1
