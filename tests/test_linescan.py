@@ -173,3 +173,20 @@ def test_cli_line_network_errors(tmp_path):
     assert "line network" in r.stderr
     r = run_cli("read", str(png), "--line-net", str(bundled_checkpoint()), "--no-line-net")
     assert_one_line_error(r)
+
+
+def test_line_network_files_of_either_stride_load(tmp_path):
+    """A stride-4 file written before the stride was a setting (no "stride" in its config)
+    loads as stride 4 and scans 4 columns per frame; the bundled file is stride 2."""
+    from lenet.checkpoint import make_payload, save_checkpoint
+    from lenet.linescan import MODEL_NAME, LineNet, bundled_line_net
+    from lenet.normalization import MNIST_STATS
+
+    cfg = SDNNConfig(stride=4).to_dict()
+    del cfg["stride"]
+    path = tmp_path / "old.pt"
+    save_checkpoint(path, make_payload(SDNN(SDNNConfig(stride=4)), MODEL_NAME, cfg, MNIST_STATS))
+    old = LineNet(path)
+    assert old.model.cfg.stride == 4
+    assert old.frame_logp(np.zeros((ROWS, 96), np.float32)).shape == (24, 11)
+    assert bundled_line_net().model.cfg.stride == STRIDE == 2

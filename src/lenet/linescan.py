@@ -142,7 +142,9 @@ class LineNet:
                 f"this one holds {ckpt['model']['name']!r}"
             )
         try:
-            self.model = SDNN(SDNNConfig(**(ckpt["model"].get("config") or {})))
+            cfg = dict(ckpt["model"].get("config") or {})
+            cfg.setdefault("stride", 4)  # files written before the stride was a setting
+            self.model = SDNN(SDNNConfig(**cfg))
             self.model.load_state_dict(ckpt["state_dict"])
         except (RuntimeError, TypeError, ValueError) as e:
             raise CheckpointError(f"{path}: weights do not fit the line network ({e})") from None
