@@ -10,7 +10,14 @@ import pytest
 import torch
 
 from conftest import assert_one_line_error, run_cli
-from lenet.linescan import PAD, frames_of, line_image, span_scores
+from lenet.linescan import (
+    PAD,
+    frames_of,
+    line_image,
+    repeat_correction,
+    span_scores,
+    span_scores_and_ends,
+)
 from lenet.models.sdnn import BLANK, LINE_HEIGHT, ROWS, SDNN, STRIDE, SDNNConfig
 
 
@@ -65,6 +72,65 @@ def test_span_scores_match_brute_force():
             np.testing.assert_allclose(row, _brute(logp[a:b]), rtol=1e-9)
     # Every labelling of the frames is all-blank, one digit, or more: the first two are a part.
     assert np.all(np.logaddexp.reduce(got, axis=1) <= 1e-9)
+
+
+def _three_class_logp(rng, t: int, d: int, other: int) -> np.ndarray:
+    """(t, 11) frame log probabilities with mass on blank, ``d`` and ``other`` only (the rest
+    e^-60), so enumerating 3^t labellings is exact to ~1e-20."""
+    logp = np.full((t, 11), -60.0)
+    cls = [BLANK, d + 1, other + 1]
+    logits = rng.normal(0, 1.5, (t, 3))
+    logp[:, cls] = logits - np.logaddexp.reduce(logits, axis=1, keepdims=True)
+    return logp, cls
+
+
+def test_span_ends_match_brute_force():
+    """P(exactly d, last frame blank) and P(exactly d, first frame blank) against enumerating
+    the labellings of the span."""
+    rng = np.random.default_rng(1)
+    d = 2
+    logp, cls = _three_class_logp(rng, 5, d, other=7)
+    spans = np.array([[0, 5], [1, 4], [2, 3]])
+    full, ends = span_scores_and_ends(logp, spans)
+    np.testing.assert_allclose(full, span_scores(logp, spans))
+    for (a, b), row, end in zip(spans, full, ends, strict=True):
+        want = np.full(3, -np.inf)  # any, last blank, first blank
+        for path in itertools.product(cls, repeat=b - a):
+            merged = [c for i, c in enumerate(path) if i == 0 or c != path[i - 1]]
+            if [c for c in merged if c != BLANK] != [d + 1]:
+                continue
+            lp = sum(logp[a + i, c] for i, c in enumerate(path))
+            want[0] = np.logaddexp(want[0], lp)
+            if path[-1] == BLANK:
+                want[1] = np.logaddexp(want[1], lp)
+            if path[0] == BLANK:
+                want[2] = np.logaddexp(want[2], lp)
+        np.testing.assert_allclose([row[d + 1], *end[:, d]], want, rtol=1e-9)
+
+
+def test_repeat_correction_is_the_two_runs_probability():
+    """Two neighbouring spans both read as d: the spans' scores plus the correction are the
+    log probability of the frames of both together collapsing to exactly "d d" with one run
+    in each span (a run of d across the cut would collapse to one d)."""
+    rng = np.random.default_rng(2)
+    d = 5
+    for _ in range(3):
+        logp, cls = _three_class_logp(rng, 6, d, other=3)
+        spans = np.array([[0, 3], [3, 6]])
+        full, ends = span_scores_and_ends(logp, spans)
+        want = -np.inf
+        for path in itertools.product(cls, repeat=6):
+            halves = path[:3], path[3:]
+            ok = all(
+                [c for c in [h[i] for i in range(3) if i == 0 or h[i] != h[i - 1]] if c != BLANK]
+                == [d + 1]
+                for h in halves
+            )
+            if ok and not (path[2] == d + 1 and path[3] == d + 1):
+                want = np.logaddexp(want, sum(logp[i, c] for i, c in enumerate(path)))
+        corr = repeat_correction(full[0, d + 1], ends[0, :, d], full[1, d + 1], ends[1, :, d])
+        assert corr <= 0
+        assert full[0, d + 1] + full[1, d + 1] + corr == pytest.approx(want, rel=1e-9)
 
 
 def test_line_image_scales_the_line_to_mnist_height():

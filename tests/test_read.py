@@ -221,6 +221,41 @@ def test_close_neighbours_also_make_one_piece():
     assert spans(int(MERGE_GAP * 40) + 4) == {(0, 1), (1, 2)}
 
 
+def test_one_run_of_a_digit_is_not_read_twice(monkeypatch):
+    """A wide 2 cut in two: alone, each half holds "exactly one 2" for the line network as
+    well as the whole does (the run of 2s crosses the cut). As a string, two 2s need two runs:
+    the reader reads one 2. Two runs with a blank between are still read as "22"."""
+    import lenet.reader as R
+    from lenet.linescan import span_scores_and_ends
+    from lenet.models.sdnn import BLANK
+
+    def read(frames: list[int]) -> str:
+        logp = np.full((len(frames), 11), np.log(0.01))
+        logp[np.arange(len(frames)), frames] = np.log(0.9)  # the other 10 classes share 0.1
+        spans = np.array([[0, 8], [0, 4], [4, 8]])  # the whole, its left and right halves
+        scores, ends = span_scores_and_ends(logp, spans)
+        edges = []
+        for (a, b), aspect, whole, sweep, end in zip(
+            [(0, 2), (0, 1), (1, 2)], [1.7, 0.85, 0.85], [0.95, 0.6, 0.6], scores, ends, strict=True
+        ):
+            e = R.Edge(a, b, (0, 0, 1, 1), aspect, np.zeros((28, 28), np.uint8))
+            e.probs = np.full(10, 0.001)
+            e.probs[2] = 0.991
+            e.piece = np.full(11, (1 - whole) / 10)
+            e.piece[2], e.piece[R.NOT_A_DIGIT] = whole - (1 - whole) * 0.9, 1 - whole
+            e.sweep, e.ends = sweep, end
+            edges.append(e)
+        return "".join(ch for _, ch in R.decode(edges, 3))
+
+    blank, two = BLANK, BLANK + 1 + 2  # frame classes: blank, digit 2
+    one_run = [blank, blank, two, two, two, two, blank, blank]
+    two_runs = [blank, two, two, blank, blank, two, two, blank]
+    assert read(one_run) == "2"
+    assert read(two_runs) == "22"
+    monkeypatch.setattr(R, "_repeat", lambda *a: 0.0)  # the halves scored apart, as before
+    assert read(one_run) == "22"
+
+
 @pytest.mark.parametrize("view", ["image", "context"])
 def test_piece_labels(mnist_test, view):
     """Pieces of a string's graph: whole digits get their label, a pair or a half class 10."""

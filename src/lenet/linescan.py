@@ -70,16 +70,43 @@ def span_scores(logp: np.ndarray, spans: np.ndarray) -> np.ndarray:
     """(E, 11) for frame log probabilities ``logp`` (T, 11) and ``spans`` (E, 2) of frame
     indices [t0, t1): column 0 the log probability that the span is all blank, column d + 1
     that it holds exactly digit d (CTC: blanks, a run of d, blanks)."""
+    return span_scores_and_ends(logp, spans, ends=False)[0]
+
+
+def span_scores_and_ends(
+    logp: np.ndarray, spans: np.ndarray, ends: bool = True
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """:func:`span_scores` and, with ``ends``, (E, 2, 10): the log probability that the span
+    holds exactly digit d and its last frame is blank (the run ends inside the span), and that
+    it holds exactly d and its first frame is blank. Two neighbouring spans that both hold d
+    are two digits under CTC only if the run does not cross the cut between them (a run of
+    d cut in two is one d): :func:`repeat_correction` uses these."""
     e = len(spans)
     out = np.full((e, 11), -np.inf)
     if e == 0:
-        return out
+        return out, (np.full((0, 2, 10), -np.inf) if ends else None)
     length = (spans[:, 1] - spans[:, 0]).astype(int)
     lmax = int(length.max())
     t = spans[:, :1] + np.arange(lmax)  # (E, L) frame indices
     valid = np.arange(lmax) < length[:, None]
     lp = logp[np.clip(t, 0, len(logp) - 1)]  # (E, L, 11)
     blank, digit = lp[..., BLANK], lp[..., BLANK + 1 :]  # (E, L), (E, L, 10)
+    before, inside, after = _runs(blank, digit, valid, blank_start=False)
+    out[:, 0] = before[:, 0]
+    out[:, 1:] = np.logaddexp(inside, after)
+    if not ends:
+        return out, None
+    _, inside_b, after_b = _runs(blank, digit, valid, blank_start=True)
+    return out, np.stack([after, np.logaddexp(inside_b, after_b)], axis=1)
+
+
+def _runs(
+    blank: np.ndarray, digit: np.ndarray, valid: np.ndarray, blank_start: bool
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The three-state recursion over frames (blanks, a run of d, blanks) of E spans at once:
+    log probabilities (E, 1), (E, 10), (E, 10) of ending in each state. ``blank_start``: the
+    run may not begin on the first frame."""
+    e, lmax = valid.shape
     before = np.zeros((e, 1))  # only blanks so far
     inside = np.full((e, 10), -np.inf)  # in the digit's run
     after = np.full((e, 10), -np.inf)  # blanks after it
@@ -87,13 +114,32 @@ def span_scores(logp: np.ndarray, spans: np.ndarray) -> np.ndarray:
         v = valid[:, k : k + 1]
         b = blank[:, k : k + 1]
         new_inside = np.logaddexp(before, inside) + digit[:, k]
+        if k == 0 and blank_start:
+            new_inside = np.full_like(new_inside, -np.inf)
         new_after = np.logaddexp(inside, after) + b
         inside = np.where(v, new_inside, inside)
         after = np.where(v, new_after, after)
         before = np.where(v, before + b, before)
-    out[:, 0] = before[:, 0]
-    out[:, 1:] = np.logaddexp(inside, after)
-    return out
+    return before, inside, after
+
+
+def repeat_correction(
+    left: float, left_ends: np.ndarray, right: float, right_ends: np.ndarray
+) -> float:
+    """log P(spans A and B, side by side, hold two digits d) - log(score A + score B), <= 0.
+
+    ``left``/``right``: the spans' :func:`span_scores` for d; ``*_ends``: their rows of
+    :func:`span_scores_and_ends` for d ([last frame blank, first frame blank]). Scored apart,
+    each span may claim the same run of d frames across the cut; as one string, the two runs
+    must be apart: P = P(A's run ends inside A) P(B) + P(A's run reaches the cut) P(B's run
+    starts after it)."""
+    if not (np.isfinite(left) and np.isfinite(right)):
+        return 0.0
+    ends_blank, starts_blank = float(left_ends[0]), float(right_ends[1])
+    # log(P(A) - P(A, last frame blank)): A's run touching the cut
+    reach = left + math.log1p(-min(math.exp(ends_blank - left), 1.0 - 1e-12))
+    both = np.logaddexp(ends_blank + right, reach + starts_blank)
+    return float(min(both - left - right, 0.0))
 
 
 @dataclass

@@ -38,7 +38,15 @@ import numpy as np
 from PIL import Image
 
 from lenet.errors import ImageError, LenetError
-from lenet.linescan import LineNet, Scan, bundled_line_net, frames_of, span_scores, sweep_cuts
+from lenet.linescan import (
+    LineNet,
+    Scan,
+    bundled_line_net,
+    frames_of,
+    repeat_correction,
+    span_scores_and_ends,
+    sweep_cuts,
+)
 from lenet.preprocess import (
     BG_BLOCKS,
     CANVAS,
@@ -130,6 +138,8 @@ class Edge:
     piece: np.ndarray | None = None  # (11,) the piece networks' committee (10 = not one digit)
     span: tuple[float, float] = (-math.inf, math.inf)  # x of nodes a and b, working pixels
     sweep: np.ndarray | None = None  # (11,) the line network's span scores (lenet.linescan)
+    # (2, 10): log P(one digit d in the span, its last / first frame blank) (lenet.linescan)
+    ends: np.ndarray | None = None
 
 
 def _original_size(source, im: Image.Image) -> tuple[int, int]:
@@ -473,6 +483,18 @@ def _edge_scores(e: Edge) -> np.ndarray:
     return score
 
 
+def _repeat(left: Edge, right: Edge, d: int) -> float:
+    """The line network's correction for the same digit d on two neighbouring pieces: scored
+    apart, both may claim one run of d frames that crosses the cut (a wide 2 read as "22");
+    as a string they need two runs (:func:`lenet.linescan.repeat_correction`), weighted as
+    its count."""
+    if left.ends is None or right.ends is None:
+        return 0.0
+    return SWEEP_SPLIT * repeat_correction(
+        float(left.sweep[d + 1]), left.ends[:, d], float(right.sweep[d + 1]), right.ends[:, d]
+    )
+
+
 def decode(
     edges: list[Edge], nodes: int, digits: int | None = None, pattern: str | None = None
 ) -> list[tuple[Edge, str]] | None:
@@ -481,6 +503,9 @@ def decode(
     Unconstrained: Viterbi. ``digits``: Viterbi over (node, digits so far), the path with
     exactly that many digits. ``pattern``: beam search over the :data:`ALTERNATIVES` best
     classes of each piece; the best complete string that ``re.fullmatch``-es the pattern.
+    The same digit on two neighbouring pieces pays the line network's correction
+    (:func:`_repeat`), which depends on the hypothesis's last piece: the search keeps the best
+    hypothesis per key as before, so it is exact for the paths it keeps, not over all paths.
     """
     out: list[list[Edge]] = [[] for _ in range(nodes)]
     for e in edges:
@@ -503,6 +528,8 @@ def decode(
                 options = [(str(int(d)), float(s[d])) for d in np.argsort(-s)[:k]]
             for key, (score, path) in here.items():
                 for ch, sc in options:
+                    if path and path[-1][1] == ch != DASH:
+                        sc += _repeat(path[-1][0], e, int(ch))
                     if rx is not None:
                         nkey = key + ch
                     elif digits is not None:
@@ -722,8 +749,9 @@ def sweep_scores(scan: Scan, edges: list[Edge]) -> None:
     spans = np.clip(np.nan_to_num(spans, posinf=last, neginf=0), 0, last).astype(int)
     spans[:, 0] = np.minimum(spans[:, 0], last - 1)
     spans[:, 1] = np.maximum(spans[:, 1], spans[:, 0] + 1)
-    for e, s in zip(edges, span_scores(logp, spans), strict=True):
-        e.sweep = s
+    scores, ends = span_scores_and_ends(logp, spans)
+    for e, s, n in zip(edges, scores, ends, strict=True):
+        e.sweep, e.ends = s, n
 
 
 def piece_votes(nets: dict, pieces: list[Edge]) -> np.ndarray:
