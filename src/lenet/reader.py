@@ -181,7 +181,8 @@ def find_line(source, max_pixels: int = MAX_PIXELS) -> Line:
     # default, 8 along the long side, leaves a 100 px tall strip only two block rows, and the
     # lighting across them stays behind as "ink").
     blocks = max(BG_BLOCKS, math.ceil(4 * max(h, w) / min(h, w)))
-    r = box_blur(np.maximum(cv2.subtract(x, background_surface(x, blocks)), 0.0), 3)
+    lifted = np.maximum(cv2.subtract(x, background_surface(x, blocks)), 0.0)
+    r = box_blur(lifted, 3)
     sigma = _noise(r)
     peak = cv2.minMaxLoc(r)[1]
     if peak < MIN_CONTRAST or peak < 6 * sigma:
@@ -191,10 +192,13 @@ def find_line(source, max_pixels: int = MAX_PIXELS) -> Line:
     if n <= 1:
         return Line([], 0.0, scale)
     mass = np.bincount(labels.ravel(), weights=r.ravel(), minlength=n)
-    # Contrast: the ink's typical level (90th percentile) -> 1, the noise floor -> 0.
-    level = float(np.percentile(r[mask > 0], 90))
+    # Contrast: the ink's typical level (90th percentile) -> 1, the noise floor -> 0. The ink
+    # itself is the unblurred image, as predict's (preprocess.find_digit): the blurred copy
+    # turned thin strokes grey and let faint ones (the tail of a 9, a 5's bar) fall under the
+    # floor (docs/read.md, "Measured").
+    level = float(np.percentile(lifted[mask > 0], 90))
     floor = 3 * sigma
-    ink = np.clip((r - floor) / max(level - floor, 1e-6), 0, 1).astype(np.float32)
+    ink = np.clip((lifted - floor) / max(level - floor, 1e-6), 0, 1).astype(np.float32)
 
     comps = []
     for lab in range(1, n):
