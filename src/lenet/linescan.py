@@ -9,6 +9,9 @@ digit ``d`` (and only blanks around it). Summed along a path through the graph, 
 log probability of the whole string with its digits placed in those spans, so a cut that
 halves a digit or a piece holding two digits scores low whatever its picture looks like, and a
 straight cut through two overlapping digits is fine as long as it falls between their centres.
+Scored apart, two neighbouring pieces may both claim one run of frames that crosses the cut
+between them; :func:`repeat_correction` gives the pair's exact probability when both read the
+same digit (under CTC a run cut in two is still one digit).
 """
 
 from __future__ import annotations
@@ -126,7 +129,8 @@ def _runs(
 def repeat_correction(
     left: float, left_ends: np.ndarray, right: float, right_ends: np.ndarray
 ) -> float:
-    """log P(spans A and B, side by side, hold two digits d) - log(score A + score B), <= 0.
+    """log P(spans A and B, side by side, hold two digits d, one each) minus the sum of their
+    two scores for d (<= 0; -inf when no labelling keeps the runs apart, as in two 1-frame spans).
 
     ``left``/``right``: the spans' :func:`span_scores` for d; ``*_ends``: their rows of
     :func:`span_scores_and_ends` for d ([last frame blank, first frame blank]). Scored apart,
