@@ -6,8 +6,8 @@ graph (:mod:`lenet.linescan`); trained with CTC on lines of MNIST training digit
 
 It reads a line image, not a 28x28 digit, so it is not in the model registry (``lenet train``
 builds 28x28 classifiers). Shapes for a line W columns wide (batch N omitted; W even, and
-columns past the last whole frame are dropped by the pooling), the line's digit height scaled to MNIST's 20 px box (:data:`LINE_HEIGHT`), with the default
-frame stride of 2 columns:
+columns past the last whole frame are dropped by the pooling), the line's digit height scaled
+to MNIST's 20 px box (:data:`LINE_HEIGHT`), with the default frame stride of 2 columns:
 
     input    1x32xW      MNIST mean/std normalization
     c1      16x32xW      5x5 conv, padding 2, BN, ReLU         (LeNet-5's C1 field)
