@@ -17,6 +17,7 @@ from lenet.data import load_split
 from lenet.errors import ImageError, NoDigitError
 from lenet.preprocess import (
     MAX_PIXELS,
+    background_surface,
     box_blur,
     center_of_mass,
     find_digit,
@@ -111,6 +112,16 @@ def test_background_gradient_is_not_ink():
     stroke[30:90, 70:76] = True
     # The background's 0.4 swing shrinks below 0.1 (a block's worth of slope at the edges).
     assert r[~stroke].max() < 0.1 and np.median(r[~stroke]) < 0.03
+
+
+def test_background_surface_reaches_the_edges():
+    """A steep gradient with a vignette, no ink: the surface keeps following it to the edges
+    (linear extrapolation past the outer blocks' centres). Clamped there, as it was, the edge
+    rows were left 0.09 above it, and near a digit that band became ink (test_read)."""
+    yy, xx = np.mgrid[0:225, 0:337].astype(np.float32)
+    x = 0.3 * (1 - yy / 225) + 0.1 * (xx / 337 - 0.5) ** 2 * 4
+    err = np.abs(background_surface(x) - x)
+    assert err.max() < 0.035 and err[:20].mean() < 0.015, (err.max(), err[:20].mean())
 
 
 @pytest.mark.parametrize("kind", ["spread", "mostly 0", "mostly 1", "masked"])

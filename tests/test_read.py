@@ -143,6 +143,28 @@ def test_min_confidence_marks_unsure(reader, mnist_test):
     assert r.text.count("?") == len(below)
 
 
+@pytest.mark.parametrize("edge", ["top", "bottom"])
+def test_a_line_along_a_shadowed_edge_is_read(reader, mnist_test, edge):
+    """Digits close to the edge of a page that darkens steeply towards it (a hand's or a
+    phone's shadow): the background surface follows the shadow to the edge, so the paper there
+    does not become one blob of "ink" with the digits. Before, this page read "7777" or
+    "727077797204" (the shadow, cut into pieces), or lost the digits as border clutter."""
+    images, labels = mnist_test
+    idx = [0, 1, 2, 3, 4]
+    strip, _ = compose_strip([images[i] for i in idx], [8] * 4, np.random.default_rng(0))
+    strip = cv2.resize(strip, None, fx=2, fy=2, interpolation=cv2.INTER_CUBIC)
+    h, w = 225, 337
+    page = np.zeros((h, w), np.float32)
+    y0 = 20 if edge == "top" else h - 20 - strip.shape[0]
+    page[y0 : y0 + strip.shape[0], 10 : 10 + strip.shape[1]] = np.clip(strip, 0, 1)
+    d = np.mgrid[0:h, 0:w][0].astype(np.float32) / h  # 0 at the top edge, 1 at the bottom
+    shade = (1 - d) ** 2 if edge == "top" else d**2  # darkest at that edge
+    gray = (0.95 - 0.5 * shade) * (1 - 0.5 * page)
+    buf = io.BytesIO()
+    Image.fromarray(np.clip(255 * gray, 0, 255).astype(np.uint8)).save(buf, "PNG")
+    assert reader.read_one(buf.getvalue()).text == "".join(str(int(labels[i])) for i in idx)
+
+
 def test_blank_and_bad_inputs(reader):
     blank = np.full((200, 400), 230, np.uint8)
     assert reader.read_one(blank).reason == NO_DIGITS

@@ -462,7 +462,8 @@ def background_surface(x: np.ndarray, blocks: int = BG_BLOCKS) -> np.ndarray:
 
     Per block, the 25th percentile (ink covers well under 75% of any block); then a 3x3
     morphological opening of the block grid removes blocks that are mostly ink; then bilinear
-    interpolation back to full size.
+    interpolation back to full size, carried on to the edges by a ring of blocks extrapolated
+    linearly from the grid (a gradient keeps rising to the edge rather than stopping flat).
     """
     h, w = x.shape
     b = max(1, math.ceil(max(h, w) / blocks))
@@ -476,11 +477,31 @@ def background_surface(x: np.ndarray, blocks: int = BG_BLOCKS) -> np.ndarray:
     i = int(i)
     lo, hi = v[:, i].astype(np.float32), v[:, min(i + 1, b * b - 1)].astype(np.float32)
     grid = ((lo + np.float32(f) * (hi - lo)) * np.float32(1 / 255)).reshape(gh, gw)
-    grid = cv2.morphologyEx(grid, cv2.MORPH_OPEN, np.ones((3, 3), np.uint8))
-    # INTER_LINEAR maps output pixel i to grid coordinate (i + 0.5) / b - 0.5, clamped at the
-    # edges: block centres sit at (k + 0.5) * b, and the interpolation runs between them.
-    surface = cv2.resize(grid, (gw * b, gh * b), interpolation=cv2.INTER_LINEAR)
-    return surface[:h, :w]
+    # The grid gets one more ring of blocks, extrapolated linearly, before the opening and
+    # before the interpolation. Without it the opening drags an edge block to its inner
+    # neighbour's level, and the surface stays flat from the outer block centres to the edge:
+    # under a lighting gradient or vignette the paper along that edge stayed behind as "ink",
+    # one blob with the digits near it, dropped as border clutter (docs/read.md, "Measured").
+    grid = cv2.morphologyEx(_extend(grid), cv2.MORPH_OPEN, np.ones((3, 3), np.uint8))[1:-1, 1:-1]
+    grid = np.clip(_extend(grid), 0.0, 1.0)  # levels, as x's
+    # INTER_LINEAR maps output pixel i to grid coordinate (i + 0.5) / b - 0.5: block centres
+    # sit at (k + 0.5) * b, the interpolation runs between them, and the extra ring (cropped
+    # off) carries it on to the edges.
+    surface = cv2.resize(grid, ((gw + 2) * b, (gh + 2) * b), interpolation=cv2.INTER_LINEAR)
+    return np.ascontiguousarray(surface[b : b + h, b : b + w])
+
+
+def _extend(grid: np.ndarray) -> np.ndarray:
+    """(gh, gw) -> (gh + 2, gw + 2): one more ring of blocks, each 2 x edge - next (a grid one
+    block across repeats its edge)."""
+    g = np.pad(grid, 1, mode="edge")
+    if grid.shape[0] > 1:
+        g[0, 1:-1] = 2 * grid[0] - grid[1]
+        g[-1, 1:-1] = 2 * grid[-1] - grid[-2]
+    if grid.shape[1] > 1:
+        g[:, 0] = 2 * g[:, 1] - g[:, 2]
+        g[:, -1] = 2 * g[:, -2] - g[:, -3]
+    return g
 
 
 def remove_background(x: np.ndarray) -> np.ndarray:
