@@ -488,20 +488,20 @@ def background_surface(x: np.ndarray, blocks: int = BG_BLOCKS) -> np.ndarray:
     # sit at (k + 0.5) * b, the interpolation runs between them, and the extra ring (cropped
     # off) carries it on to the edges.
     surface = cv2.resize(grid, ((gw + 2) * b, (gh + 2) * b), interpolation=cv2.INTER_LINEAR)
-    return np.ascontiguousarray(surface[b : b + h, b : b + w])
+    return surface[b : b + h, b : b + w]
 
 
 def _extend(grid: np.ndarray) -> np.ndarray:
-    """(gh, gw) -> (gh + 2, gw + 2): one more ring of blocks, each 2 x edge - next (a grid one
-    block across repeats its edge)."""
-    g = np.pad(grid, 1, mode="edge")
-    if grid.shape[0] > 1:
-        g[0, 1:-1] = 2 * grid[0] - grid[1]
-        g[-1, 1:-1] = 2 * grid[-1] - grid[-2]
-    if grid.shape[1] > 1:
-        g[:, 0] = 2 * g[:, 1] - g[:, 2]
-        g[:, -1] = 2 * g[:, -2] - g[:, -3]
-    return g
+    """(gh, gw) -> (gh + 2, gw + 2): one more ring of blocks, each 2 x edge - next, the rows
+    first, then the columns (a grid one block across repeats its edge). OpenCV's borders, not
+    np.pad: this runs twice per image on a grid of ~50 cells, where np.pad's Python overhead
+    (tens of microseconds) was a quarter of the background step."""
+    rows = 2 * cv2.copyMakeBorder(grid, 1, 1, 0, 0, cv2.BORDER_REPLICATE) - cv2.copyMakeBorder(
+        grid, 1, 1, 0, 0, cv2.BORDER_REFLECT_101
+    )
+    return 2 * cv2.copyMakeBorder(rows, 0, 0, 1, 1, cv2.BORDER_REPLICATE) - cv2.copyMakeBorder(
+        rows, 0, 0, 1, 1, cv2.BORDER_REFLECT_101
+    )
 
 
 def remove_background(x: np.ndarray) -> np.ndarray:
