@@ -35,6 +35,15 @@ def _encode(a: np.ndarray, fmt: str, rng: np.random.Generator) -> bytes:
     return buf.getvalue()
 
 
+def shadowed_png(ink: np.ndarray, edge: str = "top") -> bytes:
+    """PNG of ``ink`` (float32 (H, W) coverage in [0, 1]) at half contrast on paper that darkens
+    steeply towards its top or bottom ``edge`` (0.95 -> 0.45 there, quadratically)."""
+    d = np.mgrid[0 : ink.shape[0], 0 : ink.shape[1]][0].astype(np.float32) / ink.shape[0]
+    shade = (1 - d) ** 2 if edge == "top" else d**2  # 1 at that edge
+    gray = (0.95 - 0.5 * shade) * (1 - 0.5 * ink)
+    return _encode(255 * gray, "PNG", np.random.default_rng(0))
+
+
 def make_photo(digit: np.ndarray, kind: str, rng: np.random.Generator) -> bytes:
     """One encoded image file (PNG/JPEG bytes) showing ``digit`` the way ``kind`` says."""
     big = kind == "large_jpeg"

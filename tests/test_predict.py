@@ -17,7 +17,7 @@ from conftest import ROOT, assert_one_line_error, run_cli
 from lenet.data import load_split
 from lenet.evaluation import evaluate, rejection_curve
 from lenet.predictor import Prediction, Predictor, bundled_checkpoint
-from photos import KINDS, make_photos, naive_28x28
+from photos import KINDS, make_photos, naive_28x28, shadowed_png
 
 
 @pytest.fixture(scope="module")
@@ -58,16 +58,11 @@ def test_a_digit_under_a_shadowed_edge(predictor, mnist_test):
     stopped flat at the outer blocks' centres, 6 of these 60 pages were read right (the
     shadow band was taken for the digit)."""
     images, labels = mnist_test[0][:60], mnist_test[1][:60]
-    h, w = 240, 320
-    shade = (1 - np.mgrid[0:h, 0:w][0].astype(np.float32) / h) ** 2  # 1 at the top edge
     got = []
     for im in images:
-        page = np.zeros((h, w), np.float32)
+        page = np.zeros((240, 320), np.float32)
         page[6:90, 100:184] = np.clip(cv2.resize(im / 255.0, (84, 84)), 0, 1)
-        gray = (0.95 - 0.5 * shade) * (1 - 0.5 * page)
-        buf = io.BytesIO()
-        Image.fromarray(np.clip(255 * gray, 0, 255).astype(np.uint8)).save(buf, "PNG")
-        got.append(predictor.predict_one(buf.getvalue()).digit)
+        got.append(predictor.predict_one(shadowed_png(page, "top")).digit)
     assert (np.array(got) == labels).mean() >= 0.95, got
 
 

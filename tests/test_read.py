@@ -16,6 +16,7 @@ from lenet.bench.read import edit_distance, score
 from lenet.bench.strings import CATEGORIES, compose_strip, make_strings, write_string_set
 from lenet.data import load_split
 from lenet.reader import NO_DIGITS, NO_MATCH, Reader, find_line
+from photos import shadowed_png
 
 
 @pytest.fixture(scope="module")
@@ -157,12 +158,8 @@ def test_a_line_along_a_shadowed_edge_is_read(reader, mnist_test, edge):
     page = np.zeros((h, w), np.float32)
     y0 = 20 if edge == "top" else h - 20 - strip.shape[0]
     page[y0 : y0 + strip.shape[0], 10 : 10 + strip.shape[1]] = np.clip(strip, 0, 1)
-    d = np.mgrid[0:h, 0:w][0].astype(np.float32) / h  # 0 at the top edge, 1 at the bottom
-    shade = (1 - d) ** 2 if edge == "top" else d**2  # darkest at that edge
-    gray = (0.95 - 0.5 * shade) * (1 - 0.5 * page)
-    buf = io.BytesIO()
-    Image.fromarray(np.clip(255 * gray, 0, 255).astype(np.uint8)).save(buf, "PNG")
-    assert reader.read_one(buf.getvalue()).text == "".join(str(int(labels[i])) for i in idx)
+    want = "".join(str(int(labels[i])) for i in idx)
+    assert reader.read_one(shadowed_png(page, edge)).text == want
 
 
 def test_blank_and_bad_inputs(reader):
