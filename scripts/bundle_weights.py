@@ -76,6 +76,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("best", nargs="+", help="best.pt file(s) written by `lenet train`")
     p.add_argument("--data-dir", default=DEFAULT_DATA_DIR)
     p.add_argument("--out", default=str(OUT))
+    p.add_argument(
+        "--command", default=COMMAND, help="how the runs were trained (recorded as provenance)"
+    )
     args = p.parse_args(argv)
 
     torch.set_num_threads(1)
@@ -105,7 +108,10 @@ def main(argv: list[str] | None = None) -> int:
         "val_accuracy": [(m.checkpoint.get("metrics") or {}).get("val_acc") for m in members],
         "epoch": [m.checkpoint.get("epoch") for m in members],
     }
-    provenance = {"command": COMMAND, "trained_with_torch": src.get("versions", {}).get("torch")}
+    provenance = {
+        "command": args.command,
+        "trained_with_torch": src.get("versions", {}).get("torch"),
+    }
     payload = make_payload(
         model, name, cfg, members[0].normalization,
         epoch=src.get("epoch"), metrics=metrics, train_config=train_cfg, provenance=provenance,
