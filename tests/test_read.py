@@ -357,6 +357,87 @@ def test_reader_refuses_a_digit_model_as_piece_network(mnist_test, tmp_path):
     assert "none.pt" in r.stderr
 
 
+def test_only_whole_characters_are_marked_alone(mnist_test):
+    """segment_graph marks the uncut piece of every character (the second opinion's pieces)
+    and none of the cut ones, nor the piece made of two close neighbours."""
+    from lenet.reader import segment_graph
+
+    images, labels = mnist_test
+    data, _ = clean_string(images, labels, [0, 1, 2], gap=-1)  # one group of touching digits
+    line = find_line(data)
+    edges, _ = segment_graph(line)
+    alone = [e for e in edges if e.alone]
+    assert len(alone) == len(line.groups) and len(edges) > len(alone)
+    for e, g in zip(alone, line.groups, strict=True):
+        assert g.box[0] <= e.box[0] and e.box[2] <= g.box[2]  # within its own character
+
+
+class _Fixed:
+    """A stand-in network answering the same probabilities for every image."""
+
+    def __init__(self, p):
+        self.p = np.asarray(p, np.float64)
+
+    def probabilities(self, images):
+        return np.tile(self.p, (len(images), 1))
+
+
+def test_second_opinion_is_a_weighted_geometric_mean():
+    """The mix against a hand computation: (digit model)^0.5 x (mean log of the nets)^0.5,
+    normalized; with no nets the probabilities stay as they were."""
+    from lenet.reader import SECOND_WEIGHT, Edge, second_opinion
+
+    mine = np.array([0.6, 0.3] + [0.1 / 8] * 8)
+    a = np.array([0.2, 0.7] + [0.1 / 8] * 8)
+    b = np.array([0.4, 0.5] + [0.1 / 8] * 8)
+    e = Edge(0, 1, (0, 0, 1, 1), 1.0, np.zeros((28, 28), np.uint8), probs=mine.copy())
+    second_opinion([], [e])
+    assert np.array_equal(e.probs, mine)
+    second_opinion([_Fixed(a), _Fixed(b)], [e])
+    theirs = np.exp((np.log(a) + np.log(b)) / 2)
+    want = mine ** (1 - SECOND_WEIGHT) * theirs**SECOND_WEIGHT
+    np.testing.assert_allclose(e.probs, want / want.sum(), rtol=1e-9)
+    assert e.probs.argmax() == 1  # the two nets outvote the digit model's 0 here
+
+
+def test_bundled_second_opinion_networks():
+    """A 10-class lenet5-plus file, recording its recipe and what it scores."""
+    from lenet.checkpoint import read_checkpoint
+    from lenet.reader import bundled_second_opinion
+
+    nets = bundled_second_opinion()
+    assert len(nets) == 1
+    for net in nets:
+        ck = read_checkpoint(net.path)
+        assert net.info["classes"] == 10 and ck["model"]["name"] == "lenet5-plus"
+        assert "--model lenet5-plus" in ck["provenance"]["command"]
+        m = ck["metrics"]
+        assert m["test_accuracy"] >= 0.994 and m["optdigits_accuracy"] >= 0.97
+
+
+def test_second_opinion_options(mnist_test, tmp_path):
+    """--no-second-opinion reads with the digit model alone; a piece network (11 classes) is
+    refused as a second opinion; both flags at once is a mistake. One line each."""
+    from lenet.errors import LenetError
+    from lenet.reader import bundled_piece_predictor
+
+    images, labels = mnist_test
+    data, text = clean_string(images, labels, [3, 4])
+    assert Reader(second_opinion=False).read_one(data).text == text
+    with pytest.raises(LenetError, match="10 classes"):
+        Reader(second_opinion=[bundled_piece_predictor("image").path])
+    (tmp_path / "x.png").write_bytes(data)
+    p = run_cli("read", str(tmp_path / "x.png"), "--no-second-opinion", "--format", "json")
+    assert p.returncode == 0 and json.loads(p.stdout)["text"] == text, p.stderr
+    pieces = str(bundled_piece_predictor("image").path)
+    assert_one_line_error(
+        run_cli("read", str(tmp_path / "x.png"), "--second-opinion", pieces), "10 classes"
+    )
+    assert_one_line_error(
+        run_cli("read", "x.png", "--second-opinion", pieces, "--no-second-opinion"), "not both"
+    )
+
+
 # --- lenet read ---------------------------------------------------------------------------------
 
 

@@ -21,7 +21,8 @@ The steps, after the same loading, grayscale, polarity and background removal as
    probability that it is one whole digit, a width prior for the digit, and a bonus per piece;
    the best path through the graph is found by dynamic programming (Viterbi), under
    ``digits=N`` (exactly N digits) or a ``pattern`` (a regular expression the whole string
-   must match; beam search over the top classes of every piece).
+   must match; beam search over the top classes of every piece). A piece that is a whole
+   character on its own gets a second opinion on its digit: a ``lenet5-plus`` network.
 """
 
 from __future__ import annotations
@@ -69,6 +70,9 @@ from lenet.preprocess import (
 PIECES_NAME = "lenet5-pieces.pt"
 CONTEXT_PIECES_NAME = "lenet5-pieces-context.pt"
 VIEWS = {"image": PIECES_NAME, "context": CONTEXT_PIECES_NAME}
+# The second opinion on a whole character's digit (lenet5-plus, the bundled committee's recipe).
+SECOND_NAMES = ("lenet5-plus.pt",)
+SECOND_WEIGHT = 0.5  # the second opinion's (mean) log probability's share against the digit model's
 READ_SIDE = 512  # lines are read on an image reduced to at most this longest side
 SPECK_MASS = 0.03  # components with less ink than this share of the heaviest are specks
 FRAGMENT = 0.6  # a component smaller both ways than this share of the line height is a fragment
@@ -140,6 +144,7 @@ class Edge:
     sweep: np.ndarray | None = None  # (11,) the line network's span scores (lenet.linescan)
     # (2, 10): log P(one digit d in the span, its last / first frame blank) (lenet.linescan)
     ends: np.ndarray | None = None
+    alone: bool = False  # the piece is a whole character (a group, uncut)
 
 
 def _original_size(source, im: Image.Image) -> tuple[int, int]:
@@ -440,7 +445,7 @@ def segment_graph(line: Line, extra_cuts=()) -> tuple[list[Edge], int]:
                     continue
                 box = (x0 + a + bx, y0 + by, x0 + a + bx + bw, y0 + by + bh)
                 ctx = context_image(piece[:, bx : bx + bw])
-                edges.append(Edge(node + i, node + j, box, bw / hgt, img, ctx))
+                edges.append(Edge(node + i, node + j, box, bw / hgt, img, ctx, alone=whole))
         node += len(cuts) - 1
         ends.append((first, node))
     # A digit broken into two full-size strokes (a 5 whose bar stands apart, a 4 written in
@@ -635,7 +640,8 @@ class Reader:
     same loading; the network runs through its :meth:`~lenet.Predictor.probabilities`), or
     ``predictor``, one already loaded. ``pieces``: the piece network's checkpoint (an
     11-class model, :mod:`lenet.bench.pieces`); default the bundled one, shared by every reader
-    in the process.
+    in the process. ``second_opinion``: digit networks whose vote is mixed in on every piece
+    that is a whole character (None: the bundled ``lenet5-plus``, False: none).
     """
 
     def __init__(
@@ -648,6 +654,7 @@ class Reader:
         pieces: str | os.PathLike | None = None,
         context_pieces: str | os.PathLike | None = None,
         line_net: str | os.PathLike | None | bool = None,
+        second_opinion: list[str | os.PathLike] | None | bool = None,
     ):
         from lenet.predictor import Predictor
 
@@ -670,6 +677,19 @@ class Reader:
             self.line_net = bundled_line_net()
         else:
             self.line_net = LineNet(line_net)
+        # The second opinion on whole characters: None the bundled one, paths others, False none.
+        if second_opinion is False:
+            self.second = []
+        elif second_opinion is None or second_opinion is True:
+            self.second = bundled_second_opinion()
+        else:
+            self.second = [Predictor(p) for p in second_opinion]
+            for p, net in zip(second_opinion, self.second, strict=True):
+                if net.info["classes"] != NOT_A_DIGIT:
+                    raise LenetError(
+                        f"{p}: a second-opinion network has {NOT_A_DIGIT} classes (the "
+                        f"digits), this one {net.info['classes']}"
+                    )
         self.name = predictor.name
         self.max_pixels = predictor.max_pixels
 
@@ -734,6 +754,7 @@ class Reader:
             whole = piece_votes(self.piece_nets, pieces)
             for e, p, q in zip(pieces, probs, whole, strict=True):
                 e.probs, e.piece = p, q
+            second_opinion(self.second, [e for e in pieces if e.alone])
         if scan is not None:
             sweep_scores(scan, edges)
         path = decode(edges, nodes, digits, pattern)
@@ -756,6 +777,27 @@ def sweep_scores(scan: Scan, edges: list[Edge]) -> None:
     scores, ends = span_scores_and_ends(logp, spans)
     for e, s, n in zip(edges, scores, ends, strict=True):
         e.sweep, e.ends = s, n
+
+
+def second_opinion(nets: list, pieces: list[Edge]) -> None:
+    """Mix the second-opinion networks into the digit probabilities of whole characters: the
+    normalized geometric mean, :data:`SECOND_WEIGHT` for their mean log probability."""
+    if not nets or not pieces:
+        return
+    images = np.stack([e.image for e in pieces])
+    theirs = np.mean([np.log(np.maximum(n.probabilities(images), 1e-30)) for n in nets], axis=0)
+    for e, lq in zip(pieces, theirs, strict=True):
+        lp = (1 - SECOND_WEIGHT) * np.log(np.maximum(e.probs, 1e-30)) + SECOND_WEIGHT * lq
+        p = np.exp(lp - lp.max())
+        e.probs = p / p.sum()
+
+
+@functools.cache
+def bundled_second_opinion() -> list:
+    """The bundled second-opinion networks (:data:`SECOND_NAMES`), loaded once per process."""
+    from lenet.predictor import Predictor
+
+    return [Predictor(Path(__file__).parent / "weights" / n) for n in SECOND_NAMES]
 
 
 def piece_votes(nets: dict, pieces: list[Edge]) -> np.ndarray:

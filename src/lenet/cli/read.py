@@ -75,6 +75,18 @@ def register(sub) -> None:
         action="store_true",
         help="read without the line network (pieces and piece networks only; faster)",
     )
+    p.add_argument(
+        "--second-opinion",
+        metavar="CKPT",
+        action="append",
+        help="a digit network whose vote is mixed in on every character that stands whole on "
+        "its own; repeat for several (default: the bundled lenet5-plus network)",
+    )
+    p.add_argument(
+        "--no-second-opinion",
+        action="store_true",
+        help="read whole characters with the digit model (--model) and the reader's networks only",
+    )
     add_backend(p)
     add_device(p)
     p.set_defaults(func=run)
@@ -135,6 +147,8 @@ def run(args: argparse.Namespace) -> int:
     check_constraint(args.digits, args.pattern)  # a bad pattern: one line, before the model
     if args.no_line_net and args.line_net:
         raise LenetError("give --line-net or --no-line-net, not both")
+    if args.no_second_opinion and args.second_opinion:
+        raise LenetError("give --second-opinion or --no-second-opinion, not both")
     quiet_bomb_warning()
     inputs = expand_paths(args.paths)
     if not inputs:
@@ -150,6 +164,7 @@ def run(args: argparse.Namespace) -> int:
         pieces=args.pieces,
         context_pieces=args.context_pieces,
         line_net=False if args.no_line_net else args.line_net,
+        second_opinion=False if args.no_second_opinion else args.second_opinion,
     )
     width = min(max(len(n) for n, _ in inputs), 60)
     writer = None
