@@ -372,6 +372,42 @@ def test_only_whole_characters_are_marked_alone(mnist_test):
         assert g.box[0] <= e.box[0] and e.box[2] <= g.box[2]  # within its own character
 
 
+def test_a_digit_standing_apart_floors_the_line_networks_count(mnist_test):
+    """A whole character with clear space on both sides that the piece networks call whole
+    pays at most COUNT_FLOOR x SWEEP_SPLIT for the line network's count; one closer to its
+    neighbour, or one the piece networks doubt, pays the full count."""
+    from lenet.reader import (
+        APART,
+        COUNT_FLOOR,
+        NOT_A_DIGIT,
+        SWEEP_SPLIT,
+        Edge,
+        _edge_scores,
+        segment_graph,
+    )
+
+    images, labels = mnist_test
+    data, _ = clean_string(images, labels, [0, 1, 2], gap=10)
+    spaces = [e.space for e in segment_graph(find_line(data))[0] if e.alone]
+    assert len(spaces) == 3 and min(spaces) >= APART  # 10 MNIST px apart: half a height
+
+    def edge(space, whole):
+        piece = np.full(NOT_A_DIGIT + 1, whole / NOT_A_DIGIT)
+        piece[NOT_A_DIGIT] = 1 - whole
+        sweep = np.full(NOT_A_DIGIT + 1, np.log(0.02 / NOT_A_DIGIT))  # P(one digit) = 0.02
+        sweep[0] = np.log(0.98)
+        return Edge(
+            0, 1, (0, 0, 10, 20), 0.8, np.zeros((28, 28), np.uint8), probs=np.full(10, 0.1),
+            piece=piece, sweep=sweep, alone=True, space=space,
+        )  # fmt: skip
+
+    # log P(one digit) = log 0.02, below the floor: apart and whole, it counts as the floor
+    gained = _edge_scores(edge(APART, 0.99)) - _edge_scores(edge(APART / 2, 0.99))
+    np.testing.assert_allclose(gained, SWEEP_SPLIT * (COUNT_FLOOR - np.log(0.02)), rtol=1e-9)
+    doubted = _edge_scores(edge(APART, 0.5)) - _edge_scores(edge(0.0, 0.5))
+    np.testing.assert_allclose(doubted, 0.0, atol=1e-12)
+
+
 class _Fixed:
     """A stand-in network answering the same probabilities for every image."""
 

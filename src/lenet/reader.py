@@ -107,6 +107,13 @@ PIECE_BONUS = 1.5  # added per piece: without it the path with fewest pieces win
 SWEEP_SPLIT = 5.0
 SWEEP_DIGIT = 0.5
 SWEEP_CUT_NEAR = 0.06  # a line-network cut this close (line heights) to a valley cut is not added
+# The line network now and then counts two digits in one wide digit standing on its own (an 8
+# with a stray tail, a 3 with a speck), and its count (x SWEEP_SPLIT) outvoted every other
+# network. For a whole character with clear space on both sides that the piece networks call
+# one whole digit, its log P(one digit) is floored (tuned on seeds 1-4, see docs/read.md).
+APART = 0.05  # clear space on both sides, in line heights (1 MNIST px; separated digits: 2 and up)
+WHOLE_TRUST = 0.9  # the piece networks' P(one whole digit) above which the floor applies
+COUNT_FLOOR = -0.3  # the floor on the line network's log P(one digit in the span)
 
 
 @dataclass
@@ -145,6 +152,7 @@ class Edge:
     # (2, 10): log P(one digit d in the span, its last / first frame blank) (lenet.linescan)
     ends: np.ndarray | None = None
     alone: bool = False  # the piece is a whole character (a group, uncut)
+    space: float = -math.inf  # for a whole character: clear space to its nearer neighbour, heights
 
 
 def _original_size(source, im: Image.Image) -> tuple[int, int]:
@@ -446,6 +454,8 @@ def segment_graph(line: Line, extra_cuts=()) -> tuple[list[Edge], int]:
                 box = (x0 + a + bx, y0 + by, x0 + a + bx + bw, y0 + by + bh)
                 ctx = context_image(piece[:, bx : bx + bw])
                 edges.append(Edge(node + i, node + j, box, bw / hgt, img, ctx, alone=whole))
+                if whole:
+                    edges[-1].space = _space(line.groups, k) / hgt
         node += len(cuts) - 1
         ends.append((first, node))
     # A digit broken into two full-size strokes (a 5 whose bar stands apart, a 4 written in
@@ -476,6 +486,13 @@ def segment_graph(line: Line, extra_cuts=()) -> tuple[list[Edge], int]:
     return edges, node + 1
 
 
+def _space(groups: list[Group], k: int) -> float:
+    """Clear space between character k and its nearer neighbour, working pixels (inf alone)."""
+    left = groups[k].box[0] - groups[k - 1].box[2] if k else math.inf
+    right = groups[k + 1].box[0] - groups[k].box[2] if k + 1 < len(groups) else math.inf
+    return min(left, right)
+
+
 def _edge_scores(e: Edge) -> np.ndarray:
     """Score of each class (10,) for a digit piece: the two networks' log p of the digit, the
     piece network's log P(one whole digit), the width prior and the piece bonus."""
@@ -488,7 +505,10 @@ def _edge_scores(e: Edge) -> np.ndarray:
     score = logp - PRIOR_WEIGHT * 0.5 * z * z + PIECE_BONUS
     if e.sweep is not None:
         one = float(np.logaddexp.reduce(e.sweep[1:]))  # log P(exactly one digit in the span)
-        score = score + SWEEP_SPLIT * one + SWEEP_DIGIT * (e.sweep[1:] - one)
+        count = one
+        if e.space >= APART and e.piece is not None and 1 - e.piece[NOT_A_DIGIT] > WHOLE_TRUST:
+            count = max(one, COUNT_FLOOR)  # a digit standing apart, whole to the piece networks
+        score = score + SWEEP_SPLIT * count + SWEEP_DIGIT * (e.sweep[1:] - one)
     return score
 
 
