@@ -8,7 +8,9 @@ that stand for writers MNIST never saw, seeds 0-2, stacked into one lenet5-ensem
     done
     python scripts/bundle_weights.py runs/bundled-{0,1,2}/best.pt
 
-One best.pt is bundled as it is; several (all lenet5-relu) become one ``lenet5-ensemble``. Only
+One best.pt is bundled as it is; several (all lenet5-relu) become one ``lenet5-ensemble``.
+Other bundled weights (the reader's second opinion, ``lenet5-plus.pt``) are made with ``--out``
+and ``--command`` (how the run was trained, recorded as the file's provenance). Only
 what prediction needs is kept (model name/config, weights, normalization). The script measures
 exactly these weights, through the same preprocessing as ``lenet predict``, on: the MNIST test
 set, 2,000 synthetic photos of MNIST test digits (tests/photos.py) and the same digits clean,

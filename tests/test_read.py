@@ -359,17 +359,25 @@ def test_reader_refuses_a_digit_model_as_piece_network(mnist_test, tmp_path):
 
 def test_only_whole_characters_are_marked_alone(mnist_test):
     """segment_graph marks the uncut piece of every character (the second opinion's pieces)
-    and none of the cut ones, nor the piece made of two close neighbours."""
+    and none of the cut ones, nor the piece made of two close neighbours; only marked pieces
+    have a clear space."""
+    import math
+
     from lenet.reader import segment_graph
 
     images, labels = mnist_test
-    data, _ = clean_string(images, labels, [0, 1, 2], gap=-1)  # one group of touching digits
+    data, _ = clean_string(images, labels, [0, 1, 2], gap=-1)  # overlapping by 1 px
     line = find_line(data)
+    groups = line.groups
+    assert len(groups) < 3  # some of the digits run together: that group gets cuts
     edges, _ = segment_graph(line)
     alone = [e for e in edges if e.alone]
-    assert len(alone) == len(line.groups) and len(edges) > len(alone)
-    for e, g in zip(alone, line.groups, strict=True):
+    assert len(alone) == len(groups)
+    for e, g in zip(alone, groups, strict=True):
         assert g.box[0] <= e.box[0] and e.box[2] <= g.box[2]  # within its own character
+    others = [e for e in edges if not e.alone]
+    assert any(any(g.box[0] <= e.box[0] and e.box[2] <= g.box[2] for g in groups) for e in others)
+    assert all(e.space == -math.inf for e in others)
 
 
 def test_a_digit_standing_apart_floors_the_line_networks_count(mnist_test):
@@ -406,6 +414,11 @@ def test_a_digit_standing_apart_floors_the_line_networks_count(mnist_test):
     np.testing.assert_allclose(gained, SWEEP_SPLIT * (COUNT_FLOOR - np.log(0.02)), rtol=1e-9)
     doubted = _edge_scores(edge(APART, 0.5)) - _edge_scores(edge(0.0, 0.5))
     np.testing.assert_allclose(doubted, 0.0, atol=1e-12)
+    sure = edge(APART, 0.99)  # P(one digit) = 0.9, above the floor: nothing changes
+    sure.sweep[1:], sure.sweep[0] = np.log(0.9 / NOT_A_DIGIT), np.log(0.1)
+    near = edge(0.0, 0.99)
+    near.sweep = sure.sweep
+    np.testing.assert_allclose(_edge_scores(sure), _edge_scores(near), atol=1e-12)
 
 
 class _Fixed:
@@ -452,19 +465,31 @@ def test_bundled_second_opinion_networks():
 
 
 def test_second_opinion_options(mnist_test, tmp_path):
-    """--no-second-opinion reads with the digit model alone; a piece network (11 classes) is
-    refused as a second opinion; both flags at once is a mistake. One line each."""
+    """None/True: the bundled network, False: none, a path or a list: those. The CLI's
+    --no-second-opinion reads as Reader(second_opinion=False) does, the default as Reader();
+    a piece network (11 classes) is refused; both flags at once is a mistake. One line each."""
     from lenet.errors import LenetError
-    from lenet.reader import bundled_piece_predictor
+    from lenet.reader import SECOND_NAMES, bundled_piece_predictor, bundled_second_opinion
+
+    assert Reader().second is bundled_second_opinion()
+    assert Reader(second_opinion=True).second is bundled_second_opinion()
+    assert Reader(second_opinion=False).second == []
+    plus = bundled_second_opinion()[0].path
+    assert plus.name == SECOND_NAMES[0] and len(Reader(second_opinion=str(plus)).second) == 1
+    assert len(Reader(second_opinion=[plus, plus]).second) == 2
+    with pytest.raises(LenetError, match="10 classes"):
+        Reader(second_opinion=[bundled_piece_predictor("image").path])
 
     images, labels = mnist_test
     data, text = clean_string(images, labels, [3, 4])
-    assert Reader(second_opinion=False).read_one(data).text == text
-    with pytest.raises(LenetError, match="10 classes"):
-        Reader(second_opinion=[bundled_piece_predictor("image").path])
     (tmp_path / "x.png").write_bytes(data)
-    p = run_cli("read", str(tmp_path / "x.png"), "--no-second-opinion", "--format", "json")
-    assert p.returncode == 0 and json.loads(p.stdout)["text"] == text, p.stderr
+    for args, reader in (([], Reader()), (["--no-second-opinion"], Reader(second_opinion=False))):
+        p = run_cli("read", str(tmp_path / "x.png"), *args, "--format", "json")
+        assert p.returncode == 0, p.stderr
+        got = json.loads(p.stdout)
+        want = reader.read_one(data).to_dict()
+        assert got["text"] == want["text"] == text
+        assert got["confidence"] == pytest.approx(want["confidence"], abs=1e-6)
     pieces = str(bundled_piece_predictor("image").path)
     assert_one_line_error(
         run_cli("read", str(tmp_path / "x.png"), "--second-opinion", pieces), "10 classes"
@@ -619,6 +644,19 @@ def test_read_calls_share_the_prediction_queue_bound():
         b.close()
 
     asyncio.run(go())
+
+
+def test_string_benchmark_smoke(mnist_dir, capsys):
+    """python -m lenet.bench.read on a few strings, with and without the second opinion: the
+    JSON has every category's figures."""
+    from lenet.bench.read import main
+
+    for extra in ([], ["--no-second-opinion"]):
+        args = ["--data-dir", str(mnist_dir), "--n", "2", "--n5", "1", "--no-timing", "--json"]
+        assert main(args + extra) == 0
+        res = json.loads(capsys.readouterr().out)
+        assert set(res["categories"]) == set(CATEGORIES)
+        assert all(0 <= r["char_accuracy"] <= 1 for r in res["categories"].values())
 
 
 def test_readme_table_is_the_recorded_benchmark():

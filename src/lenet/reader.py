@@ -22,7 +22,8 @@ The steps, after the same loading, grayscale, polarity and background removal as
    the best path through the graph is found by dynamic programming (Viterbi), under
    ``digits=N`` (exactly N digits) or a ``pattern`` (a regular expression the whole string
    must match; beam search over the top classes of every piece). A piece that is a whole
-   character on its own gets a second opinion on its digit: a ``lenet5-plus`` network.
+   character on its own gets a second opinion on its digit (a ``lenet5-plus`` network), and,
+   with clear space on both sides, a floor on the line network's count of its digits.
 """
 
 from __future__ import annotations
@@ -70,7 +71,8 @@ from lenet.preprocess import (
 PIECES_NAME = "lenet5-pieces.pt"
 CONTEXT_PIECES_NAME = "lenet5-pieces-context.pt"
 VIEWS = {"image": PIECES_NAME, "context": CONTEXT_PIECES_NAME}
-# The second opinion on a whole character's digit (lenet5-plus, the bundled committee's recipe).
+# The second opinion on a whole character's digit (lenet5-plus, trained with the committee's
+# distortions).
 SECOND_NAMES = ("lenet5-plus.pt",)
 SECOND_WEIGHT = 0.5  # the second opinion's (mean) log probability's share against the digit model's
 READ_SIDE = 512  # lines are read on an image reduced to at most this longest side
@@ -151,7 +153,9 @@ class Edge:
     sweep: np.ndarray | None = None  # (11,) the line network's span scores (lenet.linescan)
     # (2, 10): log P(one digit d in the span, its last / first frame blank) (lenet.linescan)
     ends: np.ndarray | None = None
-    alone: bool = False  # the piece is a whole character (a group, uncut)
+    # The piece is a whole group, uncut: one digit standing on its own, or (in a group that
+    # holds several run-together digits) the uncut group, which the networks score as too wide.
+    alone: bool = False
     space: float = -math.inf  # for a whole character: clear space to its nearer neighbour, heights
 
 
@@ -660,8 +664,9 @@ class Reader:
     same loading; the network runs through its :meth:`~lenet.Predictor.probabilities`), or
     ``predictor``, one already loaded. ``pieces``: the piece network's checkpoint (an
     11-class model, :mod:`lenet.bench.pieces`); default the bundled one, shared by every reader
-    in the process. ``second_opinion``: digit networks whose vote is mixed in on every piece
-    that is a whole character (None: the bundled ``lenet5-plus``, False: none).
+    in the process. ``second_opinion``: digit network checkpoints (a path or a list) whose
+    vote is mixed in on every piece that is a whole character (None or True: the bundled
+    ``lenet5-plus``; False: none). It is mixed in with ``checkpoint`` too.
     """
 
     def __init__(
@@ -698,6 +703,8 @@ class Reader:
         else:
             self.line_net = LineNet(line_net)
         # The second opinion on whole characters: None the bundled one, paths others, False none.
+        if isinstance(second_opinion, (str, os.PathLike)):
+            second_opinion = [second_opinion]
         if second_opinion is False:
             self.second = []
         elif second_opinion is None or second_opinion is True:

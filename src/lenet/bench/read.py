@@ -64,6 +64,7 @@ def run(
     model: str | None = None,
     timing: bool = True,
     n5: int = 300,
+    second_opinion: bool = True,
 ) -> dict:
     """Read ``n`` strings of every category; return the figures (see the module doc)."""
     import torch
@@ -74,7 +75,7 @@ def run(
     torch.set_num_threads(1)
     test = load_split("test", data_dir)
     images, labels = test.images.numpy(), test.labels.numpy()
-    reader = Reader(model)
+    reader = Reader(model, second_opinion=None if second_opinion else False)
     out: dict = {"seed": seed, "per_category": n, "five_digit_per_category": n5, "categories": {}}
     truths_all, texts_all, confs_all = [], [], []
     for cat in CATEGORIES:
@@ -158,10 +159,23 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--n5", type=int, default=300, help="5-digit strings per category (300)")
     p.add_argument("--seed", type=int, default=0, help="0 = the benchmark set (default)")
     p.add_argument("--model", help="checkpoint (default: the bundled weights)")
+    p.add_argument(
+        "--no-second-opinion",
+        action="store_true",
+        help="read whole characters with --model alone (without the bundled lenet5-plus)",
+    )
     p.add_argument("--no-timing", action="store_true", help="skip the speed measurement")
     p.add_argument("--json", action="store_true", help="print JSON instead of the table")
     a = p.parse_args(argv)
-    res = run(a.data_dir, a.n, a.seed, a.model, timing=not a.no_timing, n5=a.n5)
+    res = run(
+        a.data_dir,
+        a.n,
+        a.seed,
+        a.model,
+        timing=not a.no_timing,
+        n5=a.n5,
+        second_opinion=not a.no_second_opinion,
+    )
     print(json.dumps(res, indent=1) if a.json else format_table(res))
     return 0
 
