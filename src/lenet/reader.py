@@ -457,9 +457,10 @@ def segment_graph(line: Line, extra_cuts=()) -> tuple[list[Edge], int]:
                     continue
                 box = (x0 + a + bx, y0 + by, x0 + a + bx + bw, y0 + by + bh)
                 ctx = context_image(piece[:, bx : bx + bw])
-                edges.append(Edge(node + i, node + j, box, bw / hgt, img, ctx, alone=whole))
-                if whole:
-                    edges[-1].space = _space(line.groups, k) / hgt
+                space = _space(line.groups, k) / hgt if whole else -math.inf
+                edges.append(
+                    Edge(node + i, node + j, box, bw / hgt, img, ctx, alone=whole, space=space)
+                )
         node += len(cuts) - 1
         ends.append((first, node))
     # A digit broken into two full-size strokes (a 5 whose bar stands apart, a 4 written in
@@ -813,10 +814,10 @@ def second_opinion(nets: list, pieces: list[Edge]) -> None:
         return
     images = np.stack([e.image for e in pieces])
     theirs = np.mean([np.log(np.maximum(n.probabilities(images), 1e-30)) for n in nets], axis=0)
-    for e, lq in zip(pieces, theirs, strict=True):
-        lp = (1 - SECOND_WEIGHT) * np.log(np.maximum(e.probs, 1e-30)) + SECOND_WEIGHT * lq
-        p = np.exp(lp - lp.max())
-        e.probs = p / p.sum()
+    mine = np.log(np.maximum(np.stack([e.probs for e in pieces]), 1e-30))
+    mixed = _from_log((1 - SECOND_WEIGHT) * mine + SECOND_WEIGHT * theirs)
+    for e, p in zip(pieces, mixed, strict=True):
+        e.probs = p
 
 
 @functools.cache
@@ -837,8 +838,13 @@ def piece_votes(nets: dict, pieces: list[Edge]) -> np.ndarray:
         ],
         axis=0,
     )
-    q = np.exp(logq - logq.max(axis=1, keepdims=True))
-    return q / q.sum(axis=1, keepdims=True)
+    return _from_log(logq)
+
+
+def _from_log(logp: np.ndarray) -> np.ndarray:
+    """(N, C) unnormalized log probabilities -> probabilities, each row summing to 1."""
+    p = np.exp(logp - logp.max(axis=1, keepdims=True))
+    return p / p.sum(axis=1, keepdims=True)
 
 
 @functools.cache
