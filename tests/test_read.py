@@ -240,6 +240,27 @@ def test_close_neighbours_also_make_one_piece():
     assert spans(int(MERGE_GAP * 40) + 4) == {(0, 1), (1, 2)}
 
 
+def test_a_digit_broken_in_three_gets_one_piece():
+    """Three close strokes (a faint 8 in three fragments) make one piece too, as do each two
+    neighbours; a fourth never joins (MERGE_RUN), nor a run wider than MAX_PIECE."""
+    from lenet.reader import MAX_PIECE, MERGE_RUN, Group, Line, segment_graph
+
+    assert MERGE_RUN == 3
+
+    def spans(n: int, step: int, width: int = 6) -> set:
+        stroke = np.ones((40, width), np.float32)
+        groups = [Group((i * step, 0, i * step + width, 40), stroke) for i in range(n)]
+        edges, nodes = segment_graph(Line(groups, 40.0, (1.0, 1.0)))
+        assert nodes == n + 1
+        return {(e.a, e.b) for e in edges if e.b - e.a > 1}
+
+    assert spans(3, 8) == {(0, 2), (1, 3), (0, 3)}
+    assert spans(4, 8) == {(0, 2), (1, 3), (2, 4), (0, 3), (1, 4)}  # no (0, 4)
+    # Two strokes 20 px wide, 2 px apart, fit in one piece; three are wider than MAX_PIECE.
+    assert 2 * 20 + 2 <= MAX_PIECE * 40 < 3 * 20 + 2 * 2
+    assert spans(3, 22, width=20) == {(0, 2), (1, 3)}
+
+
 def test_one_run_of_a_digit_is_not_read_twice(monkeypatch):
     """A wide 2 cut in two: alone, each half holds "exactly one 2" for the line network as
     well as the whole does (the run of 2s crosses the cut). As a string, two 2s need two runs:

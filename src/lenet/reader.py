@@ -82,6 +82,7 @@ FRAGMENT = 0.6  # a component smaller both ways than this share of the line heig
 # neighbour is narrower than one height; the piece network keeps wide single digits whole.
 SPLIT_WIDTH = 0.6
 MERGE_GAP = 0.15  # neighbours closer than this many line heights may be one broken digit
+MERGE_RUN = 3  # at most this many neighbouring groups make one piece (a digit in three fragments)
 MIN_PIECE, MAX_PIECE = 0.12, 1.45  # piece widths the graph allows, in line heights
 FRAGMENT_GAP = 0.15  # a fragment closer than this many line heights joins its neighbour
 CUT_SPACING = 0.12  # candidate cuts at least this many line heights apart
@@ -465,26 +466,30 @@ def segment_graph(line: Line, extra_cuts=()) -> tuple[list[Edge], int]:
         ends.append((first, node))
     # A digit broken into two full-size strokes (a 5 whose bar stands apart, a 4 written in
     # two strokes) is two groups: close neighbours, narrow enough together, get one more edge.
+    # A faint digit can break into three (an 8's loops and its waist): runs of up to
+    # MERGE_RUN groups, each close to the next, get one too.
     groups = line.groups
     for k in range(len(groups) - 1):
-        g, h = groups[k], groups[k + 1]
-        # A dash close to a digit may be that digit's detached bar (a 5's): it gets the piece too.
-        if (g.dash and h.dash) or h.box[0] - g.box[2] > MERGE_GAP * hgt:
-            continue
-        x0, y0 = min(g.box[0], h.box[0]), min(g.box[1], h.box[1])
-        x1, y1 = max(g.box[2], h.box[2]), max(g.box[3], h.box[3])
-        if x1 - x0 > MAX_PIECE * hgt:
-            continue
-        ink = np.zeros((y1 - y0, x1 - x0), np.float32)
-        for q in (g, h):
-            sub = ink[q.box[1] - y0 : q.box[3] - y0, q.box[0] - x0 : q.box[2] - x0]
-            np.maximum(sub, q.ink, out=sub)
-        img = piece_image(ink)
-        if img is not None:
-            box = (x0, y0, x1, y1)
-            edges.append(
-                Edge(ends[k][0], ends[k + 1][1], box, (x1 - x0) / hgt, img, context_image(ink))
-            )
+        for m in range(k + 1, min(k + MERGE_RUN, len(groups))):
+            run = groups[k : m + 1]
+            # A dash close to a digit may be that digit's detached bar (a 5's): it gets the
+            # piece too; two dashes never.
+            if sum(q.dash for q in run) > 1 or run[-1].box[0] - run[-2].box[2] > MERGE_GAP * hgt:
+                break
+            x0, y0 = min(q.box[0] for q in run), min(q.box[1] for q in run)
+            x1, y1 = max(q.box[2] for q in run), max(q.box[3] for q in run)
+            if x1 - x0 > MAX_PIECE * hgt:
+                break
+            ink = np.zeros((y1 - y0, x1 - x0), np.float32)
+            for q in run:
+                sub = ink[q.box[1] - y0 : q.box[3] - y0, q.box[0] - x0 : q.box[2] - x0]
+                np.maximum(sub, q.ink, out=sub)
+            img = piece_image(ink)
+            if img is not None:
+                box = (x0, y0, x1, y1)
+                edges.append(
+                    Edge(ends[k][0], ends[m][1], box, (x1 - x0) / hgt, img, context_image(ink))
+                )
     node_x[node] = math.inf
     for e in edges:
         e.span = (node_x[e.a], node_x[e.b])
