@@ -219,6 +219,26 @@ def test_line_height_counts_a_broken_digit_once():
     assert 105 <= line.height <= 135  # the strokes together: about 120 px on the 300 px page
 
 
+@pytest.mark.parametrize("bar_width", [40, 80])
+def test_a_detached_bar_joins_its_digit(bar_width):
+    """A 5 whose bar is written apart, above its body: the bar, long and flat (wider than
+    FRAGMENT line heights when it is 80 px), joins the body it overlaps instead of starting a
+    character of its own (it was read as a digit, "55" or "65" for one 5). A flat stroke at
+    mid-height stays a dash (test_a_dash_is_read)."""
+    page = np.full((220, 420), 255, np.uint8)
+    cv2.line(page, (100, 70), (95, 110), 0, 7)  # the 5's stem, y 70..110
+    cv2.ellipse(page, (110, 135), (30, 28), 0, -150, 150, 0, 7)  # its bowl, y 107..163
+    cv2.line(page, (102, 55), (102 + bar_width, 52), 0, 7)  # its bar, apart, above
+    cv2.line(page, (300, 55), (295, 163), 0, 7)  # a 1 beside it
+    buf = io.BytesIO()
+    Image.fromarray(page).save(buf, "PNG")
+    line = find_line(buf.getvalue())
+    assert len(line.groups) == 2, [g.box for g in line.groups]
+    five, sy = line.groups[0], line.scale[1]  # boxes are in working pixels
+    assert five.box[1] * sy < 60 and five.box[3] * sy > 150  # bar and bowl, one group
+    assert not five.dash
+
+
 def test_close_neighbours_also_make_one_piece():
     """Two strokes a little apart may be one broken digit: the graph has a piece for both
     together, beside the two alone; neighbours further apart than MERGE_GAP do not."""
