@@ -219,24 +219,38 @@ def test_line_height_counts_a_broken_digit_once():
     assert 105 <= line.height <= 135  # the strokes together: about 120 px on the 300 px page
 
 
-@pytest.mark.parametrize("bar_width", [40, 80])
-def test_a_detached_bar_joins_its_digit(bar_width):
-    """A 5 whose bar is written apart, above its body: the bar, long and flat (wider than
-    FRAGMENT line heights when it is 80 px), joins the body it overlaps instead of starting a
-    character of its own (it was read as a digit, "55" or "65" for one 5). A flat stroke at
-    mid-height stays a dash (test_a_dash_is_read)."""
-    page = np.full((220, 420), 255, np.uint8)
+def _five_and_one(bar: tuple[int, int, int], dash: tuple[int, int] | None = None) -> bytes:
+    """A page with a 5 drawn as a stem and a bowl, its bar apart (y, x0, width), and a 1."""
+    page = np.full((220, 520), 255, np.uint8)
     cv2.line(page, (100, 70), (95, 110), 0, 7)  # the 5's stem, y 70..110
     cv2.ellipse(page, (110, 135), (30, 28), 0, -150, 150, 0, 7)  # its bowl, y 107..163
-    cv2.line(page, (102, 55), (102 + bar_width, 52), 0, 7)  # its bar, apart, above
-    cv2.line(page, (300, 55), (295, 163), 0, 7)  # a 1 beside it
+    y, x0, width = bar
+    cv2.line(page, (x0, y), (x0 + width, y - 3), 0, 7)  # its bar, apart
+    if dash is not None:
+        cv2.line(page, (dash[0], 112), (dash[0] + dash[1], 112), 0, 7)  # a dash, alone
+    cv2.line(page, (400, 55), (395, 163), 0, 7)  # a 1
     buf = io.BytesIO()
     Image.fromarray(page).save(buf, "PNG")
-    line = find_line(buf.getvalue())
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("bar", [(55, 102, 40), (55, 102, 80), (92, 118, 80)])
+def test_a_detached_bar_joins_its_digit(bar):
+    """A 5 whose bar is written apart: the bar, long and flat (wider than FRAGMENT line heights
+    when it is 80 px), joins the body it overlaps instead of starting a character of its own
+    (it was read as a digit, "55" or "65" for one 5), above the body or at mid-height."""
+    line = find_line(_five_and_one(bar))
     assert len(line.groups) == 2, [g.box for g in line.groups]
     five, sy = line.groups[0], line.scale[1]  # boxes are in working pixels
-    assert five.box[1] * sy < 60 and five.box[3] * sy > 150  # bar and bowl, one group
-    assert not five.dash
+    assert five.box[3] * sy > 150 and five.box[1] * sy < min(bar[0], 70) + 5  # bar and bowl
+    assert not five.dash and five.box[2] * line.scale[0] >= bar[1] + bar[2] - 4
+
+
+@pytest.mark.parametrize("width", [40, 80])
+def test_a_dash_apart_stays_a_dash(width):
+    """A flat stroke at mid-height that touches no digit is a dash, however long."""
+    line = find_line(_five_and_one((55, 102, 40), dash=(220, width)))
+    assert [g.dash for g in line.groups] == [False, True, False], [g.box for g in line.groups]
 
 
 def test_close_neighbours_also_make_one_piece():

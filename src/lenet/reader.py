@@ -84,7 +84,7 @@ SPLIT_WIDTH = 0.6
 MERGE_GAP = 0.15  # neighbours closer than this many line heights may be one broken digit
 MERGE_RUN = 3  # at most this many neighbouring groups make one piece (a digit in three fragments)
 MIN_PIECE, MAX_PIECE = 0.12, 1.45  # piece widths the graph allows, in line heights
-FLAT = 0.4  # a stroke flatter than this many line heights, off mid-height, is a fragment (a bar)
+FLAT = 0.4  # a stroke flatter than this many line heights is a fragment (a bar, a dash)
 FRAGMENT_GAP = 0.15  # a fragment closer than this many line heights joins its neighbour
 CUT_SPACING = 0.12  # candidate cuts at least this many line heights apart
 FILL_GAP = 0.35  # two cuts further apart than this many line heights get the cheapest between
@@ -243,9 +243,8 @@ def find_line(source, max_pixels: int = MAX_PIXELS) -> Line:
 
     # Group: every full-size component starts a group; fragments (small both ways: the bar of
     # a 5, a broken stroke) join the group they overlap or nearly touch. A flat digit (an MNIST
-    # "2" can be twice as wide as tall) is full-size by its width; a bar (a long flat stroke
-    # above or below the middle: a 5's or a 7's, written apart) is not, or it was read as a
-    # digit of its own.
+    # "2" can be twice as wide as tall) is full-size by its width; a long flat stroke (a 5's or
+    # a 7's bar written apart, or a dash) is not, or a bar was read as a digit of its own.
     def sized(c: Component) -> bool:
         return max(c.height, c.width) >= FRAGMENT * height
 
@@ -254,9 +253,7 @@ def find_line(source, max_pixels: int = MAX_PIXELS) -> Line:
     def small(c: Component) -> bool:
         if not sized(c):
             return True
-        return (
-            c.height < FLAT * height and c.width >= 2 * c.height and not _dashlike(c, mid, height)
-        )
+        return c.height < FLAT * height and c.width >= 2 * c.height
 
     full = sorted((c for c in comps if not small(c)), key=lambda c: c.x0)
     members: list[list[Component]] = [[c] for c in full]
