@@ -238,12 +238,14 @@ def _five_and_one(bar: tuple[int, int, int], dash: tuple[int, int] | None = None
 def test_a_detached_bar_joins_its_digit(bar):
     """A 5 whose bar is written apart: the bar, long and flat (wider than FRAGMENT line heights
     when it is 80 px), joins the body it overlaps instead of starting a character of its own
-    (it was read as a digit, "55" or "65" for one 5), above the body or at mid-height."""
+    (it was read as a digit, "55" or "65" for one 5), above the body or, at y = 92, close
+    enough to the line's middle to be a dash by its place. (The 40 px bar was a fragment
+    before too: it guards the old behaviour.)"""
     line = find_line(_five_and_one(bar))
     assert len(line.groups) == 2, [g.box for g in line.groups]
     five, sy = line.groups[0], line.scale[1]  # boxes are in working pixels
     assert five.box[3] * sy > 150 and five.box[1] * sy < min(bar[0], 70) + 5  # bar and bowl
-    assert not five.dash and five.box[2] * line.scale[0] >= bar[1] + bar[2] - 4
+    assert five.box[2] * line.scale[0] >= bar[1] + bar[2] - 4  # the bar's right end
 
 
 @pytest.mark.parametrize("width", [40, 80])
@@ -290,6 +292,16 @@ def test_a_digit_broken_in_three_gets_one_piece():
 
     assert spans(3, 8) == {(0, 2), (1, 3), (0, 3)}
     assert spans(4, 8) == {(0, 2), (1, 3), (2, 4), (0, 3), (1, 4)}  # no (0, 4)
+    # A dash between two digits is no digit's bar: the digit-dash-digit run gets no piece.
+    stroke = np.ones((40, 6), np.float32)
+    bar = np.ones((4, 12), np.float32)
+    groups = [
+        Group((0, 0, 6, 40), stroke),
+        Group((8, 18, 20, 22), bar, dash=True),
+        Group((22, 0, 28, 40), stroke),
+    ]
+    edges, _ = segment_graph(Line(groups, 40.0, (1.0, 1.0)))
+    assert {(e.a, e.b) for e in edges if e.b - e.a > 1} == {(0, 2), (1, 3)}
     # Two strokes 20 px wide, 2 px apart, fit in one piece; three are wider than MAX_PIECE.
     assert 2 * 20 + 2 <= MAX_PIECE * 40 < 3 * 20 + 2 * 2
     assert spans(3, 22, width=20) == {(0, 2), (1, 3)}

@@ -481,8 +481,13 @@ def segment_graph(line: Line, extra_cuts=()) -> tuple[list[Edge], int]:
         for m in range(k + 1, min(k + MERGE_RUN, len(groups))):
             run = groups[k : m + 1]
             # A dash close to a digit may be that digit's detached bar (a 5's): it gets the
-            # piece too; two dashes never.
-            if sum(q.dash for q in run) > 1 or run[-1].box[0] - run[-2].box[2] > MERGE_GAP * hgt:
+            # piece too, at either end of a run; two dashes, or one between two digits, never.
+            dashes = [q.dash for q in run]
+            if (
+                sum(dashes) > 1
+                or any(dashes[1:-1])
+                or run[-1].box[0] - run[-2].box[2] > MERGE_GAP * hgt
+            ):
                 break
             x0, y0 = min(q.box[0] for q in run), min(q.box[1] for q in run)
             x1, y1 = max(q.box[2] for q in run), max(q.box[3] for q in run)
