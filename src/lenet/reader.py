@@ -5,11 +5,14 @@ The steps, after the same loading, grayscale, polarity and background removal as
 
 1. :func:`find_line` -- threshold the ink, label connected components, drop specks and border
    clutter, and group components into characters: a small fragment (the detached bar of a 5,
-   a broken stroke) joins the character it lies over or next to; a flat fragment at
-   mid-height, apart from both neighbours, is a dash. Groups are ordered left to right.
+   a broken stroke) or a long flat stroke (a bar written apart) joins the character it lies
+   over or next to; a flat stroke at mid-height joins only one it touches, and apart from both
+   neighbours is a dash. Groups are ordered left to right.
 2. :func:`segment_graph` -- heuristic over-segmentation (LeCun et al. 1998, section V): a group
    wider than one line height gets candidate cuts at the valleys of its vertical ink
-   projection and of its upper and lower outline; every piece between two cuts of plausible width is one edge of the segmentation graph and
+   projection and of its upper and lower outline, and runs of two or three close groups (a
+   digit broken in pieces) get a piece of their own; every piece between two cuts of plausible
+   width is one edge of the segmentation graph and
    becomes an MNIST-style 28x28 (:func:`lenet.preprocess.normalize_stroke` for hairlines,
    :func:`lenet.preprocess.scale_to_box`,
    :func:`lenet.preprocess.place_by_center_of_mass`).
